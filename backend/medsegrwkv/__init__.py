@@ -1,0 +1,6 @@
+"""MedSegRWKV backend: cardiac cine MRI segmentation and motion-artifact grading."""
+
+__version__ = "0.1.0"
+
+# ACDC convention, also the network output order (DESIGN.md §4).
+LABELS = {0: "background", 1: "RV cavity", 2: "LV myocardium", 3: "LV cavity"}

@@ -1,0 +1,3 @@
+from medsegrwkv.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Volume in, labelmap out, in the input's exact geometry.
+
+Steps: optional ROI crop -> canonical orientation -> intensity normalisation -> in-plane resampling
+to the model's spacing -> network (2D slice batches or 3D sliding window, optional flip TTA) ->
+probabilities resampled back -> argmax -> post-processing -> original axis layout -> paste into
+the full image. Progress is reported through a callback and a cancel hook is polled between
+batches/windows, so the Slicer engine can stop a request midway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from medsegrwkv.errors import MedSegError
+from medsegrwkv.inference.device import resolve_device
+from medsegrwkv.inference.postprocess import postprocess
+from medsegrwkv.nets.registry import ModelSpec, get_spec
+from medsegrwkv.preprocess import (
+    Roi, crop_to_roi, from_canonical, paste_from_roi, prepare_image, resample_probabilities,
+)
+from medsegrwkv.weights import load_model
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(MedSegError):
+    def __init__(self) -> None:
+        super().__init__("The request was cancelled.", code="cancelled")
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+class Segmenter:
+    """A loaded segmentation model on a device, ready for many volumes."""
+
+    def __init__(self, model: nn.Module, manifest: dict[str, Any], device: torch.device,
+                 batch_size: int = 8) -> None:
+        self.model = model.to(device).eval()
+        self.manifest = manifest
+        self.spec: ModelSpec = get_spec(manifest["architecture"])
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, device: str | torch.device = "auto") -> "Segmenter":
+        dev = resolve_device(device) if isinstance(device, str) else device
+        model, manifest = load_model(name_or_dir, dev)
+        if manifest.get("task", "segmentation") != "segmentation":
+            raise MedSegError(f"Model '{name_or_dir}' is a {manifest['task']} model, not a segmentation model.",
+                              code="wrong_task")
+        return cls(model, manifest, dev)
+
+    # -- network ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
+        """Softmax probabilities for a batch; TTA averages over in-plane flips."""
+        flips: list[tuple[int, ...]] = [()]
+        if tta:
+            flips += [(-1,), (-2,), (-1, -2)]
+        total = torch.zeros((), device=x.device)
+        for dims in flips:
+            xi = torch.flip(x, dims) if dims else x
+            p = torch.softmax(self.model(xi).float(), dim=1)
+            total = total + (torch.flip(p, dims) if dims else p)
+        return total / len(flips)
+
+    def _predict_2d(self, volume: np.ndarray, tta: bool, progress: ProgressFn, cancel: CancelFn) -> np.ndarray:
+        z, h, w = volume.shape
+        m = self.spec.pad_multiple
+        ph, pw = (-h) % m, (-w) % m
+        pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        out = np.zeros((4, z, h, w), dtype=np.float32)
+        for start in range(0, z, self.batch_size):
+            if cancel():
+                raise Cancelled()
+            stop = min(z, start + self.batch_size)
+            x = torch.from_numpy(volume[start:stop, None]).to(self.device)
+            probs = self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
+            probs = probs[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
+            out[:, start:stop] = probs.permute(1, 0, 2, 3).cpu().numpy()
+            progress(stop / z, f"slice {stop}/{z}")
+        return out
+
+    def _predict_3d(self, volume: np.ndarray, tta: bool, progress: ProgressFn, cancel: CancelFn) -> np.ndarray:
+        roi = self.spec.roi_size
+        assert roi is not None, f"3D model {self.spec.name} registered without roi_size"
+        done = [0]
+
+        def window_fn(batch: torch.Tensor) -> torch.Tensor:
+            if cancel():
+                raise Cancelled()
+            done[0] += 1
+            progress(min(0.99, done[0] / max(1, n_windows)), f"window {done[0]}/{n_windows}")
+            return self._forward(batch, tta)
+
+        grid = [max(1, int(np.ceil((s - r) / (r * 0.75))) + 1) if s > r else 1 for s, r in zip(volume.shape, roi)]
+        n_windows = int(np.prod(grid))
+        x = torch.from_numpy(volume[None, None]).to(self.device)
+        probs = sliding_window_inference(x, roi, sw_batch_size=1, predictor=window_fn, overlap=0.25,
+                                         mode="gaussian")
+        progress(1.0, "windows done")
+        return probs[0].cpu().numpy().astype(np.float32)
+
+    def predict_probabilities(self, volume: np.ndarray, tta: bool = False, progress: ProgressFn = _no_progress,
+                              cancel: CancelFn = _never) -> np.ndarray:
+        """Class probabilities (4, z, y, x) for a normalised volume (z, y, x) on the model grid."""
+        predict = self._predict_2d if self.spec.spatial_dims == 2 else self._predict_3d
+        try:
+            return predict(volume, tta, progress, cancel)
+        except torch.OutOfMemoryError as exc:
+            raise MedSegError(f"The {self.device.type.upper()} ran out of memory for a volume of "
+                              f"{volume.shape}; use a smaller ROI or --device cpu.", code="out_of_memory") from exc
+
+    # -- whole volumes ------------------------------------------------------------------------
+    def segment(self, image: sitk.Image, roi: Roi | None = None, tta: bool = False, postprocessing: bool = True,
+                progress: ProgressFn = _no_progress, cancel: CancelFn = _never) -> sitk.Image:
+        """Labelmap (uint8, ACDC labels) with exactly `image`'s geometry."""
+        region = roi.clipped(image.GetSize()) if roi is not None else None
+        sub = crop_to_roi(image, region) if region is not None else image
+        prepared = prepare_image(sub, self.manifest.get("preprocessing"))
+        probs = self.predict_probabilities(prepared.array, tta, progress, cancel)
+        probs = resample_probabilities(probs, prepared.network_grid, prepared.canonical.image)
+        labels = probs.argmax(axis=0).astype(np.uint8)
+        if postprocessing:
+            labels = postprocess(labels)
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(prepared.canonical.image)
+        restored = from_canonical(label_image, prepared.canonical, sub)
+        return paste_from_roi(restored, region, image) if region is not None else restored

@@ -1,0 +1,81 @@
+"""The one place that creates networks (as timm's and MONAI's registries do).
+
+Builders register themselves with `@register_model`; callers use `create_model(name, **overrides)`.
+Nothing else in the project imports model classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from medsegrwkv.errors import MedSegError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the backend needs to know about an architecture."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    task: str  # "segmentation" | "grading" | "refinement"
+    spatial_dims: int  # 2: run slice by slice; 3: sliding window over `roi_size`
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    roi_size: tuple[int, ...] | None = None  # 3D sliding-window crop (D, H, W)
+    pad_multiple: int = 32  # 2D inputs are padded to a multiple of this
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    task: str = "segmentation",
+    spatial_dims: int = 2,
+    description: str = "",
+    roi_size: tuple[int, ...] | None = None,
+    pad_multiple: int = 32,
+    **defaults: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register `builder(**config) -> nn.Module` under `name` with default config."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, task, spatial_dims, description, dict(defaults),
+                                    roi_size, pad_multiple)
+        return builder
+
+    return wrap
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise MedSegError(f"Unknown model '{name}'; available models: {known}.", code="unknown_model")
+    return _REGISTRY[name]
+
+
+def list_models(task: str | None = None) -> list[ModelSpec]:
+    _ensure_loaded()
+    return [s for n, s in sorted(_REGISTRY.items()) if task is None or s.task == task]
+
+
+def model_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full config a model is built with: registered defaults updated by `overrides`."""
+    return {**get_spec(name).defaults, **overrides}
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build an untrained network; weights are loaded by `medsegrwkv.weights`."""
+    return get_spec(name).builder(**model_config(name, **overrides))
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every builder it defines.
+    import medsegrwkv.nets  # noqa: F401

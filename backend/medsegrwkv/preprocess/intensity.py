@@ -1,0 +1,20 @@
+"""Intensity normalisation: real scanner data has arbitrary units, so clip at percentiles and scale."""
+
+from __future__ import annotations
+
+import numpy as np
+from monai.transforms import ScaleIntensityRangePercentiles
+
+
+def normalize_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
+    """Clip to the [lower, upper] percentiles of the whole volume and scale to [0, 1] (float32).
+
+    The shared ACDC copy was prepared the same way (clip at p99, scale), so training and real
+    studies meet the network in the same range. A constant volume maps to zeros.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(array, [lower, upper])
+    if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
+        return np.zeros_like(array)
+    scale = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(scale(array[None]))[0].astype(np.float32)

@@ -1,0 +1,43 @@
+"""The one preparation path shared by training and inference, so both see identical inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsegrwkv.preprocess.intensity import normalize_intensity
+from medsegrwkv.preprocess.orientation import Canonical, to_canonical
+from medsegrwkv.preprocess.resample import resample_inplane
+
+DEFAULT_PREPROCESSING: dict[str, Any] = {
+    "spacing_xy_mm": [1.5625, 1.5625],  # ACDC's (nominal) in-plane spacing
+    "percentiles": [1.0, 99.0],
+    "orientation": "canonical (medsegrwkv.preprocess.orientation)",
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    canonical: Canonical  # the input, axes permuted/flipped to canonical layout (exact)
+    network_grid: sitk.Image  # normalised float32 image at the model's in-plane spacing
+    array: np.ndarray  # its voxels (z, y, x)
+
+
+def prepare_image(image: sitk.Image, preprocessing: dict[str, Any] | None = None) -> Prepared:
+    prep = {**DEFAULT_PREPROCESSING, **(preprocessing or {})}
+    canonical = to_canonical(image)
+    lower, upper = prep["percentiles"]
+    normalised = sitk.GetImageFromArray(normalize_intensity(sitk.GetArrayViewFromImage(canonical.image), lower, upper))
+    normalised.CopyInformation(canonical.image)
+    grid = resample_inplane(normalised, tuple(prep["spacing_xy_mm"]))
+    return Prepared(canonical, grid, sitk.GetArrayFromImage(grid).astype(np.float32))
+
+
+def prepare_labels(labels: sitk.Image, prepared: Prepared) -> np.ndarray:
+    """Ground-truth labels on the same network grid as `prepared` (nearest neighbour)."""
+    canonical = to_canonical(labels).image
+    grid = sitk.Resample(canonical, prepared.network_grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    return sitk.GetArrayFromImage(grid).astype(np.uint8)

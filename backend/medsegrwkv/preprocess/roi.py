@@ -1,0 +1,71 @@
+"""Region of interest: crop before inference, paste the result back into the full image."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsegrwkv.errors import MedSegError
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A voxel box in the input's (i, j, k) index space: `start` inclusive, `stop` exclusive."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    def clipped(self, size: tuple[int, ...]) -> "Roi":
+        """The part inside an image of `size`; an empty or fully outside box is an error."""
+        if any(b <= a for a, b in zip(self.start, self.stop)):
+            raise MedSegError(f"The ROI {self} is empty: each stop index must exceed its start index.",
+                              code="bad_roi")
+        start = tuple(max(0, a) for a in self.start)
+        stop = tuple(min(n, b) for b, n in zip(self.stop, size))
+        if any(b <= a for a, b in zip(start, stop)):
+            raise MedSegError(f"The ROI {self} lies outside the image (size {tuple(size)}).", code="bad_roi")
+        return Roi(start, stop)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return ",".join(str(v) for v in (*self.start, *self.stop))
+
+
+def parse_voxel_roi(text: str) -> Roi:
+    """Parse `i0,j0,k0,i1,j1,k1` (start inclusive, stop exclusive)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise MedSegError(f"The ROI '{text}' must be six integers i0,j0,k0,i1,j1,k1.", code="bad_roi")
+    return Roi(tuple(values[:3]), tuple(values[3:]))  # type: ignore[arg-type]
+
+
+def roi_from_ras_box(image: sitk.Image, ras_min: tuple[float, float, float],
+                     ras_max: tuple[float, float, float]) -> Roi:
+    """The voxel box covering a box given in RAS millimetres (as Slicer's markups ROI gives it)."""
+    corners = itertools.product(*zip(ras_min, ras_max))
+    indices = np.array([image.TransformPhysicalPointToContinuousIndex((-r, -a, s)) for r, a, s in corners])
+    start = tuple(int(math.floor(v + 0.5)) for v in indices.min(axis=0))
+    stop = tuple(int(math.floor(v + 0.5)) + 1 for v in indices.max(axis=0))
+    return Roi(start, stop).clipped(image.GetSize())  # type: ignore[arg-type]
+
+
+def crop_to_roi(image: sitk.Image, roi: Roi) -> sitk.Image:
+    """The sub-image inside `roi` with its own (exact) geometry."""
+    (i0, j0, k0), (i1, j1, k1) = roi.start, roi.stop
+    return image[i0:i1, j0:j1, k0:k1]
+
+
+def paste_from_roi(labels: sitk.Image, roi: Roi, reference: sitk.Image) -> sitk.Image:
+    """Place a labelmap of the ROI into an all-background labelmap with `reference`'s geometry."""
+    full = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    (i0, j0, k0), (i1, j1, k1) = roi.start, roi.stop
+    full[k0:k1, j0:j1, i0:i1] = sitk.GetArrayViewFromImage(labels)
+    out = sitk.GetImageFromArray(full)
+    out.CopyInformation(reference)
+    return out

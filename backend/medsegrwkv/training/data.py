@@ -1,0 +1,67 @@
+"""Training samples: ACDC frames prepared exactly as inference prepares them, then augmented.
+
+2D models train on slices, 3D models on crops of the stack. Augmentation covers the dihedral
+orientations that real studies come in (flips, 90-degree rotations), small rotations and scaling,
+and MRI intensity variation (scale, shift, gamma, bias field, noise, blur).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.data import Dataset
+from monai.transforms import (
+    Compose, RandAdjustContrastd, RandAffined, RandBiasFieldd, RandCropByPosNegLabeld, RandFlipd,
+    RandGaussianNoised, RandGaussianSmoothd, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+    SpatialPadd,
+)
+from tqdm import tqdm
+
+from medsegrwkv.preprocess import prepare_image, prepare_labels
+from medsegrwkv.training.acdc import Case
+
+KEYS = ("image", "label")
+
+
+def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
+                 show_progress: bool = True) -> list[dict[str, np.ndarray]]:
+    """Each case on the network grid: {"image": (z, y, x) float32, "label": (z, y, x) uint8}."""
+    volumes = []
+    for case in tqdm(cases, desc="load", unit="vol", disable=not show_progress):
+        prepared = prepare_image(sitk.ReadImage(str(case.image), sitk.sitkFloat32), preprocessing)
+        labels = prepare_labels(sitk.ReadImage(str(case.label)), prepared)
+        volumes.append({"image": prepared.array, "label": labels})
+    return volumes
+
+
+def augmentation(spatial_dims: int, crop: tuple[int, ...]) -> Compose:
+    inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
+    rotate = (np.pi / 12,) if spatial_dims == 2 else (np.pi / 12, 0.0, 0.0)  # 3D: about the slice axis
+    scale = (0.15, 0.15) if spatial_dims == 2 else (0.0, 0.15, 0.15)
+    return Compose([
+        SpatialPadd(KEYS, spatial_size=crop),
+        RandCropByPosNegLabeld(KEYS, label_key="label", spatial_size=crop, pos=2, neg=1, num_samples=1),
+        RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[0]),
+        RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[1]),
+        RandRotate90d(KEYS, prob=0.75, max_k=3, spatial_axes=inplane),
+        RandAffined(KEYS, prob=0.5, rotate_range=rotate, scale_range=scale, mode=("bilinear", "nearest"),
+                    padding_mode="zeros"),
+        RandBiasFieldd("image", prob=0.2, coeff_range=(0.0, 0.2)),
+        RandScaleIntensityd("image", factors=0.15, prob=0.5),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+        RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+        RandGaussianNoised("image", prob=0.2, std=0.03),
+    ])
+
+
+def training_dataset(volumes: list[dict[str, np.ndarray]], spatial_dims: int, crop: tuple[int, ...]) -> Dataset:
+    """Slices (2D) or whole stacks (3D), each with a channel axis, behind the augmentation."""
+    if spatial_dims == 2:
+        items = [{"image": v["image"][z][None], "label": v["label"][z][None]}
+                 for v in volumes for z in range(v["image"].shape[0])]
+    else:
+        items = [{"image": v["image"][None], "label": v["label"][None]} for v in volumes]
+    return Dataset(items, transform=augmentation(spatial_dims, crop))

@@ -1,0 +1,207 @@
+"""`medsegrwkv train`: segmentation training on an ACDC-layout folder.
+
+Dice + cross-entropy, AdamW with linear warm-up then cosine decay, checkpoints every epoch
+(`checkpoint.pt`, resumed automatically), validation through the deployed inference path every
+`val_every` epochs, and the best model exported as a weights folder (safetensors + manifest).
+Runs as one process or under torchrun (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from monai.losses import DiceCELoss
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from medsegrwkv.errors import MedSegError
+from medsegrwkv.inference.segmenter import Segmenter
+from medsegrwkv.nets.registry import create_model, get_spec, model_config
+from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
+from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
+from medsegrwkv.training.data import load_volumes, training_dataset
+from medsegrwkv.training.distributed import DistContext, barrier, init_distributed, shutdown
+from medsegrwkv.training.evaluation import evaluate_cases
+from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
+from medsegrwkv.weights.store import save_weights
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    output: Path
+    model: str = "unet2d"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    crop: int = 160  # in-plane crop (pixels); 3D models use their registered roi_size
+    val_every: int = 5
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    max_cases: int | None = None  # limit training volumes (smoke tests)
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
+    validate: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, steps: int, seconds: float,
+              metrics: dict[str, float] | None, epoch: int) -> dict[str, Any]:
+    spec = get_spec(cfg.model)
+    return {
+        "name": cfg.model,
+        "architecture": cfg.model,
+        "config": model_config(cfg.model, **cfg.overrides),
+        "task": "segmentation",
+        "spatial_dims": spec.spatial_dims,
+        "labels": SEGMENTATION_LABELS,
+        "preprocessing": DEFAULT_PREPROCESSING,
+        "training": {
+            "data": str(cfg.data), "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation",
+            "train_volumes": n_train, "validation_volumes": n_val, "epochs_completed": epoch,
+            "optimizer_steps": steps, "batch_size": cfg.batch_size * ctx.world_size, "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay, "crop": cfg.crop, "seed": cfg.seed, "device": str(ctx.device),
+            "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
+            "torch": torch.__version__,
+        },
+        "licence": ACDC_LICENCE,
+        "metrics": {"validation": metrics} if metrics else {},
+    }
+
+
+def train_segmentation(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) and return {"best": validation summary or None, "steps": n, "loss": last}."""
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx, show_progress and ctx.is_main)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
+    spec = get_spec(cfg.model)
+    if spec.task != "segmentation":
+        raise MedSegError(f"Model '{cfg.model}' is a {spec.task} model; `train` trains segmentation models.",
+                          code="wrong_task")
+    _seed_everything(cfg.seed + ctx.rank)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
+    val_cases = list_cases(cfg.data, "val") if cfg.validate else []
+    crop = tuple(spec.roi_size) if spec.spatial_dims == 3 else (cfg.crop, cfg.crop)
+    dataset = training_dataset(load_volumes(train_cases, show_progress=show), spec.spatial_dims, crop)
+    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = create_model(cfg.model, **cfg.overrides).to(ctx.device)
+    net = DistributedDataParallel(model) if ctx.enabled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    use_amp = ctx.device.type == "cuda"
+
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=ctx.device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state.update(json.loads(saved["state"]))
+        if show:
+            tqdm.write(f"resumed from {checkpoint} at epoch {state['epoch']}")
+
+    history = open(out / "history.jsonl", "a") if ctx.is_main else None
+    last_loss = math.nan
+    started = time.time() - state["seconds"]
+    stop = False
+    for epoch in range(state["epoch"], cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show, leave=False)
+        for batch in bar:
+            x, y = batch["image"].to(ctx.device), batch["label"].to(ctx.device)
+            with torch.autocast(ctx.device.type, enabled=use_amp):
+                loss = loss_fn(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+                stop = True
+                break
+        last_loss = float(np.mean(losses)) if losses else math.nan
+        state["epoch"] = epoch + 1
+        state["seconds"] = time.time() - started
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "loss": last_loss,
+                                  "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1)}
+        validate_now = cfg.validate and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or stop)
+        if ctx.is_main:
+            if validate_now:
+                manifest = _manifest(cfg, ctx, len(train_cases), len(val_cases), state["step"], state["seconds"],
+                                     None, epoch + 1)
+                segmenter = Segmenter(model, manifest, ctx.device)
+                _, summary = evaluate_cases(segmenter, val_cases, show_progress=False)
+                model.train()
+                record["validation"] = summary
+                if state["best"] is None or summary["mean_dice"] > state["best"]["mean_dice"]:
+                    state["best"], state["best_epoch"] = summary, epoch + 1
+                    manifest["metrics"] = {"validation": {**summary, "epoch": epoch + 1,
+                                                          "volumes": len(val_cases)}}
+                    save_weights(model, manifest, out / "weights")
+            elif not cfg.validate:
+                save_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"],
+                                              None, epoch + 1), out / "weights")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            assert history is not None
+            history.write(json.dumps(record) + "\n")
+            history.flush()
+            if show:
+                val = record.get("validation")
+                tqdm.write(f"epoch {epoch + 1}: loss {last_loss:.4f}"
+                           + (f", validation mean Dice {val['mean_dice']:.4f} (RV {val['RV_dice']:.3f}, "
+                              f"Myo {val['Myo_dice']:.3f}, LV {val['LV_dice']:.3f})" if val else ""))
+        barrier(ctx)
+        if stop:
+            break
+    if history:
+        history.close()
+    return {"best": state["best"], "best_epoch": state["best_epoch"], "steps": state["step"], "loss": last_loss,
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}

@@ -1,0 +1,108 @@
+"""Weights format (DESIGN.md §6).
+
+A weights folder holds `model.safetensors` (no pickle: loading an untrusted checkpoint must not
+run code) and `manifest.json`: architecture and config, labels with names/colours/terminology,
+preprocessing, training facts and licence, validation metrics, and the SHA-256 of the tensor
+file. A mismatch is an error. Bundled weights live in `medsegrwkv/weights/models/<name>/`; a site's
+retrained weights can live anywhere and are passed as a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from medsegrwkv.errors import MedSegError
+from medsegrwkv.nets.registry import create_model, get_spec
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+TENSORS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+
+class WeightsStatus(str, Enum):
+    VERIFIED = "verified"
+    MISSING = "no weights"
+    CORRUPT = "checksum mismatch"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_dir(name_or_dir: str | Path) -> Path:
+    """A weights folder given by path, or the bundled folder of a registered model name."""
+    path = Path(name_or_dir)
+    if (path / MANIFEST).is_file():
+        return path
+    return MODELS_DIR / str(name_or_dir)
+
+
+def load_manifest(name_or_dir: str | Path) -> dict[str, Any] | None:
+    path = weights_dir(name_or_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedSegError(f"The weights manifest {path} cannot be read ({exc}).", code="bad_weights") from exc
+
+
+def weights_status(name_or_dir: str | Path) -> WeightsStatus:
+    folder = weights_dir(name_or_dir)
+    manifest = load_manifest(folder)
+    if manifest is None or not (folder / TENSORS).is_file():
+        return WeightsStatus.MISSING
+    return WeightsStatus.VERIFIED if sha256_file(folder / TENSORS) == manifest.get("sha256") else WeightsStatus.CORRUPT
+
+
+def save_weights(model: nn.Module, manifest: dict[str, Any], out_dir: str | Path, fp16: bool = True) -> Path:
+    """Write tensors and manifest atomically; the manifest gets the tensor file's SHA-256."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    with tempfile.NamedTemporaryFile(dir=out, suffix=".safetensors.tmp", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    save_file(state, str(tmp_path))
+    manifest = {**manifest, "sha256": sha256_file(tmp_path), "dtype": "float16" if fp16 else "float32"}
+    os.replace(tmp_path, out / TENSORS)
+    manifest_tmp = out / (MANIFEST + ".tmp")
+    manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(manifest_tmp, out / MANIFEST)
+    return out
+
+
+def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the manifest's architecture and load verified weights, in float32, in eval mode."""
+    folder = weights_dir(name_or_dir)
+    if isinstance(name_or_dir, str) and not (Path(name_or_dir) / MANIFEST).is_file():
+        get_spec(name_or_dir)  # unknown names fail with the list of known models
+    manifest = load_manifest(folder)
+    if manifest is None or not (folder / TENSORS).is_file():
+        raise MedSegError(f"Model '{name_or_dir}' has no installed weights; train it or choose another model "
+                          "(see `medsegrwkv models`).", code="weights_missing")
+    if sha256_file(folder / TENSORS) != manifest.get("sha256"):
+        raise MedSegError(f"The weights in {folder / TENSORS} do not match the checksum in their manifest; "
+                          "the file is corrupt or was altered.", code="checksum_mismatch")
+    model = create_model(manifest["architecture"], **manifest.get("config", {}))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / TENSORS)).items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MedSegError(f"The weights in {folder} do not fit architecture '{manifest['architecture']}'.",
+                          code="bad_weights") from exc
+    return model.to(device).eval(), manifest
