@@ -34,7 +34,7 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[floa
         else:
             dice = float(compute_dice(p, r, include_background=True)[0, 0])
             hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95,
-                                                    spacing=list(spacing_zyx))[0, 0])
+                                                    spacing=[float(s) for s in spacing_zyx])[0, 0])
             out[name] = {"dice": dice, "hd95": hd95}
     return out
 

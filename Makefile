@@ -1,0 +1,25 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv (pinned
+# requirements + the backend in editable mode) the first time.
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt backend/pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e backend
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/medsegrwkv demo --output outputs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest Testing -q -p no:cacheprovider
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,272 @@
+"""`medsegrwkv`: segment cardiac cine MRI, list models, train, evaluate, run the demo.
+
+Every user mistake ends in one sentence on stderr and exit code 2, with no output file left
+behind; heavy libraries are imported inside commands so that `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from medsegrwkv import __version__
+from medsegrwkv.errors import MedSegError
+
+EXIT_USER_ERROR = 2
+
+
+def _check_output(path: Path, suffixes: Sequence[str]) -> None:
+    """Fail before any work when the output cannot be written."""
+    if not any(path.name.endswith(s) for s in suffixes):
+        raise MedSegError(f"The output {path} must end in one of: {', '.join(suffixes)}.", code="bad_output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MedSegError(f"Cannot write {path}: the folder {parent} does not exist.", code="output_not_writable")
+    if not os.access(parent, os.W_OK):
+        raise MedSegError(f"Cannot write {path}: the folder {parent} is not writable.", code="output_not_writable")
+
+
+def _progress_bar(total: float, desc: str):  # -> tqdm
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                file=sys.stderr, disable=None)
+
+
+# -- segment ---------------------------------------------------------------------------------------
+def cmd_segment(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from medsegrwkv.inference.device import describe_device
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.io import SUPPORTED_SUFFIXES, read_study, select_phases, write_labelmap
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+    from medsegrwkv.preprocess import parse_voxel_roi, roi_from_ras_box
+
+    output = Path(args.output)
+    _check_output(output, SUPPORTED_SUFFIXES)
+    roi = parse_voxel_roi(args.roi) if args.roi else None
+    study = read_study(args.input, series=args.series)
+    phases = select_phases(study, args.phase)
+    if args.roi_ras:
+        values = _floats(args.roi_ras, 6, "--roi-ras")
+        roi = roi_from_ras_box(study.phases[phases[0]], tuple(values[:3]), tuple(values[3:]))
+    if roi is not None:
+        roi = roi.clipped(study.phases[phases[0]].GetSize())
+    model = args.weights or args.model or DEFAULT_MODELS["segmentation"]
+    segmenter = Segmenter.from_pretrained(model, args.device)
+    print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
+          file=sys.stderr)
+    results = []
+    with _progress_bar(100, "segment") as bar:
+        for n, p in enumerate(phases):
+            def progress(fraction: float, message: str, n: int = n) -> None:
+                bar.n = round(100 * (n + fraction) / len(phases), 1)
+                bar.set_postfix_str(f"phase {p} {message}")
+            results.append(segmenter.segment(study.phases[p], roi=roi, tta=args.tta,
+                                             postprocessing=not args.no_postprocess, progress=progress))
+    write_labelmap(results, output)
+    for p, labels in zip(phases, results):
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(labels)
+        volumes = {v: stats.GetPhysicalSize(v) / 1000.0 if stats.HasLabel(v) else 0.0 for v in (1, 2, 3)}
+        print(f"phase {p}: RV cavity {volumes[1]:.1f} mL, LV myocardium {volumes[2]:.1f} mL, "
+              f"LV cavity {volumes[3]:.1f} mL")
+    print(f"wrote {output} ({len(results)} phase{'s' if len(results) > 1 else ''})")
+    return 0
+
+
+def _floats(text: str, count: int, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise MedSegError(f"{option} needs {count} comma-separated numbers, got '{text}'.", code="bad_roi")
+    return values
+
+
+# -- models ----------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from medsegrwkv.nets.complexity import complexity
+    from medsegrwkv.nets.registry import DEFAULT_MODELS, list_models
+    from medsegrwkv.weights import load_manifest, weights_status
+
+    rows = []
+    for spec in list_models():
+        manifest = load_manifest(spec.name) or {}
+        metrics = manifest.get("metrics", {}).get("validation", {})
+        rows.append({
+            "name": spec.name, "task": spec.task, "spatial_dims": spec.spatial_dims,
+            **complexity(spec.name),
+            "weights": weights_status(spec.name).value,
+            "default": DEFAULT_MODELS.get(spec.task) == spec.name,
+            "validation_mean_dice": metrics.get("mean_dice"),
+            "description": spec.description,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<22}{'task':<14}{'dims':>4}{'params':>10}{'GFLOPs':>9}  {'weights':<18}{'val Dice':>9}  description")
+    for r in rows:
+        dice = f"{r['validation_mean_dice']:.4f}" if r["validation_mean_dice"] is not None else "-"
+        name = r["name"] + (" *" if r["default"] else "")
+        print(f"{name:<22}{r['task']:<14}{r['spatial_dims']:>3}D{r['params'] / 1e6:>9.2f}M{r['gflops']:>9.2f}  "
+              f"{r['weights']:<18}{dice:>9}  {r['description']}")
+    print("* default for its task; GFLOPs per 256x256 slice (2D) or per sliding-window crop (3D)")
+    return 0
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import csv
+    import tempfile
+
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+    from medsegrwkv.training.acdc import list_cases
+    from medsegrwkv.training.evaluation import evaluate_cases
+
+    output = Path(args.output) if args.output else None
+    if output:
+        _check_output(output, (".csv",))
+    cases = list_cases(args.data, args.split)
+    segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
+    rows, summary = evaluate_cases(segmenter, cases, tta=args.tta)
+    if output:
+        with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".csv.tmp", delete=False, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(f.name, output)
+    print(f"{len(rows)} volumes, model {segmenter.manifest['name']}, split {args.split}")
+    print(f"{'structure':<10}{'Dice':>8}{'HD95 (mm)':>11}")
+    for s in ("RV", "Myo", "LV", "mean"):
+        print(f"{s:<10}{summary[f'{s}_dice']:>8.4f}{summary[f'{s}_hd95']:>11.2f}")
+    if output:
+        print(f"wrote {output}")
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from medsegrwkv.training.segmentation import TrainConfig, train_segmentation
+
+    cfg = TrainConfig(data=Path(args.data), output=Path(args.output), model=args.model, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, crop=args.crop, val_every=args.val_every,
+                      device=args.device, seed=args.seed, workers=args.workers, max_steps=args.max_steps,
+                      max_cases=args.max_cases, validate=not args.no_validation)
+    result = train_segmentation(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+        print(f"weights: {Path(args.output) / 'weights'} (use with --weights, or copy into the package)")
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medsegrwkv.cli.demo import print_report, run_demo
+
+    print_report(run_demo(Path(args.output), args.model, args.device))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsegrwkv",
+        description="Segment the LV cavity, LV myocardium and RV cavity in cardiac cine MRI, locally on the "
+                    "GPU or CPU. Labelmaps use 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity.",
+        epilog="Example: medsegrwkv segment study_dicom_folder/ -o labels.nii.gz --phase 0")
+    parser.add_argument("--version", action="version", version=f"medsegrwkv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="registered model name (default: the best with weights; see `models`)")
+        p.add_argument("--weights", metavar="DIR", help="a weights folder (model.safetensors + manifest.json), "
+                       "e.g. from `medsegrwkv train`; overrides --model")
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
+        p.add_argument("--tta", action="store_true", help="average predictions over in-plane flips (4x slower)")
+
+    p = sub.add_parser("segment", help="segment a study (file or DICOM folder) into a labelmap",
+                       description="Segment a short-axis study. INPUT is a NIfTI/NRRD/MHA file (3D, or 4D with "
+                       "phases on t) or a DICOM folder (a cine series is split into phases). Without --phase every "
+                       "phase is segmented and OUTPUT is a 4D labelmap (phases on t); with --phase it is 3D. "
+                       "OUTPUT has exactly the input's geometry.")
+    p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("-o", "--output", required=True, help="labelmap to write (.nii.gz, .nrrd, .mha, ...)")
+    p.add_argument("--phase", type=int, help="segment only this cardiac phase (0-based)")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
+    p.add_argument("--roi", metavar="i0,j0,k0,i1,j1,k1", help="voxel box to segment (start inclusive, stop "
+                   "exclusive, in the input's index order); outside it the labelmap is background")
+    p.add_argument("--roi-ras", metavar="r0,a0,s0,r1,a1,s1", help="the same box given as two RAS corners in mm")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="keep every connected piece and hole (default: largest component, holes filled)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("models", help="list the models, their size and whether weights are installed")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("evaluate", help="Dice and HD95 per volume and structure on a labelled ACDC-layout folder",
+                       description="Segment every labelled frame of an ACDC-layout folder with the deployed "
+                       "pipeline and report Dice and HD95 (mm, from the image spacing) per structure.")
+    p.add_argument("--data", required=True, help="folder with patientNNN/patientNNN_frameXX(.nii.gz|_gt.nii.gz)")
+    p.add_argument("--split", default="all", choices=("all", "train", "val"),
+                   help="which patients: all, or the fixed train/validation split (number %% 20 in 13-16 -> val)")
+    p.add_argument("--output", help="CSV with one row per volume")
+    add_model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a segmentation model on an ACDC-layout folder",
+                       description="Train on the training patients of an ACDC-layout folder, validating on the "
+                       "fixed validation split. Resumes from OUTPUT/checkpoint.pt; the best model is written to "
+                       "OUTPUT/weights. Multi-process: torchrun --nproc_per_node N -m medsegrwkv train ...")
+    p.add_argument("task", nargs="?", default="segment", choices=("segment",), help="what to train (segment)")
+    p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder (default ../shared/data/acdc)")
+    p.add_argument("--output", required=True, help="run folder: checkpoint, history.jsonl, weights/")
+    p.add_argument("--model", default="unet2d", help="registered model name (default unet2d)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--crop", type=int, default=160, help="in-plane training crop for 2D models (pixels)")
+    p.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+    p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
+    p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="segment the bundled Sunnybrook cine study and compare with expert contours")
+    p.add_argument("--output", default="outputs/demo", help="folder for labelmaps and the PNG montage")
+    p.add_argument("--model", help="registered model name (default: the default segmentation model)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MedSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""Reading a DICOM folder into cardiac phases.
+
+A cine short-axis series holds one file per (slice position, cardiac phase). Stacking all of its
+files into one volume would interleave positions and phases, so files are grouped by their
+position along the slice normal, ordered in time at each position, and every phase is read as its
+own volume by SimpleITK (whose geometry then is the DICOM geometry).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from ..errors import MedSegError
+
+log = logging.getLogger(__name__)
+
+# Only these tags are parsed: a PACS export can hold thousands of files.
+_TAGS = [
+    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Rows", "Columns",
+    "ImagePositionPatient", "ImageOrientationPatient", "TriggerTime", "InstanceNumber",
+    "NumberOfFrames",
+]
+POSITION_TOLERANCE_MM = 0.01  # files closer than this along the normal share a slice position
+
+
+@dataclass(frozen=True, eq=False)
+class _Header:
+    path: Path
+    series_uid: str
+    series_number: str
+    series_description: str
+    size: tuple[int, int]
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    trigger_time: float | None
+    instance_number: int
+    frames: int
+
+
+class DicomCine(NamedTuple):
+    """One DICOM series split into phases; `files[p][k]` is the file of phase p at slice k."""
+
+    phases: list[sitk.Image]
+    trigger_times: list[float] | None
+    description: str
+    files: list[list[Path]]
+
+
+def _number(value: object, default: float | None = None) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+
+
+def _vector(value: object, length: int) -> np.ndarray | None:
+    try:
+        vector = np.array([float(v) for v in value], dtype=float)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return vector if vector.shape == (length,) and np.isfinite(vector).all() else None
+
+
+def read_header(path: Path) -> _Header | None:
+    """The header of a DICOM image file, or None for anything else (other files, DICOMDIR, reports)."""
+    # Any file pydicom cannot parse (or whose values are malformed) is, for us, not a DICOM image.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # real exports are full of harmless VR complaints
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+            if "SeriesInstanceUID" not in ds or "Rows" not in ds or "Columns" not in ds:
+                return None
+            return _Header(
+                path=path,
+                series_uid=str(ds.SeriesInstanceUID),
+                series_number=str(ds.get("SeriesNumber", "") or ""),
+                series_description=str(ds.get("SeriesDescription", "") or "").strip(),
+                size=(int(ds.Rows), int(ds.Columns)),
+                position=_vector(ds.get("ImagePositionPatient"), 3),
+                orientation=_vector(ds.get("ImageOrientationPatient"), 6),
+                trigger_time=_number(ds.get("TriggerTime")),
+                instance_number=int(_number(ds.get("InstanceNumber"), 0.0) or 0),
+                frames=int(_number(ds.get("NumberOfFrames"), 1.0) or 1),
+            )
+    except Exception:
+        return None
+
+
+def _series_label(headers: list[_Header]) -> str:
+    head = headers[0]
+    label = f"series {head.series_number or '?'}"
+    return f"{label} '{head.series_description}'" if head.series_description else label
+
+
+def _listing(groups: dict[str, list[_Header]]) -> str:
+    return "; ".join(
+        f"{_series_label(hs)} ({len(hs)} files, UID {uid})" for uid, hs in groups.items()
+    )
+
+
+def _choose_series(groups: dict[str, list[_Header]], series: str | None, folder: Path) -> list[_Header]:
+    if series is None:
+        if len(groups) == 1:
+            return next(iter(groups.values()))
+        raise MedSegError(
+            f"The folder {folder} holds {len(groups)} DICOM series, choose one with --series "
+            f"(series number or UID): {_listing(groups)}."
+        )
+    chosen = [uid for uid, hs in groups.items() if series.strip() in (uid, hs[0].series_number)]
+    if len(chosen) == 1:
+        return groups[chosen[0]]
+    if not chosen:
+        raise MedSegError(
+            f"No DICOM series in {folder} matches '{series}'; the folder holds: {_listing(groups)}."
+        )
+    raise MedSegError(
+        f"Several DICOM series in {folder} have series number {series}, choose one by its UID "
+        f"with --series: {_listing({uid: groups[uid] for uid in chosen})}."
+    )
+
+
+def _group_positions(headers: list[_Header], normal: np.ndarray) -> list[list[_Header]]:
+    """Files grouped by slice position, positions sorted along the normal (a right-handed stack)."""
+    ordered = sorted(headers, key=lambda h: float(h.position @ normal))  # type: ignore[operator]
+    groups: list[list[_Header]] = []
+    last = -np.inf
+    for h in ordered:
+        offset = float(h.position @ normal)  # type: ignore[operator]
+        if offset - last > POSITION_TOLERANCE_MM:
+            groups.append([])
+        groups[-1].append(h)
+        last = offset
+    return groups
+
+
+def _read_phase(paths: list[Path], spacing_z: float, what: str) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")  # applies RescaleSlope/Intercept
+    reader.SetFileNames([str(p) for p in paths])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        bad = next((p for p in paths if not _readable(p)), paths[0])
+        raise MedSegError(
+            f"Cannot read the DICOM image {bad} of {what}: the file is damaged or its encoding is "
+            "not supported."
+        ) from exc
+    # ITK derives the slice distance from the first and last file; set it from the header
+    # positions so the result never depends on the ITK version.
+    image.SetSpacing((*image.GetSpacing()[:2], spacing_z))
+    return image
+
+
+def _readable(path: Path) -> bool:
+    try:
+        sitk.ReadImage(str(path))
+    except RuntimeError:
+        return False
+    return True
+
+
+def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
+    """Read one DICOM series found anywhere under `folder`, split into cardiac phases."""
+    headers = [h for p in sorted(folder.rglob("*")) if p.is_file() and (h := read_header(p))]
+    if not headers:
+        raise MedSegError(f"The folder {folder} contains no DICOM images.")
+    groups: dict[str, list[_Header]] = {}
+    for h in sorted(headers, key=lambda h: (_number(h.series_number, np.inf), h.series_uid)):
+        groups.setdefault(h.series_uid, []).append(h)
+    headers = _choose_series(groups, series, folder)
+    what = f"DICOM {_series_label(headers)} in {folder}"
+
+    if any(h.frames > 1 for h in headers):
+        raise MedSegError(
+            f"The {what} is stored as multi-frame (enhanced) files, which are not supported; "
+            "export it with one file per image."
+        )
+    unplaced = next((h for h in headers if h.position is None or h.orientation is None), None)
+    if unplaced is not None:
+        raise MedSegError(
+            f"The DICOM file {unplaced.path} has no image position or orientation, so the slices "
+            f"of the {what} cannot be placed in space."
+        )
+    orientation = headers[0].orientation
+    if any(not np.allclose(h.orientation, orientation, atol=1e-3) for h in headers):
+        raise MedSegError(f"The {what} mixes image orientations; a short-axis stack has one orientation.")
+    if len({h.size for h in headers}) > 1:
+        raise MedSegError(
+            f"The {what} mixes image sizes; all its images must have the same rows and columns."
+        )
+
+    normal = np.cross(orientation[:3], orientation[3:])  # type: ignore[index]
+    positions = _group_positions(headers, normal)
+    if len(positions) < 2:
+        raise MedSegError(
+            f"The {what} has a single slice position, so it is a 2D image; a short-axis stack (3D) "
+            "or cine (4D) is needed."
+        )
+    counts = sorted({len(g) for g in positions})
+    if len(counts) > 1:
+        raise MedSegError(
+            f"The slice positions of the {what} hold different numbers of images ({counts[0]} to "
+            f"{counts[-1]}), so it cannot be split into cardiac phases; the series may be incomplete."
+        )
+    timed = all(h.trigger_time is not None for h in headers)
+    for group in positions:
+        group.sort(key=lambda h: (h.trigger_time if timed else 0.0, h.instance_number, h.path.name))
+
+    centres = np.array([np.mean([h.position for h in g], axis=0) for g in positions])
+    spacing_z = float(np.linalg.norm(centres[-1] - centres[0]) / (len(centres) - 1))
+    gaps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    if np.abs(gaps - spacing_z).max() > 0.01 * spacing_z:
+        log.warning(
+            "%s: slice gaps range from %.2f to %.2f mm; using their mean %.2f mm (a slice may be missing).",
+            what, gaps.min(), gaps.max(), spacing_z,
+        )
+
+    n_phases = counts[0]
+    files = [[g[p].path for g in positions] for p in range(n_phases)]
+    phases = [_read_phase(f, spacing_z, what) for f in files]
+    trigger_times = (
+        [float(np.mean([g[p].trigger_time for g in positions])) for p in range(n_phases)] if timed else None
+    )
+    kind = "DICOM cine" if n_phases > 1 else "DICOM"
+    shape = f"{len(positions)} slices x {n_phases} phases" if n_phases > 1 else f"{len(positions)} slices"
+    return DicomCine(phases, trigger_times, f"{kind} {_series_label(headers)} ({shape})", files)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether `path` is a DICOM image, to tell a user who passed one file to pass its folder."""
+    return read_header(path) is not None

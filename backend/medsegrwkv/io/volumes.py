@@ -1,0 +1,212 @@
+"""Reading studies (volume files or DICOM folders) as cardiac phases, and writing results atomically.
+
+Every later stage works on one 3D phase at a time, so a study is always a list of 3D images with
+full geometry; labelmaps are written back in that geometry (DESIGN.md §4). Every failure the user
+can cause becomes a MedSegError, and a failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import MedSegError
+from .dicom import is_dicom_file, read_dicom_folder
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+_FORMATS = {
+    ".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage"
+}
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+
+
+@dataclass
+class Study:
+    """A short-axis study as a list of 3D cardiac phases."""
+
+    source: Path
+    phases: list[sitk.Image]  # 3D scalar images with full geometry, one per cardiac phase
+    trigger_times: list[float] | None  # ms per phase (mean DICOM TriggerTime), None when unknown
+    description: str  # one line for logs
+    files: list[list[Path]] | None = None  # DICOM only: files[p][k] is phase p's file at slice k
+
+
+def volume_suffix(path: str | Path) -> str | None:
+    """The supported volume suffix `path` ends with (case-insensitive), or None."""
+    name = Path(path).name.lower()
+    return next((s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+
+
+def _check_voxels(image: sitk.Image, source: Path) -> None:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise MedSegError(
+            f"{source} has {components} values per voxel (e.g. colour or vector data); a grey-value "
+            "image is needed."
+        )
+    if image.GetPixelID() in _FLOAT_TYPES:
+        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        if bad:
+            raise MedSegError(f"{source} contains {bad} voxels that are NaN or infinite.")
+
+
+def _split_4d(image: sitk.Image, source: Path) -> list[sitk.Image]:
+    """One 3D image per time point, each keeping the spatial part of the 4D geometry."""
+    array = sitk.GetArrayViewFromImage(image)  # (t, z, y, x)
+    direction = np.array(image.GetDirection()).reshape(4, 4)[:3, :3]
+    phases = []
+    for t in range(array.shape[0]):
+        phase = sitk.GetImageFromArray(array[t])  # copies, so the 4D image can be freed
+        phase.SetSpacing(image.GetSpacing()[:3])
+        phase.SetOrigin(image.GetOrigin()[:3])
+        try:
+            phase.SetDirection(direction.ravel().tolist())
+        except RuntimeError as exc:
+            raise MedSegError(f"{source} has a degenerate spatial orientation in its 4D header.") from exc
+        phases.append(phase)
+    return phases
+
+
+def _nifti_truncated(path: Path) -> bool:
+    """ITK's NIfTI reader zero-fills a truncated file instead of failing, so compare the length of
+    the (decompressed) file with the header's vox_offset + data size."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(544)
+            length = len(header)
+            while chunk := f.read(1 << 20):
+                length += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return True
+    if len(header) < 348:
+        return True
+    endian = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"
+    if struct.unpack(endian + "i", header[:4])[0] == 540:  # NIfTI-2
+        dims = struct.unpack(endian + "8q", header[16:80])
+        bitpix = struct.unpack(endian + "h", header[14:16])[0]
+        vox_offset = struct.unpack(endian + "q", header[168:176])[0]
+    else:
+        dims = struct.unpack(endian + "8h", header[40:56])
+        bitpix = struct.unpack(endian + "h", header[72:74])[0]
+        vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + min(max(int(dims[0]), 0), 7)]]))
+    return length < vox_offset + voxels * bitpix // 8
+
+
+def _read_file(path: Path) -> Study:
+    suffix = volume_suffix(path)
+    if suffix is None:
+        if is_dicom_file(path):
+            raise MedSegError(
+                f"{path} is a single DICOM image (2D); pass the folder that holds the whole series."
+            )
+        raise MedSegError(
+            f"{path} is not a supported file type; use NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
+            "MetaImage (.mha, .mhd) or a DICOM folder."
+        )
+    fmt = _FORMATS[suffix]
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise MedSegError(f"Cannot read {path}: it is damaged, truncated or not a valid {fmt} file.") from exc
+    if fmt == "NIfTI" and _nifti_truncated(path):
+        raise MedSegError(f"Cannot read {path}: the file is truncated or damaged.")
+    _check_voxels(image, path)
+    size = "x".join(str(n) for n in image.GetSize()[:3])
+    dim = image.GetDimension()
+    if dim == 3:
+        return Study(path, [image], None, f"{fmt} volume '{path.name}' ({size})")
+    if dim == 4:
+        phases = _split_4d(image, path)
+        return Study(path, phases, None, f"{fmt} cine '{path.name}' ({size} x {len(phases)} phases)")
+    if dim == 2:
+        raise MedSegError(f"{path} is a 2D image; a short-axis stack (3D) or cine (4D) is needed.")
+    raise MedSegError(f"{path} has {dim} dimensions; a short-axis stack (3D) or cine (4D) is needed.")
+
+
+def read_study(path: str | Path, series: str | None = None) -> Study:
+    """Read a NIfTI/NRRD/MetaImage file or a DICOM folder; `series` picks a series in a folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MedSegError(f"{path} does not exist.")
+    if path.is_dir():
+        cine = read_dicom_folder(path, series)
+        for image in cine.phases:
+            _check_voxels(image, path)
+        return Study(path, cine.phases, cine.trigger_times, cine.description, cine.files)
+    if series is not None:
+        raise MedSegError(f"--series only applies to DICOM folders, but {path} is a file.")
+    return _read_file(path)
+
+
+def select_phases(study: Study, phase: int | None) -> list[int]:
+    """The phase indices to process: all of them, or the one the user asked for."""
+    count = len(study.phases)
+    if phase is None:
+        return list(range(count))
+    if not 0 <= phase < count:
+        raise MedSegError(
+            f"Phase {phase} does not exist: {study.source} has {count} phase(s), numbered 0 to {count - 1}."
+        )
+    return [phase]
+
+
+def _write_error(path: Path, reason: str) -> MedSegError:
+    return MedSegError(f"Cannot write {path}: {reason}.", code="output_not_writable")
+
+
+def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
+    """Write `image` so that `path` is either the complete new file or untouched.
+
+    SimpleITK picks the writer by suffix and .mhd/.nhdr write a separate data file named in the
+    header, so the image is written under its final name into a temporary folder beside `path`
+    (same file system), then moved into place with os.replace, header last.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise _write_error(path, "it is a folder")
+    if volume_suffix(path) is None:
+        raise _write_error(path, f"the name must end in one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise _write_error(path, f"the folder {path.parent} does not exist")
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise _write_error(path, (exc.strerror or str(exc)).lower()) from exc
+    try:
+        tmp = tmp_dir / path.name
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:
+            reason = "the image writer failed (disk full, or a pixel type this format cannot store)"
+            raise _write_error(path, reason) from exc
+        for written in sorted(tmp_dir.iterdir(), key=lambda f: f.name == path.name):
+            os.replace(written, path.parent / written.name)
+    except OSError as exc:
+        raise _write_error(path, (exc.strerror or str(exc)).lower()) from exc
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_labelmap(phase_labels: list[sitk.Image], path: str | Path) -> None:
+    """Write one phase as a 3D uint8 labelmap, several as one 4D uint8 labelmap (phases along t)."""
+    if not phase_labels or any(label.GetDimension() != 3 for label in phase_labels):
+        raise ValueError("write_labelmap needs one or more 3D labelmaps")
+    labels = [sitk.Cast(label, sitk.sitkUInt8) for label in phase_labels]
+    if len(labels) == 1:
+        write_image_atomic(labels[0], path)
+        return
+    try:
+        joined = sitk.JoinSeries(labels)  # keeps the 3D geometry; t gets spacing 1, origin 0
+    except RuntimeError as exc:
+        raise ValueError("the phase labelmaps differ in size or geometry") from exc
+    write_image_atomic(joined, path)

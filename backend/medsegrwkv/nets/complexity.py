@@ -1,0 +1,37 @@
+"""Parameter and FLOP counts, as `medsegrwkv models` and the benchmark report them."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from medsegrwkv.nets.registry import create_model, get_spec
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def reference_input_shape(name: str) -> tuple[int, ...]:
+    """One 256x256 slice for 2D models, one sliding-window crop for 3D models."""
+    spec = get_spec(name)
+    channels = spec.defaults.get("in_channels", 1)
+    if spec.spatial_dims == 3 and spec.roi_size:
+        return (1, channels, *spec.roi_size)
+    return (1, channels, 256, 256) if spec.spatial_dims == 2 else (1, channels, 16, 160, 160)
+
+
+@torch.no_grad()
+def count_gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """GFLOPs of one forward pass by torch.utils.flop_counter (2 FLOPs per multiply-add;
+    element-wise operations are not counted)."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(shape))
+    return counter.get_total_flops() / 1e9
+
+
+def complexity(name: str) -> dict[str, float | int | list[int]]:
+    model = create_model(name)
+    shape = reference_input_shape(name)
+    return {"params": count_parameters(model), "gflops": count_gflops(model, shape), "flops_input": list(shape)}
