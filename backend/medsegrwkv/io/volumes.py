@@ -7,15 +7,14 @@ can cause becomes a MedSegError, and a failed write leaves nothing behind.
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -76,30 +75,18 @@ def _split_4d(image: sitk.Image, source: Path) -> list[sitk.Image]:
     return phases
 
 
-def _nifti_truncated(path: Path) -> bool:
-    """ITK's NIfTI reader zero-fills a truncated file instead of failing, so compare the length of
-    the (decompressed) file with the header's vox_offset + data size."""
+def _nifti_problem(path: Path) -> str | None:
+    """What ITK's NIfTI reader hides: it zero-fills a truncated file and reads NaN voxels as 0.
+    nibabel reads the raw data again, so both are caught before they reach the network."""
     try:
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-            header = f.read(544)
-            length = len(header)
-            while chunk := f.read(1 << 20):
-                length += len(chunk)
-    except (OSError, EOFError, zlib.error):
-        return True
-    if len(header) < 348:
-        return True
-    endian = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"
-    if struct.unpack(endian + "i", header[:4])[0] == 540:  # NIfTI-2
-        dims = struct.unpack(endian + "8q", header[16:80])
-        bitpix = struct.unpack(endian + "h", header[14:16])[0]
-        vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-    else:
-        dims = struct.unpack(endian + "8h", header[40:56])
-        bitpix = struct.unpack(endian + "h", header[72:74])[0]
-        vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + min(max(int(dims[0]), 0), 7)]]))
-    return length < vox_offset + voxels * bitpix // 8
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError):
+        return "the file is truncated or damaged"
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            return f"it contains {bad} voxels that are NaN or infinite"
+    return None
 
 
 def _read_file(path: Path) -> Study:
@@ -118,8 +105,9 @@ def _read_file(path: Path) -> Study:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise MedSegError(f"Cannot read {path}: it is damaged, truncated or not a valid {fmt} file.") from exc
-    if fmt == "NIfTI" and _nifti_truncated(path):
-        raise MedSegError(f"Cannot read {path}: the file is truncated or damaged.")
+    problem = _nifti_problem(path) if fmt == "NIfTI" else None
+    if problem:
+        raise MedSegError(f"Cannot read {path}: {problem}.")
     _check_voxels(image, path)
     size = "x".join(str(n) for n in image.GetSize()[:3])
     dim = image.GetDimension()

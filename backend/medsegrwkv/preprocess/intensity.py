@@ -12,7 +12,7 @@ def normalize_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99
     The shared ACDC copy was prepared the same way (clip at p99, scale), so training and real
     studies meet the network in the same range. A constant volume maps to zeros.
     """
-    array = np.asarray(array, dtype=np.float32)
+    array = np.array(array, dtype=np.float32)  # a writable copy (sitk array views are read-only)
     lo, hi = np.percentile(array, [lower, upper])
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
         return np.zeros_like(array)

@@ -1,0 +1,177 @@
+"""The command line: `models`, bad inputs (one sentence, exit 2, no output file), evaluate, demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medsegrwkv.cli.main import main
+from medsegrwkv.weights import MODELS_DIR
+
+CASE = "patient014/patient014_frame01"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medsegrwkv", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    for word in words:
+        assert word.lower() in lines[-1].lower(), lines[-1]
+
+
+@pytest.fixture()
+def volume(tmp_path: Path, acdc: Path) -> Path:
+    path = tmp_path / "study.nii.gz"
+    shutil.copy(acdc / f"{CASE}.nii.gz", path)
+    return path
+
+
+def test_models_lists_every_model_with_size_and_weights(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    unet = rows["unet2d"]
+    assert unet["task"] == "segmentation" and unet["spatial_dims"] == 2 and unet["default"]
+    assert unet["params"] == 1_625_849  # MONAI UNet (16..256 channels, 2 residual units)
+    assert unet["weights"] == "verified"
+    assert unet["validation_mean_dice"] >= 0.85
+    assert all(r["weights"] in ("verified", "no weights", "checksum mismatch") for r in rows.values())
+    assert main(["models"]) == 0
+    assert "unet2d *" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "2d", "nan", "empty_dir"])
+def test_unreadable_inputs(tmp_path, volume, case):
+    out = tmp_path / "labels.nii.gz"
+    if case == "missing":
+        source, word = tmp_path / "nope.nii.gz", "nope.nii.gz"
+    elif case == "truncated":
+        source, word = tmp_path / "cut.nii.gz", "cut.nii.gz"
+        source.write_bytes(volume.read_bytes()[: volume.stat().st_size // 2])
+    elif case == "2d":
+        source, word = tmp_path / "slice.nii.gz", "2D"
+        sitk.WriteImage(sitk.ReadImage(str(volume))[:, :, 3], str(source))
+    elif case == "nan":
+        source, word = tmp_path / "nan.nii.gz", "NaN"
+        image = sitk.ReadImage(str(volume), sitk.sitkFloat32)
+        array = sitk.GetArrayFromImage(image)
+        array[2, 10:20, 10:20] = np.nan
+        bad = sitk.GetImageFromArray(array)
+        bad.CopyInformation(image)
+        sitk.WriteImage(bad, str(source))
+    else:
+        source, word = tmp_path / "empty", "DICOM"
+        source.mkdir()
+    assert_user_error(run_cli("segment", str(source), "-o", str(out), "--device", "cpu"), word)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("roi,word", [("10,10,0,10,50,5", "empty"), ("900,900,0,950,950,5", "outside"),
+                                      ("1,2,3", "six integers")])
+def test_bad_roi(tmp_path, volume, roi, word):
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(volume), "-o", str(out), "--roi", roi, "--device", "cpu"]) == 2
+    assert not out.exists()
+    result = run_cli("segment", str(volume), "-o", str(out), "--roi", roi)
+    assert_user_error(result, word)
+
+
+def test_unknown_model_and_device(tmp_path, volume):
+    out = tmp_path / "labels.nii.gz"
+    assert_user_error(run_cli("segment", str(volume), "-o", str(out), "--model", "no-such-net"), "unknown model",
+                      "unet2d")
+    assert_user_error(run_cli("segment", str(volume), "-o", str(out), "--device", "tpu"), "device")
+    assert not out.exists()
+
+
+def test_checksum_mismatch_is_refused(tmp_path, volume):
+    weights = tmp_path / "weights"
+    shutil.copytree(MODELS_DIR / "unet2d", weights)
+    blob = bytearray((weights / "model.safetensors").read_bytes())
+    blob[-10] ^= 0xFF
+    (weights / "model.safetensors").write_bytes(bytes(blob))
+    out = tmp_path / "labels.nii.gz"
+    assert_user_error(run_cli("segment", str(volume), "-o", str(out), "--weights", str(weights)), "checksum")
+    assert not out.exists()
+
+
+def test_unwritable_output_leaves_nothing(tmp_path, volume):
+    assert_user_error(run_cli("segment", str(volume), "-o", str(tmp_path / "missing" / "l.nii.gz")), "does not exist")
+    assert_user_error(run_cli("segment", str(volume), "-o", str(tmp_path / "labels.txt")), "must end")
+    existing = tmp_path / "keep.nii.gz"
+    existing.write_bytes(b"user data")
+    assert_user_error(run_cli("segment", str(tmp_path / "nope.nii.gz"), "-o", str(existing)), "nope.nii.gz")
+    assert existing.read_bytes() == b"user data"
+
+
+def test_dicom_folder_with_two_series_asks_which(tmp_path, sunnybrook):
+    import pydicom
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for n in range(1, 241, 20):  # one phase, 12 positions, as two series
+        ds = pydicom.dcmread(sunnybrook / "SCD0000101" / f"{n}.dcm")
+        if n > 120:
+            ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+            ds.SeriesNumber = 301
+        ds.save_as(folder / f"{n}.dcm")
+    out = tmp_path / "labels.nii.gz"
+    assert_user_error(run_cli("segment", str(folder), "-o", str(out)), "301", "--series")
+    assert not out.exists()
+
+
+def test_segment_cine_dicom_writes_4d_labelmap_and_phase_selects_one(tmp_path):
+    from medsegrwkv.io import read_study, sample_data_dir
+
+    dicom = sample_data_dir() / "SCD0000101" / "dicom"
+    study = read_study(dicom)
+    out4d, out3d = tmp_path / "all.nrrd", tmp_path / "es.nii.gz"
+    assert main(["segment", str(dicom), "-o", str(out4d), "--device", "cpu"]) == 0
+    labels = sitk.ReadImage(str(out4d))
+    assert labels.GetDimension() == 4 and labels.GetSize() == (*study.phases[0].GetSize(), 2)
+    np.testing.assert_allclose(labels.GetSpacing()[:3], study.phases[0].GetSpacing(), atol=1e-4)
+    assert main(["segment", str(dicom), "-o", str(out3d), "--phase", "1", "--device", "cpu"]) == 0
+    one = sitk.ReadImage(str(out3d))
+    assert one.GetSize() == study.phases[1].GetSize()
+    np.testing.assert_allclose(one.GetOrigin(), study.phases[1].GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(one.GetDirection(), study.phases[1].GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(one), sitk.GetArrayFromImage(labels)[1])
+    assert set(np.unique(sitk.GetArrayFromImage(one))) == {0, 1, 2, 3}
+    assert main(["segment", str(dicom), "-o", str(out3d), "--phase", "5"]) == 2
+
+
+def test_evaluate_writes_csv_with_hand_checkable_rows(tmp_path, acdc):
+    data = tmp_path / "acdc"
+    (data / "patient014").mkdir(parents=True)
+    for suffix in (".nii.gz", "_gt.nii.gz"):
+        shutil.copy(acdc / f"{CASE}{suffix}", data / "patient014")
+    csv_path = tmp_path / "metrics.csv"
+    assert main(["evaluate", "--data", str(data), "--output", str(csv_path), "--device", "cpu"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["case"] for r in rows] == ["patient014_frame01"]
+    assert float(rows[0]["LV_dice"]) > 0.85 and 0 < float(rows[0]["LV_hd95"]) < 15
+
+
+def test_demo_reports_dice_against_expert_contours(tmp_path, capsys):
+    from medsegrwkv.cli.demo import run_demo
+
+    result = run_demo(tmp_path, device="cpu")
+    ed, es = result["phases"]["ED"], result["phases"]["ES"]
+    assert ed["lv_volume_ml"] > es["lv_volume_ml"]  # ED identified as the larger LV
+    assert ed["lv_dice"] > 0.85 and es["lv_dice"] > 0.8 and ed["myo_dice"] > 0.6
+    assert 0.1 < result["ejection_fraction"] < 0.5  # expert: ~26 %
+    for name in ("SCD0000101_ED_labels.nii.gz", "SCD0000101_ES_labels.nii.gz", "SCD0000101_montage.png"):
+        assert (tmp_path / name).stat().st_size > 0
