@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       max_cases=args.max_cases, validate=not args.no_validation)
     result = train_segmentation(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("config", "model")}, indent=2))
         print(f"weights: {Path(args.output) / 'weights'} (use with --weights, or copy into the package)")
     return 0
 

@@ -88,7 +88,8 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
 
 
 def train_segmentation(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) and return {"best": validation summary or None, "steps": n, "loss": last}."""
+    """Train (or resume) and return {"best": validation summary or None, "best_epoch", "steps", "loss": last
+    epoch's mean, "model": the trained network (this rank's replica), "config"}."""
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, show_progress and ctx.is_main)
@@ -204,4 +205,4 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     if history:
         history.close()
     return {"best": state["best"], "best_epoch": state["best_epoch"], "steps": state["step"], "loss": last_loss,
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}
+            "model": model, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}

@@ -1,0 +1,247 @@
+"""MedSegRWKV network: scan paths, blocks, budgets, 2D/3D shapes and gradients, and a tiny overfit
+on a real ACDC slice."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from medsegrwkv.nets import create_model, get_spec
+from medsegrwkv.nets.medsegrwkv_net import MedSegRWKV
+from medsegrwkv.nets.rwkv_blocks import PathGate, shift_tokens
+from medsegrwkv.nets.scan import (ScanPath, candidate_paths, from_windows, raster_path, scan_tables,
+                                  shift_sources, to_windows, visit_order)
+
+SMALL = dict(dims=(16, 32, 48, 64), stem_dims=(8, 16), local_depths=(1, 1, 1, 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+# --- scan paths ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (4, 4), (5, 7), (8, 3), (2, 3, 4), (3, 1, 5), (4, 4, 4)])
+def test_snake_paths_visit_every_token_once_through_neighbours(shape: tuple[int, ...]) -> None:
+    for path in candidate_paths(len(shape)):
+        order = visit_order(shape, path)
+        assert sorted(order.tolist()) == list(range(math.prod(shape))), path
+        coords = np.stack(np.unravel_index(order, shape), axis=1)
+        assert (np.abs(np.diff(coords, axis=0)).sum(axis=1) == 1).all(), path
+
+
+def test_raster_breaks_continuity_and_differs_from_snake() -> None:
+    shape = (6, 5)
+    raster, snake = visit_order(shape, raster_path(2)), visit_order(shape, candidate_paths(2)[0])
+    assert (raster == np.arange(30)).all()
+    assert not (raster == snake).all()
+    jumps = np.abs(np.diff(np.stack(np.unravel_index(raster, shape), 1), axis=0)).sum(1)
+    assert (jumps > 1).sum() == shape[0] - 1
+
+
+def test_candidates_are_distinct_and_reverses_of_each_other() -> None:
+    for dims in (2, 3):
+        paths = candidate_paths(dims)
+        assert len(paths) == 2 * dims
+        shape = (4, 6) if dims == 2 else (3, 4, 5)
+        orders = [tuple(visit_order(shape, p)) for p in paths]
+        assert len(set(orders)) == len(orders)
+        half = len(paths) // 2
+        for forward, backward in zip(orders[:half], orders[half:]):
+            assert forward == backward[::-1]
+
+
+@pytest.mark.parametrize("path", candidate_paths(2) + (raster_path(2),))
+def test_q_shift_follows_the_scan(path: ScanPath) -> None:
+    """Groups 0/1 take the previous/next token of the path; groups 2/3 the grid neighbours
+    across it, behind and ahead in the path's direction."""
+    shape = (5, 6)
+    order = visit_order(shape, path)
+    src = shift_sources(shape, path)
+    T = math.prod(shape)
+    assert src[0, order[0]] == T and src[1, order[-1]] == T
+    assert (src[0, order[1:]] == order[:-1]).all() and (src[1, order[:-1]] == order[1:]).all()
+    across = path.order[0]
+    step = -1 if path.reverse else 1
+    for t in range(T):
+        coord = list(np.unravel_index(t, shape))
+        for group, delta in ((2, -step), (3, step)):
+            coord_n = coord.copy()
+            coord_n[across] += delta
+            inside = 0 <= coord_n[across] < shape[across]
+            assert src[group, t] == (np.ravel_multi_index(coord_n, shape) if inside else T)
+
+
+def test_shift_tokens_moves_channel_groups() -> None:
+    shape = (3, 4)
+    tables = scan_tables(shape, candidate_paths(2), torch.device("cpu"))
+    x = torch.arange(12.0)[None, :, None].expand(1, 12, 9).contiguous() + 1  # token id + 1; 9 = 4*2 + 1
+    out = shift_tokens(x, tables.shift)
+    assert out.shape == (1, 4, 12, 9)
+    for p in range(4):
+        src = tables.shift[p]
+        for g in range(4):
+            expected = torch.where(src[g] == 12, 0.0, src[g].float() + 1)
+            assert torch.equal(out[0, p, :, 2 * g], expected)
+        assert torch.equal(out[0, p, :, 8], x[0, :, 8])  # the leftover channel is not shifted
+
+
+def test_windows_round_trip() -> None:
+    x = torch.randn(2, 8, 12, 5)
+    w = to_windows(x, (4, 2))
+    assert w.shape == (16, 2, 6, 5)
+    assert torch.equal(w[1], x[0, 0:2, 6:12])
+    assert torch.equal(from_windows(w, (4, 2)), x)
+    x3 = torch.randn(1, 4, 6, 8, 3)
+    assert torch.equal(from_windows(to_windows(x3, (2, 3, 2)), (2, 3, 2)), x3)
+    with pytest.raises(ValueError):
+        to_windows(x, (3, 2))
+
+
+# --- network -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(256, 256), (200, 232)])
+def test_output_shape(size: tuple[int, int]) -> None:
+    model = create_model("medsegrwkv-t").eval()
+    assert model.pad_multiple == (get_spec("medsegrwkv-t").pad_multiple,) * 2
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, *size))
+    assert out.shape == (2, 4, *size) and torch.isfinite(out).all()
+
+
+def _grads_reach_every_parameter(model: torch.nn.Module, x: torch.Tensor) -> None:
+    out = model(x)
+    assert out.shape == (x.shape[0], 4, *x.shape[2:])
+    (out * torch.randn_like(out)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_gradients_reach_every_parameter() -> None:
+    _grads_reach_every_parameter(create_model("medsegrwkv-t"), torch.randn(2, 1, 64, 96))
+
+
+@pytest.mark.parametrize("scan, local_blocks", list(itertools.product(("raster", "snake", "dynamic"), (True, False))))
+def test_ablation_switches_build_and_train(scan: str, local_blocks: bool) -> None:
+    model = create_model("medsegrwkv-t", scan=scan, local_blocks=local_blocks, **SMALL)
+    _grads_reach_every_parameter(model, torch.randn(1, 1, 64, 64))
+    has_gates = any(isinstance(m, PathGate) for m in model.modules())
+    assert has_gates == (scan == "dynamic" and local_blocks)
+
+
+def test_raster_and_snake_differ() -> None:
+    """Same weights, different scan: the outputs must differ (the path is not a no-op)."""
+    raster = create_model("medsegrwkv-t", scan="raster", **SMALL).eval()
+    snake = create_model("medsegrwkv-t", scan="snake", **SMALL).eval()
+    snake.load_state_dict(raster.state_dict())
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(raster(x), snake(x), atol=1e-4)
+
+
+def test_gate_weights_sum_to_one_and_follow_the_input() -> None:
+    model = create_model("medsegrwkv-t", **SMALL).eval()
+    gates = [m for m in model.modules() if isinstance(m, PathGate)]
+    assert len(gates) == 4
+    seen: list[torch.Tensor] = []
+    hooks = [g.register_forward_hook(lambda _m, _i, out: seen.append(out)) for g in gates]
+    with torch.no_grad():
+        model(torch.randn(1, 1, 64, 64))
+        model(torch.rand(1, 1, 64, 64).square() * 3)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 8
+    for weights in seen:
+        assert weights.shape[-1] == 4 and (weights >= 0).all()
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[0]))
+    assert [w.shape[0] for w in seen[:4]] == [64, 16, 4, 1]  # 8x8, 4x4, 2x2, 1x1 windows
+    assert (seen[0].std(0) > 0).any()  # windows of one image get different weights
+    assert not torch.allclose(seen[0], seen[4], atol=1e-4)  # another image, other weights
+
+
+def test_tiny_budget() -> None:
+    """medsegrwkv-t within the RWKV-UNet-T anchor: <= 3.3M parameters, <= 3.8 GFLOPs
+    (FlopCounterMode: 2 FLOPs per multiply-add, convs and matmuls) per 256x256 slice."""
+    model = create_model("medsegrwkv-t").eval()
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randn(1, 1, 256, 256))
+    assert params <= 3.3e6, params
+    assert counter.get_total_flops() / 1e9 <= 3.8, counter.get_total_flops()
+
+
+def test_variants_grow_in_size() -> None:
+    counts = [sum(p.numel() for p in create_model(f"medsegrwkv-{v}").parameters()) for v in "tsb"]
+    assert counts[0] < counts[1] < counts[2]
+    assert 8e6 <= counts[1] <= 10e6 and 15e6 <= counts[2] <= 18e6, counts
+
+
+def test_3d_builds_and_trains() -> None:
+    spec = get_spec("medsegrwkv-t-3d")
+    assert spec.spatial_dims == 3 and spec.roi_size == (16, 160, 160)
+    model = create_model("medsegrwkv-t-3d")
+    assert isinstance(model, MedSegRWKV)
+    assert all(r % m == 0 for r, m in zip(spec.roi_size, model.pad_multiple))
+    gates = [m for m in model.modules() if isinstance(m, PathGate)]
+    assert gates and all(g.proj.out_features == 6 for g in gates)
+    _grads_reach_every_parameter(model, torch.randn(1, 1, 8, 64, 64))
+
+
+def test_rejects_unknown_scan() -> None:
+    with pytest.raises(ValueError):
+        create_model("medsegrwkv-t", scan="zigzag")
+
+
+def _heart_crop(acdc, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slice of patient001 ED with the most labelled pixels, cropped around the heart."""
+    case = acdc / "patient001"
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "patient001_frame01.nii.gz"))).astype(np.float32)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "patient001_frame01_gt.nii.gz"))).astype(np.int64)
+    z = int((label > 0).sum(axis=(1, 2)).argmax())
+    ys, xs = np.nonzero(label[z])
+    y0 = int(np.clip(ys.mean() - size // 2, 0, image.shape[1] - size))
+    x0 = int(np.clip(xs.mean() - size // 2, 0, image.shape[2] - size))
+    crop = image[z, y0:y0 + size, x0:x0 + size]
+    crop = (crop - crop.mean()) / crop.std()
+    target = label[z, y0:y0 + size, x0:x0 + size]
+    return torch.from_numpy(crop)[None, None], torch.from_numpy(target)[None]
+
+
+def test_overfits_one_real_slice(acdc) -> None:
+    image, target = _heart_crop(acdc)
+    assert set(target.unique().tolist()) == {0, 1, 2, 3}
+    model = create_model("medsegrwkv-t")
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = F.cross_entropy(model(image), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    with torch.no_grad():
+        accuracy = (model(image).argmax(1) == target).float().mean().item()
+    assert accuracy > 0.9, accuracy
+
+
+def test_mixed_precision_forward_and_backward() -> None:
+    """Training runs under autocast: the Bi-WKV stays in float32 and nothing overflows."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model("medsegrwkv-t", **SMALL).to(device)
+    x = torch.randn(2, 1, 64, 64, device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out = model(x)
+    assert torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
