@@ -6,8 +6,9 @@ so that
 - the slice axis (the one with the largest spacing, i.e. between short-axis slices; axis k when
   spacing is near isotropic) becomes z,
 - x is the in-plane axis (with sign) closest to the patient's left (+x in LPS),
-- y is the other in-plane axis, signed to point posterior (+y in LPS; inferior when it is
-  perpendicular to that).
+- y is the other in-plane axis, signed to point posterior (+y in LPS; superior when it is
+  perpendicular to that),
+- z is signed so that (x, y, z) is right-handed, which fixes the slice order.
 The result depends only on the physical image, not on how the file stores it; ACDC (identity
 direction, slices on k) is already canonical. `from_canonical` undoes it for the labelmap.
 """
@@ -46,8 +47,10 @@ def canonical_layout(direction: np.ndarray, spacing: tuple[float, ...]) -> tuple
     flip_x = direction[0, x] < 0
     reference = np.array([0.0, 1.0, 1e-3])  # posterior, tie-broken towards superior
     flip_y = float(direction[:, y] @ reference) < 0
-    # Keep the slice order as acquired: flipping z would only reorder slices.
-    return (x, y, z), (bool(flip_x), bool(flip_y), False)
+    ex = direction[:, x] * (-1 if flip_x else 1)
+    ey = direction[:, y] * (-1 if flip_y else 1)
+    flip_z = float(np.cross(ex, ey) @ direction[:, z]) < 0
+    return (x, y, z), (bool(flip_x), bool(flip_y), bool(flip_z))
 
 
 def to_canonical(image: sitk.Image) -> Canonical:

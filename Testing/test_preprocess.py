@@ -1,0 +1,94 @@
+"""Preprocessing pieces on their own: orientation, resampling, ROI, intensity, the 3D path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medsegrwkv.errors import MedSegError
+from medsegrwkv.inference.segmenter import Cancelled, Segmenter
+from medsegrwkv.nets import create_model, model_config
+from medsegrwkv.preprocess import (
+    Roi, from_canonical, normalize_intensity, parse_voxel_roi, resample_inplane, resample_probabilities,
+    roi_from_ras_box, to_canonical,
+)
+
+
+def _image(size=(40, 30, 6), spacing=(1.2, 1.3, 8.0)) -> sitk.Image:
+    array = np.random.default_rng(0).random(size[::-1]).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    return image
+
+
+def test_identity_images_are_already_canonical():
+    image = _image()
+    c = to_canonical(image)
+    assert c.order == (0, 1, 2) and c.flips == (False, False, False)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(c.image), sitk.GetArrayViewFromImage(image))
+
+
+@pytest.mark.parametrize("order,flips", [((2, 0, 1), (False, False, False)), ((1, 0, 2), (True, False, True)),
+                                         ((0, 2, 1), (False, True, False))])
+def test_canonical_layout_does_not_depend_on_storage(order, flips):
+    image = _image()
+    stored = sitk.Flip(sitk.PermuteAxes(image, list(order)), list(flips))
+    c = to_canonical(stored)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(c.image), sitk.GetArrayViewFromImage(image))
+    back = from_canonical(c.image, c, stored)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(stored))
+    assert back.GetOrigin() == stored.GetOrigin() and back.GetDirection() == stored.GetDirection()
+
+
+def test_inplane_resampling_there_and_back_keeps_a_disc():
+    image = sitk.Image(120, 100, 3, sitk.sitkFloat32)
+    image.SetSpacing((1.1, 1.1, 10.0))
+    yy, xx = np.mgrid[:100, :120]
+    disc = ((yy - 50) ** 2 + (xx - 60) ** 2 < 25 ** 2).astype(np.float32)
+    image = sitk.GetImageFromArray(np.repeat(disc[None], 3, axis=0))
+    image.SetSpacing((1.1, 1.1, 10.0))
+    coarse = resample_inplane(image, (1.5625, 1.5625))
+    assert coarse.GetSpacing()[:2] == (1.5625, 1.5625) and coarse.GetSize()[2] == 3
+    assert abs(coarse.GetSize()[0] * 1.5625 - 120 * 1.1) < 1.6  # same field of view
+    probs = np.stack([1 - sitk.GetArrayFromImage(coarse), sitk.GetArrayFromImage(coarse)])
+    back = resample_probabilities(probs, coarse, image).argmax(0)
+    dice = 2 * (back * disc).sum() / (back.sum() + 3 * disc.sum())
+    assert back.shape == (3, 100, 120) and dice > 0.98
+
+
+def test_roi_parsing_clipping_and_ras_box():
+    assert parse_voxel_roi("1,2,3,4,5,6") == Roi((1, 2, 3), (4, 5, 6))
+    assert Roi((-5, 0, 0), (10, 500, 3)).clipped((40, 30, 6)) == Roi((0, 0, 0), (10, 30, 3))
+    for bad in (Roi((5, 0, 0), (5, 10, 3)), Roi((50, 0, 0), (60, 10, 3))):
+        with pytest.raises(MedSegError):
+            bad.clipped((40, 30, 6))
+    image = _image()
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # in-plane rotated 90 degrees
+    image.SetOrigin((10.0, -20.0, 5.0))
+    lps = [image.TransformIndexToPhysicalPoint(idx) for idx in ((3, 4, 1), (12, 20, 4))]
+    ras = [(-x, -y, z) for x, y, z in lps]
+    lo, hi = np.minimum(*ras), np.maximum(*ras)
+    assert roi_from_ras_box(image, tuple(lo), tuple(hi)) == Roi((3, 4, 1), (13, 21, 5))
+
+
+def test_intensity_normalisation_is_robust():
+    x = np.concatenate([np.linspace(0, 100, 1000), [1e6]]).astype(np.float32)  # one hot outlier
+    y = normalize_intensity(x)
+    assert y.min() == 0.0 and y.max() == 1.0 and np.median(y) == pytest.approx(0.5, abs=0.02)
+    assert not normalize_intensity(np.full(10, 7.0)).any()  # constant image -> zeros, not NaN
+
+
+def test_3d_sliding_window_path_keeps_geometry_reports_progress_and_cancels():
+    torch.manual_seed(0)
+    model = create_model("unet3d", channels=(4, 8, 16, 32, 64))
+    manifest = {"architecture": "unet3d", "config": model_config("unet3d", channels=(4, 8, 16, 32, 64))}
+    segmenter = Segmenter(model, manifest, torch.device("cpu"))
+    image = _image(size=(200, 180, 20), spacing=(1.4, 1.4, 6.0))
+    events = []
+    labels = segmenter.segment(image, progress=lambda f, m: events.append(f))
+    assert labels.GetSize() == image.GetSize() and labels.GetSpacing() == image.GetSpacing()
+    assert len(events) > 2 and events == sorted(events)
+    with pytest.raises(Cancelled):
+        segmenter.segment(image, cancel=lambda: len(events) > 3)

@@ -1,0 +1,7 @@
+"""Model zoo. Importing this package registers every architecture with the registry."""
+
+from medsegrwkv.nets import baselines  # noqa: F401
+from medsegrwkv.nets import medsegrwkv_net  # noqa: F401
+from medsegrwkv.nets.registry import ModelSpec, create_model, get_spec, list_models, model_config, register_model
+
+__all__ = ["ModelSpec", "create_model", "get_spec", "list_models", "model_config", "register_model"]

@@ -1,0 +1,230 @@
+"""MedSegRWKV: a U-shaped network of Vision-RWKV blocks with a dynamic scan (DESIGN.md §5.1).
+
+Encoder: a convolutional stem (full, 1/2 resolution; its features are the fine skips), then
+four stages at 1/4 .. 1/32. Each stage has one global block, which scans the whole map along a
+snake whose axis order and direction change from stage to stage (on the large early maps it
+mixes on a 2x average-pooled grid), followed by local blocks over windows whose count falls
+with depth (8, 4, 2, 1 per axis). Each window is scanned along K candidate snakes, weighted by
+a gate on the window's mean feature. Decoder: per level, upsample, concatenate the skip, 1x1
+conv, 7x7 depthwise conv + norm + GELU, and on the two coarsest levels an RWKV block; a 1x1
+head gives the class logits at full resolution.
+
+Ablation switches: `scan` = "raster" | "snake" | "dynamic", `local_blocks` = True | False.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from medsegrwkv.nets.registry import register_model
+from medsegrwkv.nets.rwkv_blocks import PathGate, RWKVBlock
+from medsegrwkv.nets.scan import ScanPath, candidate_paths, from_windows, raster_path, to_windows
+
+SCANS = ("raster", "snake", "dynamic")
+
+
+def global_path(scan: str, spatial_dims: int, stage: int) -> ScanPath:
+    """The path of a stage's global (and decoder) blocks: with a dynamic scan it cycles
+    through the candidates, so each stage scans in another order and direction."""
+    if scan == "raster":
+        return raster_path(spatial_dims)
+    candidates = candidate_paths(spatial_dims)
+    return candidates[stage % len(candidates)] if scan == "dynamic" else candidates[0]
+
+
+def local_paths(scan: str, spatial_dims: int) -> tuple[ScanPath, ...]:
+    if scan == "dynamic":
+        return candidate_paths(spatial_dims)
+    return (global_path(scan, spatial_dims, 0),)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of a channels-first map: independent of batch size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+class ConvUnit(nn.Sequential):
+    """3x3 conv (optionally strided) + norm + GELU."""
+
+    def __init__(self, spatial_dims: int, cin: int, cout: int, stride: Sequence[int]) -> None:
+        super().__init__(_conv(spatial_dims)(cin, cout, 3, stride=tuple(stride), padding=1, bias=False),
+                         ChannelNorm(cout), nn.GELU())
+
+
+class EncoderStage(nn.Module):
+    """One global block, then local blocks over `windows` windows per axis (channels-last)."""
+
+    def __init__(self, dim: int, spatial_dims: int, stage: int, windows: int, local_depth: int,
+                 pool: int, scan: str, local_blocks: bool, hidden_rate: int, layer_scale: float) -> None:
+        super().__init__()
+        path = (global_path(scan, spatial_dims, stage),)
+        self.global_block = RWKVBlock(dim, path, hidden_rate, layer_scale, pool)
+        self.windows = (windows,) * spatial_dims if local_blocks else None
+        paths = local_paths(scan, spatial_dims) if local_blocks else path
+        self.gate = PathGate(dim, len(paths)) if len(paths) > 1 else None
+        # Without local blocks the stage keeps the same depth with global blocks (same params).
+        self.local = nn.ModuleList(RWKVBlock(dim, paths, hidden_rate, layer_scale, 1 if local_blocks else pool)
+                                   for _ in range(local_depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.global_block(x)
+        if self.windows is None:
+            for block in self.local:
+                x = block(x)
+            return x
+        windows = to_windows(x, self.windows)
+        weights = self.gate(windows) if self.gate is not None else None
+        for block in self.local:
+            windows = block(windows, weights)
+        return from_windows(windows, self.windows)
+
+
+class DecoderLevel(nn.Module):
+    """Upsample to the skip's size, concatenate, 1x1 conv, then a large-kernel depthwise
+    residual unit and optionally an RWKV block."""
+
+    def __init__(self, spatial_dims: int, deep: int, skip: int, out: int, block: RWKVBlock | None) -> None:
+        super().__init__()
+        conv = _conv(spatial_dims)
+        # 7x7 in-plane; CMR volumes are thick-sliced, so only 3 across slices in 3D.
+        kernel = (7, 7) if spatial_dims == 2 else (3, 7, 7)
+        self.fuse = nn.Sequential(conv(deep + skip, out, 1, bias=False), ChannelNorm(out), nn.GELU())
+        self.local = nn.Sequential(conv(out, out, kernel, padding=tuple(k // 2 for k in kernel), groups=out),
+                                   ChannelNorm(out), nn.GELU())
+        self.block = block
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        mode = "bilinear" if x.dim() == 4 else "trilinear"
+        x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
+        x = self.fuse(torch.cat((x, skip), dim=1))
+        x = x + self.local(x)
+        if self.block is not None:
+            x = self.block(x.movedim(1, -1)).movedim(-1, 1)
+        return x
+
+
+class MedSegRWKV(nn.Module):
+    """(B, C, H, W) or (B, C, D, H, W) -> logits (B, out_channels, same size).
+
+    Config: `dims` per stage; `stem_dims` at full and 1/2 resolution; `local_depths` local
+    blocks per stage; `windows` per axis per stage (3D: the slice axis too); `global_pool` the
+    pooling of each stage's global spatial mix; `decoder_blocks` an RWKV block on the decoder
+    level of each stage but the deepest; `scan` and `local_blocks` the ablation switches. 3D
+    stems keep the slice axis (stride 1, 2, 2); merges halve every axis.
+
+    Inputs of any size are zero-padded to `pad_multiple` per axis (32 in-plane; 8 across slices
+    in 3D) and the logits cropped back. Cost of "medsegrwkv-t" on a 1x1x256x256 slice, counted
+    by torch.utils.flop_counter.FlopCounterMode (convs and matmuls only, 2 FLOPs per
+    multiply-add; GFLOPs = total / 1e9): 2.52. It does not count the Bi-WKV (2.1M token-channels
+    x ~24 operations = 0.05e9), nor the Q-Shift, norms and activations (~0.1e9).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 4, spatial_dims: int = 2,
+                 dims: Sequence[int] = (32, 64, 128, 256), stem_dims: Sequence[int] = (16, 24),
+                 local_depths: Sequence[int] = (1, 1, 1, 1), windows: Sequence[int] = (8, 4, 2, 1),
+                 global_pool: Sequence[int] = (2, 2, 1, 1), decoder_blocks: Sequence[bool] = (False, True, True),
+                 hidden_rate: int = 4, layer_scale: float = 0.1, scan: str = "dynamic",
+                 local_blocks: bool = True) -> None:
+        super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {SCANS}, not {scan!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
+        if not len(dims) == len(local_depths) == len(windows) == len(global_pool) == len(decoder_blocks) + 1:
+            raise ValueError("dims, local_depths, windows, global_pool need one entry per stage "
+                             "and decoder_blocks one per stage below the deepest")
+        # Thick-sliced CMR volumes: the stem keeps the slice axis, the stages halve every axis.
+        down = (2,) * spatial_dims if spatial_dims == 2 else (1, 2, 2)
+        self.stem = nn.ModuleList([ConvUnit(spatial_dims, in_channels, stem_dims[0], (1,) * spatial_dims),
+                                   ConvUnit(spatial_dims, stem_dims[0], stem_dims[1], down)])
+        conv = _conv(spatial_dims)
+        self.embed = nn.Sequential(conv(stem_dims[1], dims[0], 3, stride=down, padding=1), ChannelNorm(dims[0]))
+        self.merges = nn.ModuleList(nn.Sequential(nn.LayerNorm(cin), _ChannelsFirst(conv(cin, cout, 2, stride=2)))
+                                    for cin, cout in zip(dims[:-1], dims[1:]))
+        self.stages = nn.ModuleList(
+            EncoderStage(dim, spatial_dims, s, windows[s], local_depths[s], global_pool[s], scan, local_blocks,
+                         hidden_rate, layer_scale) for s, dim in enumerate(dims))
+        self.decoder = nn.ModuleList(
+            DecoderLevel(spatial_dims, dims[s + 1], dims[s], dims[s],
+                         RWKVBlock(dims[s], (global_path(scan, spatial_dims, s),), hidden_rate, layer_scale)
+                         if decoder_blocks[s] else None)
+            for s in reversed(range(len(dims) - 1)))
+        self.stem_decoder = nn.ModuleList([DecoderLevel(spatial_dims, dims[0], stem_dims[1], stem_dims[1], None),
+                                           DecoderLevel(spatial_dims, stem_dims[1], stem_dims[0], stem_dims[0], None)])
+        self.head = conv(stem_dims[0], out_channels, 1)
+        # Every stage's grid must split into its windows: stride of the stage times its count.
+        strides = [[d ** 2 * 2 ** s for d in down] for s in range(len(dims))]
+        self.pad_multiple = tuple(math.lcm(*(st[a] * n for st, n in zip(strides, windows)), strides[-1][a])
+                                  for a in range(spatial_dims))
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[2:]
+        pad = [(-s) % m for s, m in zip(size, self.pad_multiple)]
+        x = F.pad(x, [p for amount in reversed(pad) for p in (0, amount)])
+        skips = []
+        for unit in self.stem:
+            x = unit(x)
+            skips.append(x)
+        x = self.embed(x).movedim(1, -1)
+        features = []
+        for s, stage in enumerate(self.stages):
+            if s:
+                x = self.merges[s - 1](x)
+            x = stage(x)
+            features.append(x.movedim(-1, 1))
+        x = features[-1]
+        for level, skip in zip(self.decoder, reversed(features[:-1])):
+            x = level(x, skip)
+        for level, skip in zip(self.stem_decoder, reversed(skips)):
+            x = level(x, skip)
+        logits = self.head(x)
+        return logits[(..., *(slice(0, s) for s in size))]
+
+
+class _ChannelsFirst(nn.Module):
+    """Runs a channels-first module on a channels-last tensor."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x.movedim(-1, 1)).movedim(1, -1)
+
+
+_DESCRIPTION = "MedSegRWKV-{} (2D): Bi-WKV U-Net with dynamic snake scan, slice by slice"
+_VARIANTS = {
+    "t": dict(dims=(32, 64, 128, 256), stem_dims=(16, 24), local_depths=(2, 2, 2, 1)),
+    "s": dict(dims=(48, 96, 192, 384), stem_dims=(16, 32), local_depths=(2, 2, 2, 2)),
+    "b": dict(dims=(64, 128, 256, 512), stem_dims=(24, 32), local_depths=(2, 2, 3, 2)),
+}
+
+
+@register_model("medsegrwkv-t", description=_DESCRIPTION.format("T"), **_VARIANTS["t"])
+@register_model("medsegrwkv-s", description=_DESCRIPTION.format("S"), **_VARIANTS["s"])
+@register_model("medsegrwkv-b", description=_DESCRIPTION.format("B"), **_VARIANTS["b"])
+def medsegrwkv(**config) -> MedSegRWKV:
+    return MedSegRWKV(**config)
+
+
+@register_model("medsegrwkv-t-3d", spatial_dims=3, roi_size=(16, 160, 160),
+                description="MedSegRWKV-T (3D): Bi-WKV U-Net with dynamic snake scan, sliding window",
+                **_VARIANTS["t"])
+def medsegrwkv_3d(**config) -> MedSegRWKV:
+    return MedSegRWKV(**{"spatial_dims": 3, **config})

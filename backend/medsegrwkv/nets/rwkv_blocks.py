@@ -1,0 +1,147 @@
+"""Vision-RWKV blocks whose Q-Shift and Bi-WKV follow a scan path (DESIGN.md §5.1).
+
+A block holds K candidate paths. With K = 1 it is a plain VRWKV block scanned along that path;
+with K > 1 it takes per-sample path weights (from `PathGate`) and outputs the weighted mix of
+its K scans, which keeps the choice of path differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from medsegrwkv.nets.biwkv import biwkv
+from medsegrwkv.nets.scan import ScanPath, ScanTables, scan_tables
+
+
+def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
+    """Q-Shift of (B, T, C) tokens for K paths at once -> (B, K, T, C).
+
+    Channel group g of token t takes token `shift[p, g, t]` (T means zeros); channels left over
+    by C // G stay unshifted.
+    """
+    B, T, C = x.shape
+    K, G, _ = shift.shape
+    size = C // G
+    padded = torch.cat((x, x.new_zeros(B, 1, C)), dim=1)
+    parts = [padded[..., g * size:(g + 1) * size].index_select(1, shift[:, g].reshape(-1)).view(B, K, T, size)
+             for g in range(G)]
+    parts.append(x[..., G * size:].unsqueeze(1).expand(B, K, T, C - G * size))
+    return torch.cat(parts, dim=-1)
+
+
+def _mix(shifted: Tensor, x: Tensor, ratio: Tensor) -> Tensor:
+    """Per-path, per-channel interpolation between the token and its shifted neighbours."""
+    return torch.lerp(shifted, x.unsqueeze(1), ratio[None, :, None, :].to(shifted.dtype))
+
+
+def _combine(y: Tensor, weights: Tensor | None) -> Tensor:
+    """(B, K, T, C) -> (B, T, C): the path-weighted sum, or the only path."""
+    return y[:, 0] if weights is None else torch.einsum("bktc,bk->btc", y, weights.to(y.dtype))
+
+
+class SpatialMix(nn.Module):
+    """Q-Shift, k/v/r projections, Bi-WKV along each path, sigmoid(r) gate, output projection.
+
+    The projections are shared by the paths; only the shift, the mixing ratios and the token
+    order differ, so K paths cost K times the k/v/r projections and one output projection.
+    """
+
+    def __init__(self, dim: int, n_paths: int) -> None:
+        super().__init__()
+        self.ratio = nn.Parameter(torch.full((3, n_paths, dim), 0.5))
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.output = nn.Linear(dim, dim, bias=False)
+        # Decays spread from "far tokens weigh more" to "mostly local" (w > 0 decays with distance).
+        self.decay = nn.Parameter(torch.linspace(-4.0, 6.0, dim))
+        self.bonus = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        shifted = shift_tokens(x, tables.shift)
+        k = self.key(_mix(shifted, x, self.ratio[0]))
+        v = self.value(_mix(shifted, x, self.ratio[1]))
+        r = self.receptance(_mix(shifted, x, self.ratio[2]))
+        K = tables.shift.shape[0]
+        k, v = (t.flatten(1, 2).index_select(1, tables.perm).view(B * K, T, C) for t in (k, v))
+        wkv = biwkv(self.decay, self.bonus, k, v).view(B, K * T, C).index_select(1, tables.inv)
+        return self.output(_combine(torch.sigmoid(r) * wkv.view(B, K, T, C), weights))
+
+
+class ChannelMix(nn.Module):
+    """Q-Shift, then a squared-ReLU MLP gated by sigmoid(r).
+
+    With K paths the MLP sees the path-weighted mix of the K shifted inputs (the shift is
+    linear, so this is exact for the input and costs one MLP, not K).
+    """
+
+    def __init__(self, dim: int, n_paths: int, hidden_rate: int) -> None:
+        super().__init__()
+        self.ratio = nn.Parameter(torch.full((2, n_paths, dim), 0.5))
+        self.key = nn.Linear(dim, hidden_rate * dim, bias=False)
+        self.value = nn.Linear(hidden_rate * dim, dim, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+        shifted = shift_tokens(x, tables.shift)
+        k = self.key(_combine(_mix(shifted, x, self.ratio[0]), weights))
+        r = self.receptance(_combine(_mix(shifted, x, self.ratio[1]), weights))
+        return torch.sigmoid(r) * self.value(torch.relu(k).square())
+
+
+class RWKVBlock(nn.Module):
+    """Pre-LN residual VRWKV block with layer scale on channels-last grids (B, *S, C).
+
+    `pool` > 1 runs the spatial mix on the average-pooled grid and upsamples its output, so
+    global mixing on large early-stage maps costs a fraction of the tokens.
+    """
+
+    def __init__(self, dim: int, paths: tuple[ScanPath, ...], hidden_rate: int = 4,
+                 layer_scale: float = 0.1, pool: int = 1) -> None:
+        super().__init__()
+        self.paths = paths
+        self.pool = pool
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.spatial = SpatialMix(dim, len(paths))
+        self.channel = ChannelMix(dim, len(paths), hidden_rate)
+        self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
+        self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        """`weights` (B, K) sum to 1 over the paths; None when the block has one path."""
+        if (weights is None) != (len(self.paths) == 1):
+            raise ValueError(f"a block with {len(self.paths)} paths needs weights exactly when K > 1")
+        x = x + self.gamma1 * self._spatial(self.norm1(x), weights)
+        tables = scan_tables(tuple(x.shape[1:-1]), self.paths, x.device)
+        y = self.channel(self.norm2(x).flatten(1, -2), tables, weights)
+        return x + self.gamma2 * y.view_as(x)
+
+    def _spatial(self, h: Tensor, weights: Tensor | None) -> Tensor:
+        size = h.shape[1:-1]
+        if self.pool > 1:
+            pool = (F.avg_pool2d if h.dim() == 4 else F.avg_pool3d)
+            h = pool(h.movedim(-1, 1), self.pool).movedim(1, -1)
+        tables = scan_tables(tuple(h.shape[1:-1]), self.paths, h.device)
+        y = self.spatial(h.flatten(1, -2), tables, weights).view_as(h)
+        if self.pool > 1:
+            mode = "bilinear" if y.dim() == 4 else "trilinear"
+            y = F.interpolate(y.movedim(-1, 1), size=size, mode=mode, align_corners=False).movedim(1, -1)
+        return y
+
+
+class PathGate(nn.Module):
+    """Softmax weights over K paths from each window's mean feature: (N, *window, C) -> (N, K)."""
+
+    def __init__(self, dim: int, n_paths: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, n_paths)
+
+    def forward(self, windows: Tensor) -> Tensor:
+        pooled = windows.flatten(1, -2).mean(dim=1)
+        return torch.softmax(self.proj(self.norm(pooled)).float(), dim=-1)
