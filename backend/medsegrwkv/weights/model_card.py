@@ -1,0 +1,56 @@
+"""A model card rendered from a segmentation manifest, so the card and the weights never disagree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medsegrwkv.training.metrics import STRUCTURES
+
+
+def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
+    t = manifest.get("training", {})
+    v = manifest.get("metrics", {}).get("validation", {})
+    prep = manifest.get("preprocessing", {})
+    lines = [
+        f"# Model card: `{manifest['name']}`",
+        "",
+        f"- **Architecture:** `{manifest['architecture']}` ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs "
+        "per 256x256 slice by torch.utils.flop_counter), config `" + str(manifest.get("config")) + "`.",
+        "- **Task:** segmentation of short-axis cardiac cine MRI into "
+        + ", ".join(f"{l['value']} {l['name']}" for l in manifest["labels"]) + " (0 background).",
+        "- **Intended use:** research. Outputs must be reviewed by a qualified reader; not a medical device.",
+        f"- **Input:** one 3D short-axis stack (one cardiac phase), any orientation (reoriented to a canonical "
+        f"layout), normalised by percentile clipping {prep.get('percentiles')} and resampled in-plane to "
+        f"{prep.get('spacing_xy_mm')} mm; predictions are mapped back to the input grid.",
+        "",
+        "## Training data and licence",
+        f"- {manifest.get('licence', '')}",
+        f"- Split: {t.get('split')}; {t.get('train_volumes')} training volumes, {t.get('validation_volumes')} "
+        "validation volumes (ED and ES frames; patient-level, 4 validation patients per pathology group).",
+        f"- {t.get('epochs_completed')} epochs ({t.get('optimizer_steps')} optimiser steps, batch {t.get('batch_size')}, "
+        f"crop {t.get('crop')}, AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
+        f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
+        f"torch {t.get('torch')}.",
+        "",
+        "## Validation (deployed pipeline, post-processing on, no TTA)",
+        "",
+        "| structure | Dice | HD95 (mm) |",
+        "|---|---|---|",
+    ]
+    for name in (*STRUCTURES.values(), "mean"):
+        if f"{name}_dice" in v:
+            lines.append(f"| {name} | {v[f'{name}_dice']:.4f} | {v[f'{name}_hd95']:.2f} |")
+    lines += [
+        "",
+        f"Best of the validations made every few epochs (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
+        "",
+        "## Limitations",
+        "- ACDC comes from one centre (Dijon, 1.5 T and 3 T Siemens); other vendors and sequences may do worse.",
+        "- The shared ACDC copy has nominal spacing (1.5625 x 1.5625 x 10 mm), so HD95 in mm and volumes are "
+        "approximate; Dice is unaffected.",
+        "- Apical and basal slices are the hardest; check them, and the RV in particular.",
+        "",
+        f"Weights: `model.safetensors` ({manifest.get('dtype')}), SHA-256 `{manifest.get('sha256')}` (checked at load).",
+        "",
+    ]
+    return "\n".join(lines)
