@@ -107,6 +107,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "weights": weights_status(spec.name).value,
             "default": DEFAULT_MODELS.get(spec.task) == spec.name,
             "validation_mean_dice": metrics.get("mean_dice"),
+            "validation_kappa_linear": metrics.get("kappa_linear"),  # grading models (simulated motion)
             "description": spec.description,
         })
     if args.json:
@@ -115,10 +116,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<22}{'task':<14}{'dims':>4}{'params':>10}{'GFLOPs':>9}  {'weights':<18}{'val Dice':>9}  description")
     for r in rows:
         dice = f"{r['validation_mean_dice']:.4f}" if r["validation_mean_dice"] is not None else "-"
+        if r["validation_kappa_linear"] is not None:
+            dice = f"k {r['validation_kappa_linear']:.3f}"
         name = r["name"] + (" *" if r["default"] else "")
         print(f"{name:<22}{r['task']:<14}{r['spatial_dims']:>3}D{r['params'] / 1e6:>9.2f}M{r['gflops']:>9.2f}  "
               f"{r['weights']:<18}{dice:>9}  {r['description']}")
-    print("* default for its task; GFLOPs per 256x256 slice (2D) or per sliding-window crop (3D)")
+    print("* default for its task; GFLOPs per 256x256 slice (2D; graders: per 224x224 slice) or per "
+          "sliding-window crop (3D); graders show 'k': linear-weighted kappa on simulated motion")
     return 0
 
 
@@ -157,10 +161,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
+    if args.task == "grade":
+        from medsegrwkv.cli.grade import cmd_train_grade
+
+        return cmd_train_grade(args)
     from medsegrwkv.training.segmentation import TrainConfig, train_segmentation
 
-    cfg = TrainConfig(data=Path(args.data), output=Path(args.output), model=args.model, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, crop=args.crop, val_every=args.val_every,
+    cfg = TrainConfig(data=Path(args.data), output=Path(args.output), model=args.model or "unet2d",
+                      epochs=args.epochs or 100, batch_size=args.batch_size or 16, lr=args.lr, crop=args.crop,
+                      val_every=args.val_every,
                       device=args.device, seed=args.seed, workers=args.workers, max_steps=args.max_steps,
                       max_cases=args.max_cases, validate=not args.no_validation)
     result = train_segmentation(cfg)
@@ -170,12 +179,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- benchmark -----------------------------------------------------------------------------------
+def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 8:
+        raise MedSegError(f"{option} needs comma-separated sizes of at least 8 pixels, got '{text}'.",
+                          code="bad_argument")
+    return sizes
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from medsegrwkv.benchmark import FULL, QUICK, run_benchmark
+    from medsegrwkv.benchmark.report import render_markdown
+    from medsegrwkv.inference.device import resolve_device
+
+    resolve_device(args.device)  # an unusable device fails before any work
+    if args.repeats is not None and args.repeats < 1:
+        raise MedSegError("--repeats must be at least 1.", code="bad_argument")
+    base = QUICK if args.quick else FULL
+    settings = replace(base, device=args.device, repeats=args.repeats or base.repeats,
+                       sizes_2d=_sizes(args.sizes, "--sizes") or base.sizes_2d,
+                       sizes_3d=_sizes(args.crops, "--crops") or base.sizes_3d)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    output = Path(args.output)
+    report = run_benchmark(models, settings, output)
+    print(render_markdown(report))
+    print(f"wrote {output / 'benchmark.json'} and {output / 'benchmark.md'}")
+    return 0
+
+
 # -- demo ----------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from medsegrwkv.cli.demo import print_report, run_demo
 
     print_report(run_demo(Path(args.output), args.model, args.device))
+    from medsegrwkv.cli.grade import demo_grading
+
+    demo_grading(Path(args.output), args.device)
     return 0
+
+
+# -- engine --------------------------------------------------------------------------------------
+def cmd_engine(args: argparse.Namespace) -> int:
+    from medsegrwkv.engine import run_stdio
+
+    return run_stdio()
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -212,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 
+    from medsegrwkv.cli.grade import add_grade_parser, add_train_grade_args
+
+    add_grade_parser(sub)
+
     p = sub.add_parser("models", help="list the models, their size and whether weights are installed")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
@@ -230,12 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on the training patients of an ACDC-layout folder, validating on the "
                        "fixed validation split. Resumes from OUTPUT/checkpoint.pt; the best model is written to "
                        "OUTPUT/weights. Multi-process: torchrun --nproc_per_node N -m medsegrwkv train ...")
-    p.add_argument("task", nargs="?", default="segment", choices=("segment",), help="what to train (segment)")
+    p.add_argument("task", nargs="?", default="segment", choices=("segment", "grade"),
+                   help="what to train: segment (default) or grade (the motion-artefact grader)")
     p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder (default ../shared/data/acdc)")
     p.add_argument("--output", required=True, help="run folder: checkpoint, history.jsonl, weights/")
-    p.add_argument("--model", default="unet2d", help="registered model name (default unet2d)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--model", help="registered model name (default unet2d; grade: grader_regnetx_002)")
+    p.add_argument("--epochs", type=int, help="default 100 (grade: 30)")
+    p.add_argument("--batch-size", type=int, help="per process (default 16; grade: 32)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--crop", type=int, default=160, help="in-plane training crop for 2D models (pixels)")
     p.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
@@ -245,13 +305,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
     p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
+    add_train_grade_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="segment the bundled Sunnybrook cine study and compare with expert contours")
+    p = sub.add_parser("benchmark", help="size, GFLOPs, latency, memory and scaling of every model in one run",
+                       description="Measure each segmentation model in a fresh process: parameters, GFLOPs, median "
+                       "latency and peak memory for a 10-slice 256x256 study (2D models slice by slice, 3D models by "
+                       "sliding window), and a resolution sweep with fitted time and memory exponents; plus the "
+                       "Bi-WKV operator against a per-token loop. Ratios are to the default model. Writes "
+                       "OUTPUT/benchmark.json and OUTPUT/benchmark.md. Untrained weights: accuracy is not measured.")
+    p.add_argument("--models", help="comma-separated model names (default: every segmentation model; the default "
+                   "model is always included)")
+    p.add_argument("--output", default="outputs/benchmark", help="folder for benchmark.json and benchmark.md")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--repeats", type=int, help="timed runs per measurement; the median is reported (default 5)")
+    p.add_argument("--sizes", help="2D sweep: square slice sizes (default 128,256,512,1024)")
+    p.add_argument("--crops", help="3D sweep: in-plane crop sizes at the model's crop depth (default 64,128,256)")
+    p.add_argument("--quick", action="store_true", help="tiny study and sizes, one repeat: seconds per model")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("demo", help="segment the bundled Sunnybrook cine study and compare with expert contours, "
+                       "then grade its motion artefacts")
     p.add_argument("--output", default="outputs/demo", help="folder for labelmaps and the PNG montage")
     p.add_argument("--model", help="registered model name (default: the default segmentation model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("engine", help="the worker 3D Slicer talks to: JSON lines on stdin/stdout",
+                       description="Serve requests (info, models, segment, grade, cancel, shutdown) as JSON lines "
+                       "on stdin, answering with progress, result and error lines on stdout; logs go to stderr. "
+                       "One request runs at a time (others get the error 'busy'); models stay loaded between "
+                       "requests; ends on 'shutdown' or when stdin closes. See docs/DESIGN.md section 3.")
+    p.set_defaults(func=cmd_engine)
     return parser
 
 

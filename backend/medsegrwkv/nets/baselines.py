@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch.nn as nn
-from monai.networks.nets import UNet
+from monai.networks.nets import SwinUNETR, UNet
+from monai.networks.nets.mednext import create_mednext
 
 from medsegrwkv.nets.registry import register_model
 
@@ -35,3 +36,36 @@ def unet2d(in_channels: int = 1, out_channels: int = 4, channels=_UNET_CHANNELS,
 def unet3d(in_channels: int = 1, out_channels: int = 4, channels=_UNET_CHANNELS, strides=_UNET3D_STRIDES,
            num_res_units: int = 2, dropout: float = 0.0) -> nn.Module:
     return _unet(3, in_channels, out_channels, channels, strides, num_res_units, dropout)
+
+
+# MedNeXt (Roy et al., 2023) through MONAI's factory: S and B with 3x3(x3) kernels, no deep
+# supervision. Four 2x downsamplings: 2D inputs are padded to a multiple of 16; the 3D crop
+# 16x160x160 divides evenly.
+def _mednext(spatial_dims: int, in_channels: int, out_channels: int, variant: str, kernel_size: int) -> nn.Module:
+    return create_mednext(variant, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                          kernel_size=kernel_size)
+
+
+@register_model("mednext-s", spatial_dims=3, roi_size=(16, 160, 160), variant="S", kernel_size=3,
+                description="MONAI MedNeXt-S (k3), 3D, sliding window over 16x160x160 crops")
+@register_model("mednext-b", spatial_dims=3, roi_size=(16, 160, 160), variant="B", kernel_size=3,
+                description="MONAI MedNeXt-B (k3), 3D, sliding window over 16x160x160 crops")
+def mednext_3d(in_channels: int = 1, out_channels: int = 4, variant: str = "S", kernel_size: int = 3) -> nn.Module:
+    return _mednext(3, in_channels, out_channels, variant, kernel_size)
+
+
+@register_model("mednext-s-2d", pad_multiple=16, variant="S", kernel_size=3,
+                description="MONAI MedNeXt-S (k3), 2D, slice by slice")
+@register_model("mednext-b-2d", pad_multiple=16, variant="B", kernel_size=3,
+                description="MONAI MedNeXt-B (k3), 2D, slice by slice")
+def mednext_2d(in_channels: int = 1, out_channels: int = 4, variant: str = "S", kernel_size: int = 3) -> nn.Module:
+    return _mednext(2, in_channels, out_channels, variant, kernel_size)
+
+
+# SwinUNETR in 2D: patch 2 and four 2x mergings need inputs divisible by 32 (pad_multiple). A 3D
+# variant would need 32 slices per crop, three times a CMR stack, so only 2D is registered.
+# feature_size 24 (the BTCV model uses 48) keeps it within the CPU budget; it must be a multiple of 12.
+@register_model("swinunetr", pad_multiple=32, feature_size=24,
+                description="MONAI SwinUNETR (Swin transformer encoder, feature size 24), 2D, slice by slice")
+def swinunetr(in_channels: int = 1, out_channels: int = 4, feature_size: int = 24) -> nn.Module:
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, spatial_dims=2)

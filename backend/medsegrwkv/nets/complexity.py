@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -13,9 +15,11 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def reference_input_shape(name: str) -> tuple[int, ...]:
-    """One 256x256 slice for 2D models, one sliding-window crop for 3D models."""
+    """One 256x256 slice for 2D models (a grader's own input size), one sliding-window crop for 3D models."""
     spec = get_spec(name)
     channels = spec.defaults.get("in_channels", 1)
+    if spec.task == "grading":  # graders see one fixed-size slice (medsegrwkv.grading.dataset)
+        return (1, channels, spec.defaults["input_size"], spec.defaults["input_size"])
     if spec.spatial_dims == 3 and spec.roi_size:
         return (1, channels, *spec.roi_size)
     return (1, channels, 256, 256) if spec.spatial_dims == 2 else (1, channels, 16, 160, 160)
@@ -24,10 +28,19 @@ def reference_input_shape(name: str) -> tuple[int, ...]:
 @torch.no_grad()
 def count_gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
     """GFLOPs of one forward pass by torch.utils.flop_counter (2 FLOPs per multiply-add;
-    element-wise operations are not counted)."""
+    element-wise operations are not counted). Counted on a copy on the meta device (shapes only,
+    instant even for large 3D networks); a network with an operation that needs real values is
+    run on the CPU instead."""
     model.eval()
+    try:
+        return _gflops(copy.deepcopy(model).to("meta"), torch.zeros(shape, device="meta"))
+    except (RuntimeError, NotImplementedError):
+        return _gflops(model, torch.zeros(shape))
+
+
+def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(shape))
+        model(x)
     return counter.get_total_flops() / 1e9
 
 

@@ -1,0 +1,733 @@
+"""MedSegRWKV: segment cardiac cine MRI (LV cavity, LV myocardium, RV cavity) and grade
+respiratory-motion artefacts per slice, from Slicer's GUI.
+
+Thin on purpose: every decision lives in MedSegRWKVLib, which is tested without Slicer; this
+file moves values between Slicer's nodes and widgets and that library. The heavy work runs in
+the `medsegrwkv engine` worker (JSON lines over pipes, polled with a QTimer), so torch is never
+imported into Slicer's process and the GUI stays responsive.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from MedSegRWKVLib import dependencies, geometry, panel, protocol, quality, terminology
+from MedSegRWKVLib.client import UNRESPONSIVE_AFTER_S, EngineClient, engine_command
+from MedSegRWKVLib.protocol import Message
+
+MODULE_DIR = Path(__file__).resolve().parent
+POLL_INTERVAL_MS = 100
+REQUEST_TIMEOUT_S = 900.0  # blocking requests (self-test) only; the GUI never blocks
+STARTING = "Starting the backend worker"
+
+
+class MedSegRWKV(ScriptedLoadableModule):
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedSegRWKV"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedSegRWKV developers"]
+        self.parent.helpText = (
+            "Segments the LV cavity, LV myocardium and RV cavity of a short-axis cine MRI volume and grades "
+            "respiratory-motion artefacts of every slice (5-point score: mild 4-5, moderate 3, severe 1-2). "
+            "Runs locally, on the CUDA GPU when there is one. The work is done by the medsegrwkv backend "
+            "worker; 'About backend' shows its versions and device.")
+        self.parent.acknowledgementText = (
+            "Sample data: Sunnybrook Cardiac Data (Radau et al., MIDAS Journal 2009, CC0). Bundled weights were "
+            "trained on ACDC (Bernard et al., IEEE TMI 2018, CC BY-NC-SA 4.0): research and non-commercial use.")
+
+
+# -- logic -----------------------------------------------------------------------------------------
+class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
+    """The worker's lifetime, backend set-up and the conversions between nodes and files."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._client: Optional[EngineClient] = None
+        self._plotNodes: Dict[str, Any] = {}
+        slicer.app.connect("aboutToQuit()", self.shutdown)
+
+    # backend set-up ---------------------------------------------------------------------------
+    def setupPlan(self, force: bool = False) -> dependencies.SetupPlan:
+        pytorchUtils = importlib.util.find_spec("PyTorchUtils") is not None  # the PyTorch extension's module
+        return dependencies.plan_setup(
+            dependencies.installed_version("torch"), dependencies.installed_version(dependencies.BACKEND_DIST),
+            dependencies.find_bundled_backend(MODULE_DIR), pytorchUtils, force_backend=force)
+
+    def setupBackend(self, force: bool = False, interactive: bool = True) -> dependencies.SetupPlan:
+        """Install what the plan asks for; raises RuntimeError with the sentence to show."""
+        plan = self.setupPlan(force)
+        if plan.ready:
+            return plan
+        if plan.blocked:
+            raise RuntimeError(plan.message)
+        if interactive and not slicer.util.confirmOkCancelDisplay(plan.message, "MedSegRWKV set-up"):
+            raise RuntimeError("The backend set-up was cancelled.")
+        if plan.torch == "install":
+            import PyTorchUtils
+
+            bundled = dependencies.find_bundled_backend(MODULE_DIR)
+            requirement = bundled.torch_requirement if bundled else None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                             torchVersionRequirement=requirement) is None:
+                raise RuntimeError("PyTorch could not be installed; install it with the PyTorch Utils module "
+                                   "and try again.")
+        if plan.install_backend:
+            slicer.util.pip_install(plan.pip_args)
+        importlib.invalidate_caches()  # let importlib.metadata see the new distributions
+        self.shutdown()  # the next request starts a worker with the new packages
+        after = self.setupPlan()
+        if not after.ready:
+            raise RuntimeError(after.message or "The backend is still not ready; see the Python console.")
+        return after
+
+    # worker ---------------------------------------------------------------------------------------
+    @property
+    def client(self) -> EngineClient:
+        if self._client is None:
+            python = shutil.which("PythonSlicer") or sys.executable
+            self._client = EngineClient(engine_command(python), env=slicer.util.startupEnvironment())
+        return self._client
+
+    def send(self, request: Dict[str, Any]) -> int:
+        return self.client.send(request)
+
+    def poll(self) -> List[Message]:
+        messages = self.client.poll()
+        if self.client.unresponsive():
+            messages += self.client.restart(f"it sent nothing for {UNRESPONSIVE_AFTER_S:.0f} s while working.")
+        return messages
+
+    def cancel(self, requestId: int) -> None:
+        self.client.send(protocol.cancel_request(requestId))
+
+    def request(self, request: Dict[str, Any], timeout: float = REQUEST_TIMEOUT_S) -> Message:
+        """Blocking request for the self-test; keeps the GUI painting."""
+        return self.client.wait(self.send(request), timeout, idle=slicer.app.processEvents)
+
+    def restartWorker(self, reason: str) -> List[Message]:
+        return self.client.restart(reason)
+
+    def workerLog(self) -> str:
+        return self._client.log_tail() if self._client is not None else ""
+
+    def shutdown(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # nodes <-> files ------------------------------------------------------------------------------
+    @staticmethod
+    def writeVolume(volume) -> Tuple[str, str]:
+        """The volume (its current sequence item) as an uncompressed NRRD in a new temporary folder."""
+        folder = tempfile.mkdtemp(prefix="medsegrwkv-")
+        path = str(Path(folder) / "input.nrrd")
+        storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        try:
+            storage.SetFileName(path)
+            storage.UseCompressionOff()
+            if not storage.WriteData(volume):
+                raise RuntimeError(f"Could not write {volume.GetName()} to {path}.")
+        finally:
+            slicer.mrmlScene.RemoveNode(storage)
+        return folder, path
+
+    @staticmethod
+    def ijkToWorld(volume) -> vtk.vtkMatrix4x4:
+        """Voxel index -> world RAS, through a linear parent transform if there is one."""
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        transformNode = volume.GetParentTransformNode()
+        if transformNode is None:
+            return ijkToRas
+        toWorld = vtk.vtkMatrix4x4()
+        if not transformNode.GetMatrixTransformToWorld(toWorld):
+            raise RuntimeError(f"{volume.GetName()} is under a non-linear transform; harden it first.")
+        return geometry.multiplied(toWorld, ijkToRas)
+
+    def roiBox(self, volume, roi) -> Optional[List[int]]:
+        if roi is None:
+            return None
+        box = geometry.roi_to_voxel_box(geometry.inverted(self.ijkToWorld(volume)), roi.GetObjectToWorldMatrix(),
+                                        roi.GetSize(), volume.GetImageData().GetDimensions())
+        return box.as_list()
+
+    def segmentRequest(self, volume, roi, model: Optional[str], device: str, tta: bool) -> Tuple[Dict[str, Any], str]:
+        box = self.roiBox(volume, roi)
+        folder, path = self.writeVolume(volume)
+        return protocol.segment_request(path, str(Path(folder) / "labels.nrrd"), model, device, tta, box), folder
+
+    def gradeRequest(self, volume, device: str) -> Tuple[Dict[str, Any], str]:
+        folder, path = self.writeVolume(volume)
+        return protocol.grade_request(path, device=device), folder
+
+    def importSegmentation(self, volume, segmentationNode, labelmapPath: str, labels: List[Dict[str, Any]]):
+        """Named, coloured segments with terminology from the worker's labelmap; segments of the same
+        names are replaced, any others the user made are kept."""
+        labelNode = slicer.util.loadLabelVolume(labelmapPath, {"show": False})
+        try:
+            array = slicer.util.arrayFromVolume(labelNode).copy()
+        finally:
+            slicer.mrmlScene.RemoveNode(labelNode)
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                  f"{volume.GetName()} heart")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentationNode.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+        segmentation = segmentationNode.GetSegmentation()
+        for spec in terminology.segment_specs(labels):
+            if segmentation.GetSegment(spec.segment_id) is None:
+                segmentation.AddEmptySegment(spec.segment_id, spec.name, spec.color)
+            segment = segmentation.GetSegment(spec.segment_id)
+            segment.SetName(spec.name)
+            segment.SetColor(*spec.color)
+            segment.SetNameAutoGenerated(False)
+            segment.SetColorAutoGenerated(False)
+            segment.SetTag(terminology.TERMINOLOGY_TAG, spec.terminology)
+            slicer.util.updateSegmentBinaryLabelmapFromArray((array == spec.value).astype(np.uint8),
+                                                             segmentationNode, spec.segment_id, volume)
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        return segmentationNode
+
+    def fitRoi(self, volume, roi) -> None:
+        objectToWorld, size = geometry.fit_roi_to_volume(self.ijkToWorld(volume),
+                                                         volume.GetImageData().GetDimensions())
+        worldToNode = vtk.vtkMatrix4x4()
+        if roi.GetParentTransformNode() is not None:
+            roi.GetParentTransformNode().GetMatrixTransformFromWorld(worldToNode)
+        roi.SetAndObserveObjectToNodeMatrix(geometry.multiplied(worldToNode, objectToWorld))
+        roi.SetSize(*size)
+
+    def jumpToSlice(self, volume, axis: int, index: int) -> None:
+        x, y, z = geometry.slice_centre_world(self.ijkToWorld(volume), volume.GetImageData().GetDimensions(),
+                                              axis, index)
+        slicer.modules.markups.logic().JumpSlicesToLocation(x, y, z, True)
+
+    @staticmethod
+    def sequenceBrowser(volume):
+        if volume is None:
+            return None
+        return slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volume)
+
+    def showQualityPlot(self, result: Dict[str, Any]) -> None:
+        """Expected score against slice in Slicer's plot view (one table, series and chart, reused)."""
+        xs, ys = quality.plot_points(result)
+        if not self._plotNodes or any(slicer.mrmlScene.GetNodeByID(n.GetID()) is None
+                                      for n in self._plotNodes.values()):
+            self._plotNodes = {
+                "table": slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "Motion quality"),
+                "series": slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "Expected score"),
+                "chart": slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "Motion quality per slice"),
+            }
+        table, series, chart = (self._plotNodes[k] for k in ("table", "series", "chart"))
+        slicer.util.updateTableFromArray(table, [np.array(xs, dtype=float), np.array(ys, dtype=float)],
+                                         ["slice", "score"])
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("slice")
+        series.SetYColumnName("score")
+        series.SetPlotType(series.PlotTypeScatter)
+        series.SetMarkerStyle(series.MarkerStyleCircle)
+        series.SetColor(*(c / 255.0 for c in quality.summary_colour(result)))
+        chart.RemoveAllPlotSeriesNodeIDs()
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("Motion quality per slice")
+        chart.SetXAxisTitle("slice")
+        chart.SetYAxisTitle("expected score (5 best)")
+        chart.SetYAxisRangeAuto(False)
+        chart.SetYAxisRange(0.5, 5.5)
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+
+# -- widget ----------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    id: int
+    action: str  # what the status line says while it runs
+    onDone: Callable[[Message], None]
+    folder: Optional[str] = None  # temporary files, removed when the job ends
+    cancellable: bool = False
+
+
+class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[MedSegRWKVLogic] = None
+        self.job: Optional[Job] = None
+        self.info: Optional[Dict[str, Any]] = None
+        self.modelChoices: List[panel.Choice] = []
+        self.gradeResult: Optional[Dict[str, Any]] = None
+        self.gradedVolume = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegRWKV.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedSegRWKVLogic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        self.ui.phaseSpinBox.connect("valueChanged(int)", self.onPhaseChanged)
+        self.ui.placeRoiButton.connect("clicked(bool)", self.onPlaceRoi)
+        self.ui.fitRoiButton.connect("clicked(bool)", self.onFitRoi)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
+        self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegments)
+        self.ui.gradeButton.connect("clicked(bool)", self.onGradeButton)
+        self.ui.qualityTable.connect("cellClicked(int,int)", self.onQualityRowClicked)
+        self.ui.installBackendButton.connect("clicked(bool)", self.onInstallBackend)
+        self.ui.restartWorkerButton.connect("clicked(bool)", self.onRestartWorker)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+
+        self.ui.qualityTable.setHorizontalHeaderLabels(list(quality.COLUMNS))
+        self.fillDevices()
+        self.onInputChanged()
+
+    def enter(self) -> None:
+        self.refreshBackend()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self.timer.stop()
+        if self.logic is not None:
+            self.logic.shutdown()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.clearQuality()
+
+    # status ---------------------------------------------------------------------------------------
+    def setStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.setText(text)
+        self.ui.statusLabel.setStyleSheet("color: #c0392b" if error else "")
+        if error:
+            logging.error(f"MedSegRWKV: {text}")
+
+    def updateButtons(self) -> None:
+        volume = self.ui.inputVolumeSelector.currentNode()
+        busy = self.job is not None
+        ready = self.info is not None and volume is not None
+        hasModel = self.selectedModel() is not None
+        segmenting = busy and self.job.action == "Segmenting"
+        grading = busy and self.job.action == "Grading"
+        self.ui.segmentButton.setText("Cancel" if segmenting else "Segment")
+        self.ui.segmentButton.setEnabled(segmenting or (not busy and ready and hasModel))
+        self.ui.gradeButton.setText("Cancel" if grading else "Grade motion")
+        self.ui.gradeButton.setEnabled(grading or (not busy and ready))
+        self.ui.editSegmentsButton.setEnabled(volume is not None and
+                                              self.ui.outputSegmentationSelector.currentNode() is not None)
+        self.ui.installBackendButton.setEnabled(not busy)
+
+    # worker plumbing ------------------------------------------------------------------------------
+    def submit(self, action: str, request: Dict[str, Any], onDone: Callable[[Message], None],
+               folder: Optional[str] = None, cancellable: bool = False) -> None:
+        try:
+            requestId = self.logic.send(request)
+        except OSError as exc:  # PythonSlicer missing or not executable
+            self.setStatus(f"Could not start the backend worker: {exc}", error=True)
+            return
+        self.job = Job(requestId, action, onDone, folder, cancellable)
+        self.ui.progressBar.setValue(0)
+        self.setStatus(f"{action}...")
+        self.updateButtons()
+        self.timer.start()
+
+    def onPoll(self) -> None:
+        for message in self.logic.poll():
+            job = self.job
+            if job is None or message.id != job.id:
+                continue  # e.g. the answer to a cancel request
+            if not message.final:
+                self.ui.progressBar.setValue(round(100 * message.fraction))
+                self.setStatus(protocol.progress_text(job.action, message))
+                continue
+            self.finish(job, message)
+        if self.job is None:
+            self.timer.stop()
+
+    def finish(self, job: Job, message: Message) -> None:
+        """Hand the final answer to the job, then delete its temporary files."""
+        self.job = None
+        try:
+            job.onDone(message)
+        except Exception as exc:  # a failed import into the scene must not leave the panel stuck
+            logging.exception("MedSegRWKV")
+            self.setStatus(f"{job.action} finished, but its result could not be shown: {exc}", error=True)
+        finally:
+            if job.folder:
+                shutil.rmtree(job.folder, ignore_errors=True)
+        self.updateButtons()
+
+    def failed(self, action: str, message: Message) -> bool:
+        """Show an error answer; True when `message` is one."""
+        if message.type != "error":
+            return False
+        self.ui.progressBar.setValue(0)
+        if message.code == "cancelled":
+            self.setStatus(f"{action} cancelled.")
+        else:
+            self.setStatus(f"{action} failed: {protocol.error_text(message)}", error=True)
+        if message.code in (protocol.WORKER_DIED, protocol.WORKER_RESTARTED):
+            self.info = None
+            logging.error(self.logic.workerLog())
+            if action != STARTING:  # a worker that dies while starting is not restarted in a loop
+                self.refreshBackend()
+        return True
+
+    # backend ---------------------------------------------------------------------------------------
+    def refreshBackend(self) -> None:
+        """Start the worker when the backend is installed and ask it for versions and models."""
+        plan = self.logic.setupPlan()
+        if not plan.ready:
+            self.showAbout(plan.message)
+            self.ui.modelDescriptionLabel.setText("The backend is not set up yet: use 'Install / update backend' "
+                                                  "in the About backend section.")
+            self.ui.aboutCollapsibleButton.collapsed = False
+            return
+        if self.info is None and self.job is None:
+            self.submit(STARTING, protocol.info_request(), self.onInfo)
+
+    def onInfo(self, message: Message) -> None:
+        if self.failed(STARTING, message):
+            self.showAbout(protocol.error_text(message))
+            return
+        self.info = message.result
+        self.showAbout()
+        self.fillDevices()
+        self.submit("Listing models", protocol.models_request("segmentation"), self.onModels)
+
+    def onModels(self, message: Message) -> None:
+        if self.failed("Listing models", message):
+            return
+        previous = self.selectedModel()
+        self.modelChoices = panel.model_choices(message.result["models"])
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for i, choice in enumerate(self.modelChoices):
+            combo.addItem(choice.text, choice.value)
+            combo.setItemData(i, choice.tooltip, qt.Qt.ToolTipRole)
+            combo.model().item(i).setEnabled(choice.enabled)
+        index = panel.pick_choice(self.modelChoices, previous)
+        combo.setCurrentIndex(index if index is not None else -1)
+        combo.blockSignals(False)
+        self.onModelChanged()
+        self.setStatus("Ready." if index is not None else "No segmentation model has installed weights.",
+                       error=index is None)
+
+    def showAbout(self, problem: str = "") -> None:
+        self.ui.aboutLabel.setText(panel.about_text(
+            self.info, dependencies.installed_version("torch"),
+            dependencies.installed_version(dependencies.BACKEND_DIST), problem))
+
+    def fillDevices(self) -> None:
+        combo = self.ui.deviceComboBox
+        previous = combo.itemData(combo.currentIndex) if combo.count else "auto"
+        choices = panel.device_choices(self.info)
+        combo.clear()
+        for i, choice in enumerate(choices):
+            combo.addItem(choice.text, choice.value)
+            combo.setItemData(i, choice.tooltip, qt.Qt.ToolTipRole)
+            combo.model().item(i).setEnabled(choice.enabled)
+        combo.setCurrentIndex(panel.pick_choice(choices, previous) or 0)
+
+    def onInstallBackend(self) -> None:
+        try:
+            self.setStatus("Installing the backend (see the Python console)...")
+            slicer.app.processEvents()
+            self.logic.setupBackend(force=True)
+        except RuntimeError as exc:
+            self.setStatus(str(exc), error=True)
+            self.showAbout(str(exc))
+            return
+        self.info = None
+        self.refreshBackend()
+
+    def onRestartWorker(self) -> None:
+        for message in self.logic.restartWorker("requested by the user."):
+            if self.job is not None and message.id == self.job.id and message.final:
+                self.finish(self.job, message)
+        self.info = None
+        self.updateButtons()
+        self.refreshBackend()
+
+    def ensureBackend(self) -> bool:
+        """First use: install what is missing (asking first); False when the worker cannot run."""
+        if self.logic.setupPlan().ready:
+            return True
+        try:
+            self.logic.setupBackend()
+        except RuntimeError as exc:
+            self.setStatus(str(exc), error=True)
+            self.showAbout(str(exc))
+            return False
+        self.refreshBackend()
+        return False  # the worker is starting; the user clicks again once models are listed
+
+    # inputs -------------------------------------------------------------------------------------
+    def onInputChanged(self, node=None) -> None:
+        volume = self.ui.inputVolumeSelector.currentNode()
+        if volume is not self.gradedVolume:
+            self.clearQuality()
+        browser = self.logic.sequenceBrowser(volume)
+        count = browser.GetNumberOfItems() if browser is not None else 1
+        self.ui.phaseSpinBox.blockSignals(True)
+        self.ui.phaseSpinBox.setRange(1, max(1, count))  # shown 1-based; sequence items are 0-based
+        self.ui.phaseSpinBox.setValue(browser.GetSelectedItemNumber() + 1 if browser is not None else 1)
+        self.ui.phaseSpinBox.setEnabled(count > 1)
+        self.ui.phaseSpinBox.blockSignals(False)
+        self.showPhase()
+        self.updateButtons()
+
+    def onPhaseChanged(self, phase: int) -> None:
+        browser = self.logic.sequenceBrowser(self.ui.inputVolumeSelector.currentNode())
+        if browser is not None:
+            browser.SetSelectedItemNumber(phase - 1)
+        self.showPhase()
+
+    def showPhase(self) -> None:
+        browser = self.logic.sequenceBrowser(self.ui.inputVolumeSelector.currentNode())
+        if browser is None:
+            self.ui.phaseLabel.setText(panel.phase_text(0, 1))
+            return
+        sequence = browser.GetMasterSequenceNode()
+        index = browser.GetSelectedItemNumber()
+        self.ui.phaseLabel.setText(panel.phase_text(index, browser.GetNumberOfItems(),
+                                                    sequence.GetNthIndexValue(index), sequence.GetIndexUnit()))
+
+    def onPlaceRoi(self) -> None:
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Heart ROI")
+        self.ui.roiSelector.setCurrentNode(roi)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
+        selection.SetActivePlaceNodeID(roi.GetID())
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def onFitRoi(self) -> None:
+        volume = self.ui.inputVolumeSelector.currentNode()
+        if volume is None:
+            self.setStatus("Choose an input volume first.", error=True)
+            return
+        roi = self.ui.roiSelector.currentNode()
+        if roi is None:
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Heart ROI")
+            self.ui.roiSelector.setCurrentNode(roi)
+        self.logic.fitRoi(volume, roi)
+
+    def selectedModel(self) -> Optional[str]:
+        combo = self.ui.modelComboBox
+        if combo.currentIndex < 0 or combo.currentIndex >= len(self.modelChoices):
+            return None
+        choice = self.modelChoices[combo.currentIndex]
+        return choice.value if choice.enabled else None
+
+    def onModelChanged(self, index: int = -1) -> None:
+        combo = self.ui.modelComboBox
+        choice = self.modelChoices[combo.currentIndex] if 0 <= combo.currentIndex < len(self.modelChoices) else None
+        self.ui.modelDescriptionLabel.setText(choice.tooltip if choice else "No model selected.")
+        self.updateButtons()
+
+    def selectedDevice(self) -> str:
+        return self.ui.deviceComboBox.itemData(self.ui.deviceComboBox.currentIndex) or "auto"
+
+    # segment --------------------------------------------------------------------------------------
+    def onSegmentButton(self) -> None:
+        if self.job is not None and self.job.cancellable:
+            self.logic.cancel(self.job.id)
+            self.setStatus("Cancelling (stops after the current slice batch)...")
+            return
+        if not self.ensureBackend():
+            return
+        volume = self.ui.inputVolumeSelector.currentNode()
+        try:
+            request, folder = self.logic.segmentRequest(volume, self.ui.roiSelector.currentNode(),
+                                                        self.selectedModel(), self.selectedDevice(),
+                                                        self.ui.ttaCheckBox.checked)
+        except (geometry.RoiError, RuntimeError, ValueError) as exc:
+            self.setStatus(str(exc), error=True)
+            return
+        self.submit("Segmenting", request, lambda message: self.onSegmented(message, volume, request["output"]),
+                    folder, cancellable=True)
+
+    def onSegmented(self, message: Message, volume, labelmapPath: str) -> None:
+        if self.failed("Segmentation", message):
+            return
+        result = message.result
+        segmentationNode = self.logic.importSegmentation(volume, self.ui.outputSegmentationSelector.currentNode(),
+                                                         labelmapPath, result["labels"])
+        self.ui.outputSegmentationSelector.setCurrentNode(segmentationNode)
+        volumes = ", ".join(f"{name} {ml:.1f} mL" for name, ml in result["volumes_ml"][0].items() if name != "phase")
+        self.ui.progressBar.setValue(100)
+        self.setStatus(f"Segmented with {result['model']} on {result['device']} in {result['seconds']:.1f} s: "
+                       f"{volumes}.")
+
+    def onOutputChanged(self, node=None) -> None:
+        self.ui.segmentsTableView.setSegmentationNode(self.ui.outputSegmentationSelector.currentNode())
+        self.updateButtons()
+
+    def onEditSegments(self) -> None:
+        segmentationNode = self.ui.outputSegmentationSelector.currentNode()
+        volume = self.ui.inputVolumeSelector.currentNode()
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentationNode)
+        setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # Slicer < 5.2
+        setSource(volume)
+
+    # grade ----------------------------------------------------------------------------------------
+    def onGradeButton(self) -> None:
+        if self.job is not None and self.job.cancellable:
+            self.logic.cancel(self.job.id)
+            self.setStatus("Cancelling...")
+            return
+        if not self.ensureBackend():
+            return
+        volume = self.ui.inputVolumeSelector.currentNode()
+        try:
+            request, folder = self.logic.gradeRequest(volume, self.selectedDevice())
+        except RuntimeError as exc:
+            self.setStatus(str(exc), error=True)
+            return
+        self.submit("Grading", request, lambda message: self.onGraded(message, volume), folder, cancellable=True)
+
+    def onGraded(self, message: Message, volume) -> None:
+        if self.failed("Grading", message):
+            return
+        self.showQuality(message.result, volume)
+        self.ui.progressBar.setValue(100)
+        self.setStatus(f"Graded {message.result['n_slices']} slices with {message.result['model']} on "
+                       f"{message.result['device']}.")
+
+    def showQuality(self, result: Dict[str, Any], volume) -> None:
+        """Fill the table, summary and plot from a grade result (also used by the self-test)."""
+        self.gradeResult, self.gradedVolume = result, volume
+        rows = quality.quality_rows(result)
+        table = self.ui.qualityTable
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row.cells):
+                item = qt.QTableWidgetItem(text)
+                item.setBackground(qt.QBrush(qt.QColor(*row.background)))
+                item.setForeground(qt.QBrush(qt.QColor(0, 0, 0)))
+                item.setToolTip(row.tooltip)
+                table.setItem(r, c, item)
+        self.ui.qualitySummaryLabel.setText(quality.summary_line(result))
+        self.ui.qualitySummaryLabel.setToolTip(f"{result['study']['rule']}. {result['caveat']}")
+        self.ui.qualitySummaryLabel.setStyleSheet(quality.summary_style(result))
+        self.logic.showQualityPlot(result)
+
+    def clearQuality(self) -> None:
+        self.gradeResult = self.gradedVolume = None
+        self.ui.qualityTable.setRowCount(0)
+        self.ui.qualitySummaryLabel.setText("Not graded yet.")
+        self.ui.qualitySummaryLabel.setStyleSheet("")
+
+    def onQualityRowClicked(self, row: int, column: int) -> None:
+        if self.gradeResult is None or self.gradedVolume is None:
+            return
+        rows = quality.quality_rows(self.gradeResult)
+        self.logic.jumpToSlice(self.gradedVolume, int(self.gradeResult["index_axis"]), rows[row].index)
+
+
+# -- self-test (runs only inside Slicer) ------------------------------------------------------------
+class MedSegRWKVTest(ScriptedLoadableModuleTest):
+    """Loads the bundled Sunnybrook study, segments and grades it through the worker, and checks
+    the segments (names, terminology, plausible volumes) and the quality table."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_SegmentAndGradeSample()
+
+    def loadSample(self):
+        from DICOMLib import DICOMUtils
+
+        folder = dependencies.find_sample_dicom(MODULE_DIR)
+        self.assertIsNotNone(folder, "the bundled sample DICOM folder was not found")
+        with DICOMUtils.TemporaryDICOMDatabase() as database:
+            DICOMUtils.importDicom(str(folder), database)
+            nodeIds = DICOMUtils.loadPatientByUID(database.patients()[0])
+        browsers = slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode")
+        if browsers:  # a cine series loaded as a sequence: use its proxy volume
+            return browsers[0].GetProxyNode(browsers[0].GetMasterSequenceNode())
+        volumes = [slicer.mrmlScene.GetNodeByID(i) for i in nodeIds]
+        volumes = [v for v in volumes if v is not None and v.IsA("vtkMRMLScalarVolumeNode")]
+        self.assertTrue(volumes, "the sample loaded no scalar volume")
+        return volumes[0]
+
+    def test_SegmentAndGradeSample(self) -> None:
+        self.delayDisplay("Setting up the backend")
+        logic = MedSegRWKVLogic()
+        self.assertTrue(logic.setupBackend(interactive=False).ready)
+        volume = self.loadSample()
+        self.delayDisplay(f"Loaded {volume.GetName()}")
+        try:
+            info = logic.request(protocol.info_request())
+            self.assertEqual(info.type, "result", info.text)
+
+            request, folder = logic.segmentRequest(volume, None, None, "auto", False)
+            answer = logic.request(request)
+            self.assertEqual(answer.type, "result", answer.text)
+            segmentationNode = logic.importSegmentation(volume, None, request["output"], answer.result["labels"])
+            shutil.rmtree(folder, ignore_errors=True)
+            segmentation = segmentationNode.GetSegmentation()
+            for spec in terminology.segment_specs(answer.result["labels"]):
+                segment = segmentation.GetSegment(spec.segment_id)
+                self.assertIsNotNone(segment, spec.name)
+                self.assertEqual(segment.GetName(), spec.name)
+                tag = vtk.mutable("")
+                self.assertTrue(segment.GetTag(terminology.TERMINOLOGY_TAG, tag), f"{spec.name} has no terminology")
+                self.assertEqual(str(tag), spec.terminology)
+                voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, spec.segment_id, volume)
+                self.assertGreater(int(voxels.sum()), 100, f"{spec.name} is (nearly) empty")
+            lv = answer.result["volumes_ml"][0]["LV cavity"]
+            self.assertTrue(20.0 < lv < 400.0, f"implausible LV cavity volume {lv} mL")
+            self.delayDisplay("Segmentation checked")
+
+            models = logic.request(protocol.models_request("grading")).result["models"]
+            grader = next(m for m in models if m["default"])
+            if grader["weights"] != panel.VERIFIED:
+                self.delayDisplay(f"Grading not checked: the default grader {grader['name']} has no weights yet")
+                return
+            request, folder = logic.gradeRequest(volume, "auto")
+            answer = logic.request(request)
+            shutil.rmtree(folder, ignore_errors=True)
+            self.assertEqual(answer.type, "result", answer.text)
+            widget = slicer.modules.medsegrwkv.widgetRepresentation().self()
+            widget.showQuality(answer.result, volume)
+            table = widget.ui.qualityTable
+            rows = quality.quality_rows(answer.result)
+            self.assertEqual(table.rowCount, volume.GetImageData().GetDimensions()[answer.result["index_axis"]])
+            self.assertEqual(table.item(0, 2).text(), rows[0].cells[2])
+            colour = table.item(0, 0).background().color()
+            self.assertEqual((colour.red(), colour.green(), colour.blue()), rows[0].background)
+            widget.onQualityRowClicked(0, 0)
+            self.delayDisplay("Grading checked")
+        finally:
+            logic.shutdown()

@@ -1,0 +1,132 @@
+"""The module's side of the worker protocol (DESIGN.md §3; the worker's side is
+backend/medsegrwkv/engine/protocol.py): building requests and reading answers.
+
+Requests are checked here before they are sent, so a mistake in the module shows up as a
+Python error in the module, not as a `bad_request` round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+DEVICES = ("auto", "cuda", "cpu")
+FINAL_TYPES = ("result", "error")
+
+# Codes the client itself gives a request that the worker can no longer answer.
+WORKER_DIED = "worker_died"
+WORKER_RESTARTED = "worker_restarted"
+
+# What the user reads for the codes that need more than the worker's sentence.
+ERROR_ADVICE = {
+    "busy": "Wait for the running request to finish or cancel it.",
+    "weights_missing": "Choose a model whose weights are installed.",
+    "no_cuda": "Choose Auto or CPU as the device.",
+    "out_of_memory": "Use a smaller ROI or the CPU.",
+    "missing_dependency": "Use 'Install / update backend' in the About backend section.",
+    WORKER_DIED: "The worker is restarted on the next request.",
+    "internal": "This is a bug; the worker log (Python console) has the details.",
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One line from the worker."""
+
+    type: str  # "progress" | "result" | "error"
+    id: Any
+    fraction: float = 0.0
+    text: str = ""  # progress message or error sentence
+    code: str = ""  # error code
+    result: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.type in FINAL_TYPES
+
+
+class ProtocolViolation(ValueError):
+    """A line from the worker that is not a protocol message."""
+
+
+def parse_message(line: str) -> Message:
+    """Decode one worker line; anything malformed raises ProtocolViolation."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolViolation(f"not JSON: {line[:200]!r}") from exc
+    if not isinstance(data, dict) or "type" not in data or "id" not in data:
+        raise ProtocolViolation(f"not a worker message: {line[:200]!r}")
+    kind = data["type"]
+    if kind == "progress":
+        fraction = data.get("fraction")
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+            raise ProtocolViolation(f"progress without a fraction: {line[:200]!r}")
+        return Message("progress", data["id"], fraction=min(1.0, max(0.0, float(fraction))),
+                       text=str(data.get("message", "")))
+    if kind == "result":
+        result = data.get("result")
+        if not isinstance(result, dict):
+            raise ProtocolViolation(f"result without an object: {line[:200]!r}")
+        return Message("result", data["id"], fraction=1.0, result=result)
+    if kind == "error":
+        return Message("error", data["id"], text=str(data.get("message", "")), code=str(data.get("code", "")))
+    raise ProtocolViolation(f"unknown message type {kind!r}")
+
+
+def error_text(message: Message) -> str:
+    """The sentence the module shows for an error, with advice where the code calls for it."""
+    advice = ERROR_ADVICE.get(message.code)
+    return f"{message.text} {advice}" if advice else message.text
+
+
+def progress_text(action: str, message: Message) -> str:
+    """Status line for a progress event, e.g. 'Segmenting: phase 0: slice 8/12 (67%)'."""
+    detail = f": {message.text}" if message.text else ""
+    return f"{action}{detail} ({round(100 * message.fraction)}%)"
+
+
+# -- requests ----------------------------------------------------------------------------------
+def _check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    return device
+
+
+def segment_request(input_path: str, output_path: str, model: Optional[str] = None, device: str = "auto",
+                    tta: bool = False, roi: Optional[Sequence[int]] = None, phase: Optional[int] = None) -> Dict[str, Any]:
+    """Fields of a `segment` request; `roi` is a voxel box (i0, j0, k0, i1, j1, k1), stop exclusive."""
+    fields: Dict[str, Any] = {"input": str(input_path), "output": str(output_path), "model": model,
+                              "device": _check_device(device), "tta": bool(tta), "phase": phase}
+    if roi is not None:
+        box: List[int] = [int(v) for v in roi]
+        if len(box) != 6 or any(b <= a for a, b in zip(box[:3], box[3:])):
+            raise ValueError(f"roi must be 6 integers with start < stop on every axis, got {list(roi)}")
+        fields["roi"] = box
+    return {"op": "segment", **fields}
+
+
+def grade_request(input_path: str, model: Optional[str] = None, device: str = "auto",
+                  phase: Optional[int] = None) -> Dict[str, Any]:
+    return {"op": "grade", "input": str(input_path), "model": model, "device": _check_device(device),
+            "phase": phase}
+
+
+def models_request(task: Optional[str] = None) -> Dict[str, Any]:
+    return {"op": "models", "task": task}
+
+
+def info_request() -> Dict[str, Any]:
+    return {"op": "info"}
+
+
+def cancel_request(target: Any = None) -> Dict[str, Any]:
+    return {"op": "cancel", "target": target}
+
+
+def encode(request_id: int, request: Dict[str, Any]) -> str:
+    """One request line (with its newline)."""
+    if "op" not in request:
+        raise ValueError("a request needs an 'op'")
+    return json.dumps({"id": request_id, **request}) + "\n"

@@ -1,0 +1,88 @@
+"""The motion-quality review: table rows, their colours, the study summary and the plot.
+
+Input is the worker's `grade` result (medsegrwkv.grading.grade_study plus an `index` per slice:
+its voxel index along `index_axis` of the graded volume). One row per slice position; scores are
+the grader's expected Likert score (5 best); colours follow the CMRxMotion levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+RGB = Tuple[int, int, int]
+COLUMNS = ("Slice", "Score", "Grade", "Confidence")
+# Same colours as the backend's PNG strip (medsegrwkv.grading.grade.GRADE_COLOURS).
+GRADE_COLOURS: Dict[str, RGB] = {"mild": (46, 160, 67), "moderate": (240, 170, 30), "severe": (215, 48, 39)}
+TINT = 0.6  # row backgrounds are the grade colour this far towards white, so black text stays legible
+
+
+def tint(colour: RGB, amount: float = TINT) -> RGB:
+    return tuple(round(c + (255 - c) * amount) for c in colour)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    slice: int  # the grader's slice number (as in its recommendation text)
+    index: int  # voxel index along the volume's slice axis (for jumping the views)
+    score: float  # expected Likert score, 1..5
+    grade: str  # mild | moderate | severe
+    confidence: float  # probability of that grade, 0..1
+    diagnostic: bool
+    through_lv: bool
+
+    @property
+    def cells(self) -> Tuple[str, str, str, str]:
+        grade = self.grade if self.diagnostic else f"{self.grade} (non-diagnostic)"
+        return (str(self.index), f"{self.score:.1f}", grade, f"{100 * self.confidence:.0f}%")
+
+    @property
+    def colour(self) -> RGB:
+        return GRADE_COLOURS[self.grade]
+
+    @property
+    def background(self) -> RGB:
+        return tint(self.colour)
+
+    @property
+    def tooltip(self) -> str:
+        lv = "through the left ventricle" if self.through_lv else "outside the left ventricle"
+        return (f"Slice {self.index} (as stored in the file; canonical position {self.slice}), {lv}: expected score {self.score:.2f} of 5, "
+                f"{self.grade}, {'diagnostic' if self.diagnostic else 'non-diagnostic'}.")
+
+
+def quality_rows(result: Dict[str, Any]) -> List[QualityRow]:
+    """One row per slice position, numbered and ordered as the file stores them (as the
+    recommendation and Slicer's slice index do)."""
+    rows = []
+    for position in sorted(result["positions"], key=lambda p: p["index"]):
+        grade = position["grade"]
+        if grade not in GRADE_COLOURS:
+            raise ValueError(f"unknown grade {grade!r} for slice {position['slice']}")
+        rows.append(QualityRow(int(position["slice"]), int(position["index"]), float(position["expected_score"]),
+                               grade, float(position["confidence"]), bool(position["diagnostic"]),
+                               bool(position.get("lv", True))))
+    return rows
+
+
+def summary_line(result: Dict[str, Any]) -> str:
+    """The study grade and the grader's recommendation in one line."""
+    study = result["study"]
+    return f"Study: {study['grade']} (score {study['score']}). {study['recommendation']}"
+
+
+def summary_colour(result: Dict[str, Any]) -> RGB:
+    return GRADE_COLOURS[result["study"]["grade"]]
+
+
+def summary_style(result: Dict[str, Any]) -> str:
+    """Qt style sheet of the summary line: black text on the study grade's tint, a border in its colour."""
+    colour, background = summary_colour(result), tint(summary_colour(result))
+    return ("color: black; background-color: rgb({}, {}, {}); border: 1px solid rgb({}, {}, {}); "
+            "padding: 4px".format(*background, *colour))
+
+
+def plot_points(result: Dict[str, Any]) -> Tuple[List[int], List[float]]:
+    """Expected score against slice number, for Slicer's plot."""
+    rows = quality_rows(result)
+    return [r.index for r in rows], [r.score for r in rows]

@@ -1,0 +1,63 @@
+"""Segments as Slicer shows them: name, colour and a standard terminology entry per label.
+
+The labels (value, name, colour, SNOMED CT category/type/region codes) come from the model's
+manifest, which the worker returns with every segmentation. Slicer stores the terminology as a
+segment tag `TerminologyEntry` of seven `~`-separated parts: terminology context, category,
+type, type modifier, anatomic context, anatomic region, region modifier; each coded part is
+`scheme^code^meaning` (empty: `^^`). The codes are those of DICOM's master lists, which Slicer
+loads by default under the context names below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+TERMINOLOGY_TAG = "TerminologyEntry"
+CATEGORY_TYPE_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    value: int  # label value in the worker's labelmap
+    name: str
+    color: Tuple[float, float, float]  # 0..1
+    terminology: str
+
+    @property
+    def segment_id(self) -> str:
+        """A stable segment ID, so a second run replaces the segment instead of adding another."""
+        return "medsegrwkv_" + self.name.lower().replace(" ", "_")
+
+
+def _code(entry: Optional[Dict[str, Any]]) -> str:
+    if not entry:
+        return "^^"
+    parts = (str(entry.get("scheme", "")), str(entry.get("code", "")), str(entry.get("meaning", "")))
+    if any(c in p for p in parts for c in "~^|:"):
+        raise ValueError(f"terminology code {entry} contains a separator character")
+    return "^".join(parts)
+
+
+def terminology_entry(label: Dict[str, Any]) -> str:
+    """Slicer's serialized terminology entry for one manifest label."""
+    if "category" not in label or "type" not in label:
+        raise ValueError(f"label {label.get('name')!r} has no category/type code")
+    return "~".join((CATEGORY_TYPE_CONTEXT, _code(label["category"]), _code(label["type"]),
+                     _code(label.get("type_modifier")), ANATOMIC_CONTEXT, _code(label.get("region")),
+                     _code(label.get("region_modifier"))))
+
+
+def segment_specs(labels: Sequence[Dict[str, Any]]) -> List[SegmentSpec]:
+    """One spec per foreground label, in label order."""
+    specs = []
+    for label in sorted(labels, key=lambda item: int(item["value"])):
+        value = int(label["value"])
+        if value <= 0:
+            continue
+        color = tuple(float(c) for c in label["color"])
+        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+            raise ValueError(f"label {label['name']!r} colour {label['color']} is not three values in 0..1")
+        specs.append(SegmentSpec(value, str(label["name"]), color, terminology_entry(label)))  # type: ignore[arg-type]
+    return specs

@@ -1,0 +1,35 @@
+"""The widgets MedSegRWKV.py reaches as `self.ui.<name>`, with the class whose API it uses.
+
+Testing/test_slicer_lib.py checks this both ways: every `self.ui.<name>` in the module is listed
+here, every entry is used, and Resources/UI/MedSegRWKV.ui declares each name with this class.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+WIDGETS: Dict[str, str] = {
+    "inputVolumeSelector": "qMRMLNodeComboBox",
+    "phaseSpinBox": "QSpinBox",
+    "phaseLabel": "QLabel",
+    "roiSelector": "qMRMLNodeComboBox",
+    "placeRoiButton": "QPushButton",
+    "fitRoiButton": "QPushButton",
+    "modelComboBox": "QComboBox",
+    "modelDescriptionLabel": "QLabel",
+    "deviceComboBox": "QComboBox",
+    "ttaCheckBox": "QCheckBox",
+    "segmentButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "outputSegmentationSelector": "qMRMLNodeComboBox",
+    "segmentsTableView": "qMRMLSegmentsTableView",
+    "editSegmentsButton": "QPushButton",
+    "gradeButton": "QPushButton",
+    "qualitySummaryLabel": "QLabel",
+    "qualityTable": "QTableWidget",
+    "aboutCollapsibleButton": "ctkCollapsibleButton",
+    "aboutLabel": "QLabel",
+    "installBackendButton": "QPushButton",
+    "restartWorkerButton": "QPushButton",
+}

@@ -1,0 +1,156 @@
+"""Render the module panel from MedSegRWKV.ui to Resources/Screenshots/panel.png, without Slicer.
+
+Slicer's own widgets (ctk/qMRML) do not exist outside Slicer: collapsible sections become group
+boxes and MRML selectors become framed, labelled placeholders. Everything else is the real .ui,
+filled by the real worker and MedSegRWKVLib exactly as the module fills it: model and device
+choices, the About text, and a segmentation and motion grading of the bundled Sunnybrook study.
+
+    .venv/bin/pip install PySide6-Essentials   # only for this picture; not a project requirement
+    QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/render_panel.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedSegRWKV"))
+from MedSegRWKVLib import dependencies, panel, protocol, quality  # noqa: E402
+from MedSegRWKVLib.client import EngineClient, engine_command  # noqa: E402
+from medsegrwkv.io import read_study  # noqa: E402
+
+UI = REPO / "MedSegRWKV" / "Resources" / "UI" / "MedSegRWKV.ui"
+OUTPUT = REPO / "Resources" / "Screenshots" / "panel.png"
+
+
+def _prop(widget: ET.Element, name: str) -> str:
+    node = widget.find(f"property[@name='{name}']")
+    return "" if node is None else " ".join(t.strip() for t in node.itertext() if t.strip())
+
+
+def qt_only_ui() -> bytes:
+    """The .ui with Slicer's widget classes replaced by plain Qt stand-ins."""
+    root = ET.parse(UI).getroot()
+    for tag in ("customwidgets", "connections"):
+        for node in root.findall(tag):
+            root.remove(node)
+    for widget in root.iter("widget"):
+        cls = widget.get("class")
+        if cls == "qMRMLWidget":
+            widget.set("class", "QWidget")
+        elif cls == "ctkCollapsibleButton":
+            title = _prop(widget, "text")
+            for prop in widget.findall("property"):
+                widget.remove(prop)
+            widget.set("class", "QGroupBox")
+            ET.SubElement(ET.SubElement(widget, "property", name="title"), "string").text = f"\u25bc {title}"
+        elif cls.startswith("qMRML"):
+            types = _prop(widget, "nodeTypes")
+            none = _prop(widget, "noneDisplay")
+            size = widget.find("property[@name='minimumSize']")
+            for prop in widget.findall("property"):
+                widget.remove(prop)
+            if size is not None:
+                widget.append(size)
+            widget.set("class", "QLabel")
+            text = f"[{cls}" + (f": {types}" if types else "") + "]" + (f"  {none}" if none else "")
+            ET.SubElement(ET.SubElement(widget, "property", name="text"), "string").text = text
+            ET.SubElement(ET.SubElement(widget, "property", name="frameShape"), "enum").text = "QFrame::StyledPanel"
+            ET.SubElement(ET.SubElement(widget, "property", name="styleSheet"), "string").text = (
+                "color: #555; background: #eef1f5; padding: 3px")
+    return ET.tostring(root, encoding="utf-8")
+
+
+def worker_results() -> dict:
+    """info, models, a segmentation and a grading of the bundled study, from the real worker
+    (and the study's trigger times, which Slicer's sequence browser would show)."""
+    client = EngineClient(engine_command(sys.executable), cwd=str(REPO))
+    folder = Path(tempfile.mkdtemp(prefix="medsegrwkv-render-"))
+    dicom = str(dependencies.find_sample_dicom(REPO / "MedSegRWKV"))
+    try:
+        out = {"trigger_times": read_study(dicom).trigger_times,
+               "info": client.wait(client.send(protocol.info_request()), 300).result,
+               "models": client.wait(client.send(protocol.models_request("segmentation")), 300).result["models"]}
+        segment = client.wait(client.send(protocol.segment_request(dicom, str(folder / "labels.nrrd"),
+                                                                   device="cpu", phase=0)), 600)
+        out["segment"] = segment.result
+        grade = client.wait(client.send(protocol.grade_request(dicom, device="cpu", phase=0)), 600)
+        out["grade"] = grade.result if grade.type == "result" else None
+        out["grade_error"] = grade.text
+    finally:
+        client.close()
+    return out
+
+
+def main() -> int:
+    from PySide6.QtGui import QBrush, QColor
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication, QTableWidgetItem, QWidget
+
+    app = QApplication(sys.argv)
+    with tempfile.TemporaryDirectory() as folder:
+        ui_file = Path(folder) / "panel.ui"
+        ui_file.write_bytes(qt_only_ui())
+        loader = QUiLoader()
+        widget = loader.load(str(ui_file))
+
+    def find(name: str) -> QWidget:
+        return widget.findChild(QWidget, name)
+
+    results = worker_results()
+    combo = find("modelComboBox")
+    choices = panel.model_choices(results["models"])
+    for i, choice in enumerate(choices):
+        combo.addItem(choice.text, choice.value)
+        combo.model().item(i).setEnabled(choice.enabled)
+    combo.setCurrentIndex(panel.pick_choice(choices, None) or 0)
+    find("modelDescriptionLabel").setText(choices[combo.currentIndex()].tooltip)
+    devices = find("deviceComboBox")
+    for i, choice in enumerate(panel.device_choices(results["info"])):
+        devices.addItem(choice.text, choice.value)
+        devices.model().item(i).setEnabled(choice.enabled)
+    find("phaseSpinBox").setRange(1, 2)
+    find("phaseSpinBox").setEnabled(True)
+    find("phaseLabel").setText(panel.phase_text(0, len(results["trigger_times"]),
+                                                f"{results['trigger_times'][0]:.1f}", "ms"))
+    for name in ("segmentButton", "gradeButton", "editSegmentsButton"):
+        find(name).setEnabled(True)
+    segment = results["segment"]
+    volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in segment["volumes_ml"][0].items() if k != "phase")
+    find("progressBar").setValue(100)
+    find("statusLabel").setText(f"Segmented with {segment['model']} on {segment['device']} in "
+                                        f"{segment['seconds']:.1f} s: {volumes}.")
+    grade = results["grade"]
+    if grade is not None:
+        rows = quality.quality_rows(grade)
+        table = find("qualityTable")
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row.cells):
+                item = QTableWidgetItem(text)
+                item.setBackground(QBrush(QColor(*row.background)))
+                item.setForeground(QBrush(QColor(0, 0, 0)))
+                table.setItem(r, c, item)
+        summary = find("qualitySummaryLabel")
+        summary.setText(quality.summary_line(grade))
+        summary.setStyleSheet(quality.summary_style(grade))
+    else:
+        find("qualitySummaryLabel").setText(f"Grading failed: {results['grade_error']}")
+    find("aboutLabel").setText(panel.about_text(
+        results["info"], dependencies.installed_version("torch"), dependencies.installed_version("medsegrwkv")))
+
+    widget.resize(460, widget.sizeHint().height())
+    widget.show()
+    app.processEvents()
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    widget.grab().save(str(OUTPUT))
+    print(f"wrote {OUTPUT}")
+    app.quit()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

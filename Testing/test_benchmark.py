@@ -1,0 +1,42 @@
+"""`medsegrwkv benchmark --quick` on two small models: one run writes JSON and Markdown with every
+measurement, ratios to the default model, scaling exponents and the Bi-WKV comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medsegrwkv.cli.main import main
+from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+
+def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> None:
+    default = DEFAULT_MODELS["segmentation"]
+    other = "vmunet-s" if default != "vmunet-s" else "unet2d"
+    assert main(["benchmark", "--quick", "--models", other, "--device", "cpu", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["default_model"] == default and "--quick" in report["command"]
+    rows = {r["name"]: r for r in report["models"]}
+    assert set(rows) == {default, other}  # the default model is always measured
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["params"] > 0 and row["gflops"] > 0 and row["study_latency_ms"] > 0
+        assert row["study_peak_mib"] is None or row["study_peak_mib"] >= 0
+        assert [p["input"] for p in row["sweep"]] == [[32, 32], [64, 64]]
+        assert all(p["time_ms"] > 0 for p in row["sweep"])
+        assert isinstance(row["time_exponent"], float)
+        assert set(row["ratios"]) == {"params", "gflops", "study_latency_ms", "study_peak_mib"}
+    assert all(v == 1.0 for v in rows[default]["ratios"].values() if v is not None)
+    assert rows[other]["ratios"]["params"] == rows[other]["params"] / rows[default]["params"]
+    biwkv = report["biwkv"]
+    assert biwkv["loop_ms"] > 0 and biwkv["biwkv_ms"] > 0 and biwkv["max_abs_difference"] < 1e-4
+    markdown = (tmp_path / "benchmark.md").read_text()
+    assert f"**{default}** (default)" in markdown and f"| {other} | 2D |" in markdown
+    assert "## 2D resolution sweep" in markdown and "## Bi-WKV operator" in markdown
+    assert "scheduled separately" in markdown
+    assert markdown in capsys.readouterr().out
+
+
+def test_unknown_model_fails_before_any_work(tmp_path: Path) -> None:
+    assert main(["benchmark", "--quick", "--models", "no-such-net", "--output", str(tmp_path)]) == 2
+    assert not (tmp_path / "benchmark.json").exists()

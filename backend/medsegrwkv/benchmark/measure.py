@@ -1,0 +1,226 @@
+"""One benchmark task in a fresh process: `python -m medsegrwkv.benchmark.measure TASK_JSON`.
+
+A task measures one model (parameters, GFLOPs, study latency, peak memory, resolution sweep) or
+the Bi-WKV operator against a per-token loop. It prints JSON lines on stdout: `progress` events,
+then one `result`. A fresh process per task keeps one model's memory out of the next one's
+measurement and lets the CPU memory method below work.
+
+Peak memory is the extra memory a run needs above what the process held before it (the loaded
+model included), in MiB, measured for two runs in a row: the first includes what a first run
+sets up once (JIT-compiled kernels, algorithm searches, weight layouts), the second is the
+working memory of every later run; ratios and exponents use the second.
+- CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated.
+- CPU (Linux): the runs happen in a forked copy of the process, made before this process has
+  computed anything, so that no cache an earlier measurement left behind hides memory. The copy
+  tells glibc to map every allocation of 64 KiB or more on its own and to give freed memory back
+  (mallopt, malloc_trim), so that the resident set follows the live tensors, then for each run
+  resets the resident-set high-water mark (5 to /proc/self/clear_refs) and reports VmHWM minus
+  the VmRSS before. Timing stays in this process on the default allocator (mapping every tensor
+  afresh makes CPU inference 2-3x slower). Elsewhere CPU memory is not measured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medsegrwkv.inference.device import describe_device, resolve_device
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter number
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of `fn` over `repeats` runs after one warm-up run."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples), [round(s, 2) for s in samples]
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_method(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated"
+    if hasattr(os, "fork") and _CLEAR_REFS.exists():
+        return "VmHWM of a forked copy (Linux /proc/self/clear_refs), glibc mmap threshold 64 KiB"
+    return None
+
+
+def peak_mib(fn: Callable[[], object], device: torch.device) -> list[float] | None:
+    """Extra memory, in MiB, of two calls of `fn` in a row at their peaks (see the module docstring)."""
+    if device.type == "cuda":
+        def start() -> int:
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            return torch.cuda.memory_allocated(device)
+
+        def high_water() -> int:
+            _sync(device)
+            return torch.cuda.max_memory_allocated(device)
+
+        return _two_runs(fn, start, high_water, 2 ** 20)
+    if memory_method(device) is None:
+        return None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the copy: measure, report through the pipe, exit without running any cleanup
+        status = 1
+        try:
+            os.close(read)
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+            gc.collect()
+            libc.malloc_trim(0)
+
+            def start() -> int:
+                _CLEAR_REFS.write_text("5")
+                return _status_kib("VmRSS")
+
+            os.write(write, json.dumps(_two_runs(fn, start, partial(_status_kib, "VmHWM"), 1024)).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(text) if text else None  # empty: the copy failed or was killed (out of memory)
+
+
+def _two_runs(fn: Callable[[], object], start: Callable[[], int], high_water: Callable[[], int],
+              unit: int) -> list[float]:
+    peaks = []
+    for _ in range(2):
+        base = start()
+        fn()
+        peaks.append((high_water() - base) / unit)
+    return peaks
+
+
+def measure_model(task: dict[str, Any]) -> dict[str, Any]:
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.nets.complexity import count_gflops, count_parameters, reference_input_shape
+    from medsegrwkv.nets.registry import create_model, get_spec
+
+    name, repeats = task["model"], task["repeats"]
+    device = resolve_device(task["device"])
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    result: dict[str, Any] = {"name": name, "spatial_dims": spec.spatial_dims, "params": count_parameters(model),
+                              "gflops_input": list(reference_input_shape(name)), "device": describe_device(device),
+                              "threads": torch.get_num_threads(), "memory_method": memory_method(device)}
+    segmenter = Segmenter(model, {"architecture": name}, device)
+    study = np.random.default_rng(0).standard_normal(task["study"]).astype(np.float32)
+    sizes = task["sizes_2d"] if spec.spatial_dims == 2 else task["sizes_3d"]
+    depth = (spec.roi_size or (16,))[0]
+    shapes = [(1, 1, size, size) if spec.spatial_dims == 2 else (1, 1, depth, size, size) for size in sizes]
+    sweep: list[dict[str, Any]] = [{"input": list(shape[2:]), "voxels": math.prod(shape[2:])} for shape in shapes]
+    with torch.inference_mode():
+        # Memory first: on the CPU each run is a forked copy of a process that has computed nothing yet.
+        _store_peaks(result, "study_", peak_mib(partial(segmenter.predict_probabilities, study), device))
+        for point, shape in zip(sweep, shapes):
+            _store_peaks(point, "", peak_mib(partial(segmenter.model, torch.zeros(shape, device=device)), device))
+        emit("progress", step="memory")
+        result["gflops"] = count_gflops(model, reference_input_shape(name))
+        result["study_latency_ms"], result["study_latency_samples_ms"] = median_ms(
+            partial(segmenter.predict_probabilities, study), device, repeats)
+        emit("progress", step="study")
+        for point, shape in zip(sweep, shapes):
+            try:
+                point["time_ms"], _ = median_ms(partial(segmenter.model, torch.zeros(shape, device=device)),
+                                                device, repeats)
+            except (ValueError, RuntimeError) as exc:  # a network fixed to one crop, or out of memory
+                point["error"] = str(exc).splitlines()[0][:200]
+                point["peak_mib"] = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            emit("progress", step=f"sweep {'x'.join(map(str, shape[2:]))}")
+    result["sweep"] = sweep
+    return result
+
+
+def _store_peaks(record: dict[str, Any], prefix: str, peaks: list[float] | None) -> None:
+    first, later = peaks or (None, None)
+    record[f"{prefix}first_run_peak_mib"], record[f"{prefix}peak_mib"] = first, later
+
+
+def _wkv_token(t: int, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Bi-WKV of token t by its definition: a weighted mean over all T tokens, O(T C)."""
+    T = k.shape[0]
+    gap = ((t - torch.arange(T, dtype=k.dtype)).abs() - 1)[:, None]
+    logits = -gap * (w / T) + k
+    logits[t] = u / T + k[t]
+    weights = torch.exp(logits - logits.amax(dim=0))
+    return (weights * v).sum(0) / weights.sum(0)
+
+
+def measure_biwkv(task: dict[str, Any]) -> dict[str, Any]:
+    """The O(B T C) operator against the naive per-token evaluation (O(T^2 C) in all), on the CPU.
+    The loop runs token by token until `loop_budget_s`; beyond that its time is extrapolated
+    from the tokens done (it costs the same for every token)."""
+    from medsegrwkv.nets.biwkv import biwkv
+
+    T, C, budget = task["tokens"], task["channels"], task["loop_budget_s"]
+    gen = torch.Generator().manual_seed(0)
+    w, u = torch.randn(C, generator=gen) * 5, torch.randn(C, generator=gen)
+    k, v = torch.randn(1, T, C, generator=gen), torch.randn(1, T, C, generator=gen)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        fast_ms, _ = median_ms(lambda: biwkv(w, u, k, v), cpu, task["repeats"])
+        fast = biwkv(w, u, k, v)[0]
+        start = time.perf_counter()
+        done, error = 0, 0.0
+        while done < T and (done == 0 or time.perf_counter() - start < budget):
+            error = max(error, float((_wkv_token(done, w, u, k[0], v[0]) - fast[done]).abs().max()))
+            done += 1
+        loop_ms = (time.perf_counter() - start) * 1e3 * T / done
+    emit("progress", step="biwkv")
+    return {"tokens": T, "channels": C, "biwkv_ms": fast_ms, "loop_ms": loop_ms, "loop_tokens_timed": done,
+            "loop_extrapolated": done < T, "speedup": loop_ms / fast_ms, "max_abs_difference": error,
+            "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    task = json.loads((argv or sys.argv[1:])[0])
+    result = measure_biwkv(task) if task["kind"] == "biwkv" else measure_model(task)
+    emit("result", result=result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

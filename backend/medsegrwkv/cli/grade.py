@@ -1,0 +1,197 @@
+"""`medsegrwkv grade` and `medsegrwkv train grade`, and the grading part of the demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medsegrwkv.errors import MedSegError
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False, newline="") as f:
+            f.write(text)
+        os.replace(f.name, path)
+    except OSError as exc:
+        raise MedSegError(f"Cannot write {path}: {(exc.strerror or str(exc)).lower()}.",
+                          code="output_not_writable") from exc
+
+
+def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    lv = set(report["study"]["lv_slices"])
+    rows = []
+    for s in report["slices"]:
+        row = {"phase": s["phase"], "index": s["index"], "slice": s["slice"], "expected_score": s["expected_score"],
+               "score": s["score"], "grade": s["grade"], "confidence": s["confidence"], "diagnostic": s["diagnostic"],
+               "p_diagnostic": s["p_diagnostic"], "lv": s["index"] in lv}
+        row.update({f"p{k}": v for k, v in s["probabilities"].items()})
+        if "file" in s:
+            row["file"] = s["file"]
+        rows.append(row)
+    return rows
+
+
+def csv_text(report: dict[str, Any]) -> str:
+    import io
+
+    rows = slice_rows(report)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def print_table(report: dict[str, Any], file=None) -> None:
+    """The per-position table (probabilities averaged over the graded phases) and the study line."""
+    out = file or sys.stdout
+    phases = report["phases"]
+    over = f"mean over {len(phases)} phases" if len(phases) > 1 else f"phase {phases[0]}"
+    axis = "ijk"[report["slice_axis"]]
+    print(f"motion grading, model {report['model']} ({over}); scores 5 excellent ... 1 non-diagnostic", file=out)
+    print(f"{'slice (' + axis + ')':>9}  {'LV':<3}{'E[score]':>9}{'score':>6}  {'grade':<9}{'conf':>6}  "
+          f"{'diagnostic':<10}{'worst phase':>12}", file=out)
+    for p in sorted(report["positions"], key=lambda p: p["index"]):
+        print(f"{p['index']:>9}  {'yes' if p['lv'] else '-':<3}{p['expected_score']:>9.2f}{p['score']:>6}  "
+              f"{p['grade']:<9}{p['confidence']:>6.2f}  {'yes' if p['diagnostic'] else 'NO':<10}"
+              f"{p['worst_phase_score']:>12}", file=out)
+    study = report["study"]
+    print(f"study: {study['grade']} (score {study['score']}; {study['rule']}; LV slices from "
+          f"{study['lv_slices_source']})", file=out)
+    print(f"recommendation: {study['recommendation']}", file=out)
+    print(f"note: {report['caveat']}", file=out)
+
+
+# -- grade ------------------------------------------------------------------------------------
+def cmd_grade(args: argparse.Namespace) -> int:
+    from medsegrwkv.cli.main import _check_output, _progress_bar
+    from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, strip_picture
+    from medsegrwkv.io import read_study, select_phases
+    from medsegrwkv.io.montage import save_png_atomic
+
+    output = Path(args.output)
+    _check_output(output, (".json",))
+    csv_path = Path(args.csv) if args.csv else None
+    png_path = Path(args.png) if args.png else None
+    if csv_path:
+        _check_output(csv_path, (".csv",))
+    if png_path:
+        _check_output(png_path, (".png",))
+    study = read_study(args.input, series=args.series)  # input errors before the model is loaded
+    select_phases(study, args.phase)
+    grader = Grader.from_pretrained(args.weights or args.model, args.device)
+    with _progress_bar(100, "grade") as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction, 1)
+            bar.set_postfix_str(message)
+            bar.refresh()
+
+        report, pictures = grade_study_with_pictures(study, phase=args.phase, grader=grader,
+                                                     lv_detection=not args.all_slices, progress=progress)
+    print(f"{report['description']}; model {report['model']} on {report['device']}", file=sys.stderr)
+    text = json.dumps(report, indent=2) + "\n"
+    picture = strip_picture(report, pictures) if png_path else None
+    _write_text_atomic(text, output)
+    written = [output]
+    if csv_path:
+        _write_text_atomic(csv_text(report), csv_path)
+        written.append(csv_path)
+    if png_path and picture is not None:
+        try:
+            save_png_atomic(picture, png_path)
+        except OSError as exc:
+            raise MedSegError(f"Cannot write {png_path}: {(exc.strerror or str(exc)).lower()}.",
+                              code="output_not_writable") from exc
+        written.append(png_path)
+    print_table(report)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_grade_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grade", help="grade respiratory-motion artefacts of every slice (5-point score)",
+                       description="Grade every slice (and phase) of a short-axis study for respiratory-motion "
+                       "artefacts on the 5-point Likert scale (5 excellent ... 1 non-diagnostic; CMRxMotion levels "
+                       "mild 4-5, moderate 3, severe 1-2). INPUT is read like `segment` reads it. The study grade is "
+                       "the worst grade among the slices through the left ventricle.")
+    p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("-o", "--output", required=True, help="JSON report to write (quality.json)")
+    p.add_argument("--csv", help="also write one row per slice and phase to this CSV file")
+    p.add_argument("--png", help="also write a strip of the slices framed in their grade's colour")
+    p.add_argument("--phase", type=int, help="grade only this cardiac phase (0-based; default all)")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
+    p.add_argument("--all-slices", action="store_true",
+                   help="aggregate over all slices instead of the slices through the LV (skips the segmentation)")
+    p.add_argument("--model", help="registered grading model (default: the default grader; see `models`)")
+    p.add_argument("--weights", metavar="DIR",
+                   help="a grader weights folder, e.g. from `train grade`; overrides --model")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_grade)
+
+
+# -- train grade --------------------------------------------------------------------------------
+def add_train_grade_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grade (motion-artefact grader) options")
+    g.add_argument("--sunnybrook", default="../shared/data/sunnybrook/SCD0000101",
+                   help="a study added to the training data (4 evenly spaced phases), or 'none'")
+    g.add_argument("--val-per-slice", type=int, default=2, help="simulated scores per validation slice")
+    g.add_argument("--max-minutes", type=float, help="stop at the first epoch end after this much training time")
+    g.add_argument("--max-val-cases", type=int, help="use only the first N validation volumes (smoke tests)")
+    g.add_argument("--cmrxmotion", help="real graded data in the CMRxMotion layout to mix into training")
+    g.add_argument("--init", help="start from these grader weights (name or folder), e.g. to fine-tune")
+
+
+def cmd_train_grade(args: argparse.Namespace) -> int:
+    from medsegrwkv.grading.train import GradeTrainConfig, train_grader
+
+    sunny = None if str(args.sunnybrook).lower() == "none" else Path(args.sunnybrook)
+    cfg = GradeTrainConfig(
+        output=Path(args.output), data=Path(args.data), sunnybrook=sunny,
+        model=args.model or "grader_regnetx_002", epochs=args.epochs or 30, batch_size=args.batch_size or 32,
+        lr=args.lr if args.lr is not None else 2e-3, device=args.device, seed=args.seed, workers=args.workers,
+        val_per_slice=args.val_per_slice, max_steps=args.max_steps, max_cases=args.max_cases,
+        max_val_cases=args.max_val_cases, max_minutes=args.max_minutes,
+        cmrxmotion=Path(args.cmrxmotion) if args.cmrxmotion else None, init=args.init,
+        validate=not args.no_validation)
+    result = train_grader(cfg)
+    best = result["best"] or {}
+    summary = {k: best.get(k) for k in ("accuracy", "kappa", "kappa_linear", "accuracy_3level", "kappa_3level",
+                                        "recall", "ece", "ece_temperature_scaled", "temperature")}
+    print(json.dumps({"best_epoch": result["best_epoch"], "steps": result["steps"], "validation": summary}, indent=2))
+    print(f"weights: {result['weights']} (use with `grade --weights`, or copy into the package)")
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def demo_grading(output: Path, device: str = "auto") -> dict[str, Any] | None:
+    """Grade the bundled Sunnybrook study, write quality.json and the PNG strip, print the table."""
+    from medsegrwkv.grading.grade import grade_study_with_pictures, strip_picture
+    from medsegrwkv.io import sample_data_dir
+    from medsegrwkv.io.montage import save_png_atomic
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+    from medsegrwkv.weights import weights_status
+    from medsegrwkv.weights.store import WeightsStatus
+
+    name = DEFAULT_MODELS["grading"]
+    if weights_status(name) is not WeightsStatus.VERIFIED:
+        print(f"motion grading skipped: the default grader {name} has no verified weights")
+        return None
+    report, pictures = grade_study_with_pictures(sample_data_dir() / "SCD0000101" / "dicom", model=name,
+                                                 device=device)
+    output.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(json.dumps(report, indent=2) + "\n", output / "SCD0000101_quality.json")
+    save_png_atomic(strip_picture(report, pictures), output / "SCD0000101_quality.png")
+    print()
+    print_table(report)
+    print(f"wrote {output / 'SCD0000101_quality.json'}")
+    print(f"wrote {output / 'SCD0000101_quality.png'}")
+    return report

@@ -1,0 +1,249 @@
+"""What each engine op does. Heavy libraries are imported on first use, so the worker starts
+at once and an `info` failure (no torch, broken CUDA) is reported as an error, not a crash.
+
+Loaded models stay on their device between requests (a small LRU cache keyed by model and
+resolved device): the second segmentation of a session skips loading and device set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections import OrderedDict
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from medsegrwkv import __version__
+from medsegrwkv.engine.protocol import PROTOCOL_VERSION, Json
+from medsegrwkv.errors import MedSegError
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+MAX_LOADED_MODELS = 3  # segmenters + graders kept on the device at once
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_cancel(cancel: CancelFn) -> None:
+    if cancel():
+        from medsegrwkv.inference.segmenter import Cancelled
+
+        raise Cancelled()
+
+
+def _int_list(values: List[Any], count: int, field: str) -> List[int]:
+    if len(values) != count or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise MedSegError(f"The field '{field}' must be a list of {count} integers.", code="bad_roi")
+    return list(values)
+
+
+def _float_list(values: List[Any], count: int, field: str) -> List[float]:
+    if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise MedSegError(f"The field '{field}' must be a list of {count} numbers.", code="bad_roi")
+    return [float(v) for v in values]
+
+
+class Operations:
+    """The op handlers of one worker process and the state they share (loaded models, timings)."""
+
+    def __init__(self) -> None:
+        self._loaded: "OrderedDict[Tuple[str, str, str], Any]" = OrderedDict()  # (kind, model, device) -> model
+        self._params: Dict[str, int] = {}
+        self._seconds_per_slice: Dict[Tuple[str, str], float] = {}  # (model, device) -> last measured
+
+    # -- cache ---------------------------------------------------------------------------------
+    def _get(self, kind: str, model: str, device: str, progress: ProgressFn) -> Any:
+        from medsegrwkv.inference.device import resolve_device
+
+        dev = resolve_device(device)
+        key = (kind, model, str(dev))
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        progress(0.0, f"loading {model} on {dev.type}")
+        if kind == "segmenter":
+            from medsegrwkv.inference.segmenter import Segmenter
+
+            loaded: Any = Segmenter.from_pretrained(model, dev)
+        else:
+            from medsegrwkv.grading.grade import Grader
+
+            loaded = Grader.from_pretrained(model, dev)
+        self._loaded[key] = loaded
+        while len(self._loaded) > MAX_LOADED_MODELS:
+            self._loaded.popitem(last=False)
+        return loaded
+
+    # -- info ------------------------------------------------------------------------------------
+    def info(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Versions and devices, for the module's About area and device chooser."""
+        import torch
+
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+        cuda = torch.cuda.is_available()
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "backend_version": __version__,
+            "backend_path": str(Path(__file__).resolve().parents[1]),
+            "python": platform.python_version(),
+            "executable": sys.executable,
+            "pid": os.getpid(),
+            "platform": platform.platform(terse=True),
+            "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda,
+            "cuda_available": cuda,
+            "gpus": gpus,
+            "auto_device": "cuda" if cuda else "cpu",
+            "versions": {name: _version(name) for name in ("monai", "SimpleITK", "numpy", "timm", "pydicom")},
+            "default_models": dict(DEFAULT_MODELS),
+            "loaded_models": [f"{model} ({device})" for _, model, device in self._loaded],
+            "busy_policy": "reject",
+        }
+
+    # -- models ----------------------------------------------------------------------------------
+    def models(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Every registered model of a task with its size, weights status and measured speed
+        (FLOP counts are left to `medsegrwkv models`: counting them takes seconds per model)."""
+        from medsegrwkv.nets.complexity import count_parameters
+        from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model, list_models
+        from medsegrwkv.weights import load_manifest, weights_status
+
+        specs = list_models(fields["task"])
+        rows = []
+        for n, spec in enumerate(specs):
+            _check_cancel(cancel)
+            if spec.name not in self._params:  # building the network: once per process
+                self._params[spec.name] = count_parameters(create_model(spec.name))
+            manifest = load_manifest(spec.name) or {}
+            validation = manifest.get("metrics", {}).get("validation", {})
+            rows.append({
+                "name": spec.name,
+                "task": spec.task,
+                "spatial_dims": spec.spatial_dims,
+                "description": spec.description,
+                "params": self._params[spec.name],
+                "weights": weights_status(spec.name).value,
+                "default": DEFAULT_MODELS.get(spec.task) == spec.name,
+                "validation_mean_dice": validation.get("mean_dice"),
+                "measured_seconds_per_slice": {device: round(s, 4) for (model, device), s
+                                               in self._seconds_per_slice.items() if model == spec.name},
+            })
+            progress((n + 1) / len(specs), spec.name)
+        return {"models": rows}
+
+    # -- segment ---------------------------------------------------------------------------------
+    def segment(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Segment one phase or every phase of a study and write the labelmap atomically."""
+        import SimpleITK as sitk
+
+        from medsegrwkv.inference.device import describe_device
+        from medsegrwkv.io import read_study, select_phases, volume_suffix, write_labelmap
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
+        from medsegrwkv.preprocess import Roi, roi_from_ras_box
+
+        started = time.time()
+        output = Path(fields["output"])
+        if volume_suffix(output) is None:
+            raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
+                              code="bad_output")
+        if fields["roi"] is not None and fields["roi_ras"] is not None:
+            raise MedSegError("Give the ROI either as voxels ('roi') or in RAS mm ('roi_ras'), not both.",
+                              code="bad_roi")
+        progress(0.0, "reading the input")
+        study = read_study(fields["input"], series=fields["series"])
+        phases = select_phases(study, fields["phase"])
+        first = study.phases[phases[0]]
+        roi = None
+        if fields["roi"] is not None:
+            box = _int_list(fields["roi"], 6, "roi")
+            roi = Roi(tuple(box[:3]), tuple(box[3:])).clipped(first.GetSize())  # type: ignore[arg-type]
+        elif fields["roi_ras"] is not None:
+            corners = _float_list(fields["roi_ras"], 6, "roi_ras")
+            roi = roi_from_ras_box(first, tuple(corners[:3]), tuple(corners[3:]))  # type: ignore[arg-type]
+        name = fields["model"] or DEFAULT_MODELS["segmentation"]
+        segmenter = self._get("segmenter", name, fields["device"], progress)
+        network_started = time.time()
+        results = []
+        for n, p in enumerate(phases):
+            _check_cancel(cancel)
+
+            def phase_progress(fraction: float, message: str, n: int = n, p: int = p) -> None:
+                progress((n + fraction) / len(phases), f"phase {p}: {message}")
+
+            results.append(segmenter.segment(study.phases[p], roi=roi, tta=fields["tta"],
+                                             postprocessing=fields["postprocess"], progress=phase_progress,
+                                             cancel=cancel))
+        slices = len(phases) * first.GetSize()[_slice_axis(first)]
+        device = str(segmenter.device.type)
+        self._seconds_per_slice[(segmenter.manifest["name"], device)] = (time.time() - network_started) / slices
+        _check_cancel(cancel)
+        progress(1.0, "writing the labelmap")
+        write_labelmap(results, output)
+        volumes = []
+        for p, labels in zip(phases, results):
+            stats = sitk.LabelShapeStatisticsImageFilter()
+            stats.Execute(labels)
+            volumes.append({"phase": p, **{label["name"]: round(stats.GetPhysicalSize(label["value"]) / 1000.0, 2)
+                                           if stats.HasLabel(label["value"]) else 0.0
+                                           for label in segmenter.manifest["labels"]}})
+        return {
+            "output": str(output),
+            "model": segmenter.manifest["name"],
+            "device": describe_device(segmenter.device),
+            "phases": phases,
+            "roi": [*roi.start, *roi.stop] if roi is not None else None,
+            "labels": segmenter.manifest["labels"],
+            "volumes_ml": volumes,
+            "seconds": round(time.time() - started, 3),
+        }
+
+    # -- grade -----------------------------------------------------------------------------------
+    def grade(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Per-slice motion grades of a study (medsegrwkv.grading), each slice also located as a
+        voxel index of the input so that the module can jump its slice views there."""
+        from medsegrwkv.grading.grade import grade_study
+        from medsegrwkv.io import read_study, select_phases
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+        progress(0.0, "reading the input")
+        study = read_study(fields["input"], series=fields["series"])
+        first = study.phases[select_phases(study, fields["phase"])[0]]
+        grader = self._get("grader", fields["model"] or DEFAULT_MODELS["grading"], fields["device"], progress)
+        report = grade_study(fields["input"], phase=fields["phase"], series=fields["series"],
+                             lv_detection=fields["lv_detection"], grader=grader, progress=progress, cancel=cancel)
+        # The grader numbers slices along the canonical slice axis (medsegrwkv.preprocess.orientation),
+        # which may run against the input's index order; the module needs the input's index.
+        axis, reversed_order = _slice_axis(first), _slices_reversed(first)
+        count = first.GetSize()[axis]
+        for record in report["slices"] + report["positions"]:
+            record["index"] = count - 1 - record["slice"] if reversed_order else record["slice"]
+        report["index_axis"] = axis
+        return report
+
+
+def _layout(image: Any) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
+    import numpy as np
+
+    from medsegrwkv.preprocess.orientation import canonical_layout
+
+    return canonical_layout(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing())
+
+
+def _slice_axis(image: Any) -> int:
+    """The input's index axis (0 i, 1 j, 2 k) that runs across short-axis slices."""
+    return int(_layout(image)[0][2])
+
+
+def _slices_reversed(image: Any) -> bool:
+    """Whether the canonical slice order runs against the input's index order on that axis."""
+    return bool(_layout(image)[1][2])

@@ -1,0 +1,134 @@
+"""The worker's wire format (DESIGN.md §3): one JSON object per line, UTF-8, both directions.
+
+Request:  {"id": 7, "op": "segment", ...fields}      id: a string or an integer chosen by the client
+Answers:  {"id": 7, "type": "progress", "fraction": 0.4, "message": "phase 0: slice 8/12"}  (any number)
+          {"id": 7, "type": "result", "result": {...}}                                       (then exactly one
+          {"id": 7, "type": "error", "code": "bad_roi", "message": "One sentence."}            of these two)
+
+Requests are checked here against `SCHEMAS`, so an op handler only ever sees well-typed fields
+with their defaults filled in; anything else becomes a `bad_request` error carrying the id when
+it could be read (null otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+PROTOCOL_VERSION = 1
+
+# Error codes the worker itself produces; a MedSegError from the backend adds its own code
+# (bad_input, bad_roi, weights_missing, unknown_model, no_cuda, out_of_memory, ...).
+BAD_REQUEST = "bad_request"  # not JSON, not an object, no id/op, or a field of the wrong type
+UNKNOWN_OP = "unknown_op"
+BUSY = "busy"  # another request is running; this one was not started (no queue)
+CANCELLED = "cancelled"
+INTERNAL = "internal"  # a bug: the traceback is in the worker's stderr
+
+Json = Dict[str, Any]
+
+# A field spec: (accepted JSON types, required, default). int excludes bool on purpose.
+_STR, _INT, _BOOL, _LIST = (str,), (int,), (bool,), (list,)
+_OPT_STR, _OPT_INT, _OPT_LIST = (str, type(None)), (int, type(None)), (list, type(None))
+SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
+    "info": {},
+    "models": {"task": (_OPT_STR, False, None)},
+    "segment": {
+        "input": (_STR, True, None),  # volume file (NRRD, NIfTI, MHA) or DICOM folder
+        "output": (_STR, True, None),  # labelmap path; its suffix picks the format
+        "model": (_OPT_STR, False, None),  # registered name or weights folder; None: the default
+        "device": (_STR, False, "auto"),
+        "tta": (_BOOL, False, False),
+        "postprocess": (_BOOL, False, True),
+        "phase": (_OPT_INT, False, None),  # None: every phase (4D output when there are several)
+        "series": (_OPT_STR, False, None),
+        "roi": (_OPT_LIST, False, None),  # [i0, j0, k0, i1, j1, k1], start inclusive, stop exclusive
+        "roi_ras": (_OPT_LIST, False, None),  # [r0, a0, s0, r1, a1, s1] in mm
+    },
+    "grade": {
+        "input": (_STR, True, None),
+        "model": (_OPT_STR, False, None),
+        "device": (_STR, False, "auto"),
+        "phase": (_OPT_INT, False, None),
+        "series": (_OPT_STR, False, None),
+        "lv_detection": (_BOOL, False, True),
+    },
+    "cancel": {"target": ((str, int, type(None)), False, None)},  # None: whatever is running
+    "shutdown": {},
+}
+
+
+class ProtocolError(Exception):
+    """A request that cannot be run; becomes an `error` answer."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    id: Any
+    op: str
+    fields: Json
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _check_type(value: Any, types: tuple) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true is not an integer here
+    return isinstance(value, types)
+
+
+def parse_request(line: str) -> Request:
+    """Decode and check one request line, filling in defaults."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(BAD_REQUEST, f"The request is not valid JSON ({exc.msg} at column {exc.colno}).") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(BAD_REQUEST, "A request must be a JSON object with an 'id' and an 'op'.")
+    request_id = data.get("id")
+    if not _valid_id(request_id):
+        raise ProtocolError(BAD_REQUEST, "A request needs an 'id' that is a string or an integer.")
+    op = data.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError(BAD_REQUEST, "A request needs an 'op' naming the operation.", request_id)
+    if op not in SCHEMAS:
+        known = ", ".join(SCHEMAS)
+        raise ProtocolError(UNKNOWN_OP, f"Unknown op '{op}'; the worker knows: {known}.", request_id)
+    fields: Json = {}
+    schema = SCHEMAS[op]
+    for name, (types, required, default) in schema.items():
+        if name not in data or (data[name] is None and not required):
+            if required:
+                raise ProtocolError(BAD_REQUEST, f"The {op} request needs the field '{name}'.", request_id)
+            fields[name] = default
+            continue
+        if not _check_type(data[name], types):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ProtocolError(BAD_REQUEST, f"The field '{name}' of a {op} request must be {wanted}.", request_id)
+        fields[name] = data[name]
+    unknown = sorted(set(data) - set(schema) - {"id", "op"})
+    if unknown:
+        raise ProtocolError(BAD_REQUEST, f"The {op} request has unknown field(s): {', '.join(unknown)}.", request_id)
+    return Request(request_id, op, fields)
+
+
+def progress_message(request_id: Any, fraction: float, message: str) -> Json:
+    return {"id": request_id, "type": "progress", "fraction": round(min(1.0, max(0.0, float(fraction))), 4),
+            "message": message}
+
+
+def result_message(request_id: Any, result: Json) -> Json:
+    return {"id": request_id, "type": "result", "result": result}
+
+
+def error_message(request_id: Optional[Any], code: str, message: str) -> Json:
+    return {"id": request_id, "type": "error", "code": code, "message": message}
