@@ -64,10 +64,12 @@ def test_ungrouped_B_C_and_no_skip_or_bias() -> None:
                   selective_scan_reference(u, delta.abs(), A, B, C)) < TOL
 
 
-def test_chunk_length_follows_the_decay() -> None:
+def test_chunk_length_follows_the_decay_and_the_cpu_cache() -> None:
     A = -torch.ones(1, 1) * 16
     assert scan_module._chunk_length(torch.full((1, 1, 10), 0.01), A) == MAX_CHUNK
     assert scan_module._chunk_length(torch.full((1, 1, 10), 100.0), A) == MIN_CHUNK
+    wide = torch.full((8, 768, 10), 0.01)  # VM-UNet's first stage on 8 slices: 393 KB of state per token
+    assert scan_module._chunk_length(wide, -torch.ones(768, 16)) == MIN_CHUNK
 
 
 def test_mismatched_shapes_are_rejected() -> None:

@@ -16,7 +16,8 @@ working memory of every later run; ratios and exponents use the second.
   (mallopt, malloc_trim), so that the resident set follows the live tensors, then for each run
   resets the resident-set high-water mark (5 to /proc/self/clear_refs) and reports VmHWM minus
   the VmRSS before. Timing stays in this process on the default allocator (mapping every tensor
-  afresh makes CPU inference 2-3x slower). Elsewhere CPU memory is not measured.
+  afresh makes CPU inference 2-3x slower). The copy runs single-threaded, because an OpenMP
+  thread pool does not survive fork. Elsewhere CPU memory is not measured.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def peak_mib(fn: Callable[[], object], device: torch.device) -> list[float] | No
         status = 1
         try:
             os.close(read)
+            # The parent's OpenMP pool does not survive fork (its threads are gone, its locks may be
+            # held): a parallel region here can hang forever. One thread never enters the pool.
+            torch.set_num_threads(1)
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
             gc.collect()

@@ -55,7 +55,7 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
     default = DEFAULT_MODELS["segmentation"]
     names = list(dict.fromkeys([default, *(models or [s.name for s in list_models("segmentation")])]))
     specs = [get_spec(n) for n in names]  # unknown names fail here, before any work
-    steps = sum(3 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 1
+    steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 1
     output.mkdir(parents=True, exist_ok=True)
     common = {"device": settings.device, "repeats": settings.repeats}
     with tqdm(total=steps, desc="benchmark", unit="step", file=sys.stderr, disable=not show_progress) as bar:
@@ -179,10 +179,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         inputs = ["×".join(map(str, p["input"])) for p in sweep_rows[0]["sweep"]]
         lines += ["", f"## {dims}D resolution sweep: one {'slice' if dims == 2 else 'crop'}, time (ms) / peak "
                   "memory (MiB)", "", "| model | " + " | ".join(inputs) + " |", "|---" * (len(inputs) + 1) + "|"]
+        failures = []
         for r in sweep_rows:
-            cells = [p.get("error", "n/a")[:60] if "time_ms" not in p else
-                     f"{_cell(p['time_ms'])} / {_cell(p['peak_mib'])}" for p in r["sweep"]]
+            cells = ["n/a" if "time_ms" not in p else f"{_cell(p['time_ms'])} / {_cell(p['peak_mib'])}"
+                     for p in r["sweep"]]
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+            failures += [f"- {r['name']}: {p['error']}" for p in r["sweep"][:1] if "error" in p]
+        lines += ["", "n/a:", *failures] if failures else []
     b = report["biwkv"]
     if "error" in b:
         lines += ["", f"## Bi-WKV operator\n\nfailed: {b['error']}"]
