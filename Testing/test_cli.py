@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,21 +13,9 @@ import SimpleITK as sitk
 
 from medsegrwkv.cli.main import main
 from medsegrwkv.weights import MODELS_DIR
+from cli_helpers import assert_user_error, run_cli
 
 CASE = "patient014/patient014_frame01"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medsegrwkv", *args], capture_output=True, text=True, timeout=600)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert "Traceback" not in result.stderr
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    for word in words:
-        assert word.lower() in lines[-1].lower(), lines[-1]
 
 
 @pytest.fixture()

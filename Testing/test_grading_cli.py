@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,21 +17,9 @@ from medsegrwkv.grading.grade import Grader, grade_study
 from medsegrwkv.grading.simulator import MotionSimulator
 from medsegrwkv.nets.registry import DEFAULT_MODELS
 from medsegrwkv.weights import MODELS_DIR, weights_status
+from cli_helpers import assert_user_error, run_cli
 
 VAL_CASE = "patient034/patient034_frame01"  # a validation patient (34 % 20 = 14)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medsegrwkv", *args], capture_output=True, text=True, timeout=600)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert "Traceback" not in result.stderr
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    for word in words:
-        assert word.lower() in lines[-1].lower(), lines[-1]
 
 
 @pytest.fixture(scope="module")

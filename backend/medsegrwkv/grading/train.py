@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import MedSegError
 from medsegrwkv.grading.dataset import (
     GRADER_PREPROCESSING, SimulatedMotionSlices, load_acdc_volumes, load_study_volumes, simulated_validation_set,
@@ -247,16 +248,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
     else:
         model = create_model(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(loader))
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     use_amp = device.type == "cuda"
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
     checkpoint = out / "checkpoint.pt"

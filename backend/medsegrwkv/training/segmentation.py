@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import MedSegError
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
@@ -127,16 +128,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     model = create_model(cfg.model, **cfg.overrides).to(ctx.device)
     net = DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(loader))
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     use_amp = ctx.device.type == "cuda"
 
