@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,10 @@ def _cell(value: float | None, ratio: float | None = None, digits: int = 1) -> s
     return f"{text} (×{ratio:.2f})" if ratio is not None else text
 
 
+def _threads(count: int | None) -> str:
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     default = report["default_model"]
     s = report["settings"]
@@ -144,7 +148,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Benchmark",
         "",
         f"`{report['command']}`, {report['created']}, on {first.get('device', '?')} "
-        f"({first.get('threads', '?')} threads; {report['machine']['processor']}, {report['machine']['cpu_count']} "
+        f"({_threads(first.get('threads'))}; {report['machine']['processor']}, {report['machine']['cpu_count']} "
         f"CPUs, torch {report['machine']['torch']}).",
         "",
         f"Ratios (×) are to the default model, `{default}`. GFLOPs by torch.utils.flop_counter (2 per "
@@ -167,12 +171,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         q = r["ratios"] or {}
         name = f"**{r['name']}** (default)" if r["name"] == default else r["name"]
-        lines.append(f"| {name} | {r['spatial_dims']}D | {_cell(r['params'] / 1e6, q.get('params'), 2)} | "
-                     f"{_cell(r['gflops'], q.get('gflops'), 2)} | {_cell(r['study_latency_ms'], q.get('study_latency_ms'))} | "
-                     f"{_cell(r['study_peak_mib'], q.get('study_peak_mib'))} | {_cell(r['study_first_run_peak_mib'])} | "
-                     f"{_cell(r['time_exponent'], digits=2)} | "
-                     f"{_cell(r['memory_exponent'], digits=2)} |")
-    for dims, sizes in ((2, s["sizes_2d"]), (3, s["sizes_3d"])):
+        cells = [f"{r['spatial_dims']}D", _cell(r["params"] / 1e6, q.get("params"), 2),
+                 _cell(r["gflops"], q.get("gflops"), 2), _cell(r["study_latency_ms"], q.get("study_latency_ms")),
+                 _cell(r["study_peak_mib"], q.get("study_peak_mib")), _cell(r["study_first_run_peak_mib"]),
+                 _cell(r["time_exponent"], digits=2), _cell(r["memory_exponent"], digits=2)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for dims in (2, 3):
         sweep_rows = [r for r in rows if r.get("spatial_dims") == dims and r.get("sweep")]
         if not sweep_rows:
             continue
@@ -193,7 +197,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         how = (f"timed over the first {b['loop_tokens_timed']} tokens and extrapolated to all {b['tokens']} "
                "(every token costs the same)" if b["loop_extrapolated"] else "timed over all tokens")
         lines += ["", "## Bi-WKV operator", "",
-                  f"T = {b['tokens']} tokens, C = {b['channels']} channels, batch 1, CPU ({b['threads']} threads): "
+                  f"T = {b['tokens']} tokens, C = {b['channels']} channels, batch 1, CPU ({_threads(b['threads'])}): "
                   f"the cumulative-sum form takes {b['biwkv_ms']:,.2f} ms; the per-token loop (each token's "
                   f"weighted mean over all T tokens, O(T²C) in all) takes {b['loop_ms']:,.0f} ms, {how}: "
                   f"{b['speedup']:,.0f}× slower. Largest difference between the two on the tokens computed: "

@@ -15,11 +15,11 @@ the chunk's total decay, so the exponents are centred on half of it and the chun
 enough (64 tokens, halved while needed, at least 8) that the total stays within MAX_CHUNK_DECAY:
 the centred factors then stay within e^{±64}. On the CPU the chunk is also halved until its
 (batch, channels, states, chunk) tensors fit in about CPU_CHUNK_BYTES, so that they stay in
-cache (VM-UNet on 8 slices of 256x256 runs twice as fast as with 64-token chunks). Each step's log decay is clamped at
--LOG_DECAY_MIN: a step that shrinks a state by more than e^{-16} (1e-7) leaves nothing
-measurable of it either way. Each chunk is recomputed in the backward pass (activation
-checkpointing), so training memory holds one chunk's (batch, channels, chunk, states) tensors,
-not the whole sequence's. When `mamba_ssm` is installed and the tensors are on CUDA, its fused
+cache (VM-UNet on 8 slices of 256x256 runs twice as fast as with 64-token chunks). Each step's
+log decay is clamped at -LOG_DECAY_MIN: a step that shrinks a state by more than e^{-16} (1e-7)
+leaves nothing measurable of it either way. Each chunk is recomputed in the backward pass
+(activation checkpointing), so training memory holds one chunk's (batch, channels, states,
+chunk) tensors, not the whole sequence's. When `mamba_ssm` is installed and the tensors are on CUDA, its fused
 kernel runs instead (same arguments, same results).
 """
 
