@@ -28,7 +28,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MedSegRWKVLib import dependencies, geometry, panel, protocol, quality, terminology
+from MedSegRWKVLib import clicks, dependencies, geometry, panel, protocol, quality, terminology
 from MedSegRWKVLib.client import UNRESPONSIVE_AFTER_S, EngineClient, engine_command
 from MedSegRWKVLib.protocol import Message
 
@@ -36,6 +36,9 @@ MODULE_DIR = Path(__file__).resolve().parent
 POLL_INTERVAL_MS = 100
 REQUEST_TIMEOUT_S = 900.0  # blocking requests (self-test) only; the GUI never blocks
 STARTING = "Starting the backend worker"
+REFINING = "Refining"
+POINT_LISTS = {True: ("MedSegRWKV add", (0.2, 0.8, 0.2)), False: ("MedSegRWKV remove", (0.9, 0.2, 0.2))}
+SHORTCUTS = {"P": "onPositivePoint", "N": "onNegativePoint", "U": "onUndoPoint", "Return": "onAcceptCorrection"}
 
 
 class MedSegRWKV(ScriptedLoadableModule):
@@ -208,6 +211,28 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
         segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentationNode
 
+    def loadImageRequest(self, volume) -> Tuple[Dict[str, Any], str]:
+        folder, path = self.writeVolume(volume)
+        return protocol.load_image_request(path), folder
+
+    @staticmethod
+    def pointList(positive: bool):
+        """The markups list for positive or negative points (created once, distinct colours)."""
+        name, color = POINT_LISTS[positive]
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*color)
+            node.GetDisplayNode().SetColor(*color)
+            node.GetDisplayNode().SetPointLabelsVisibility(False)
+        return node
+
+    def lastPointIjk(self, volume, pointList) -> Tuple[float, float, float]:
+        ras = [0.0, 0.0, 0.0]
+        pointList.GetNthControlPointPositionWorld(pointList.GetNumberOfControlPoints() - 1, ras)
+        return geometry.transform_point(geometry.inverted(self.ijkToWorld(volume)), ras)
+
     def fitRoi(self, volume, roi) -> None:
         objectToWorld, size = geometry.fit_roi_to_volume(self.ijkToWorld(volume),
                                                          volume.GetImageData().GetDimensions())
@@ -277,6 +302,9 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.modelChoices: List[panel.Choice] = []
         self.gradeResult: Optional[Dict[str, Any]] = None
         self.gradedVolume = None
+        self.correction: Optional[clicks.ClickSession] = None
+        self.correctionNodes: Tuple[Any, Any] = (None, None)  # (volume, segmentation) being corrected
+        self.shortcuts: List[Any] = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -297,6 +325,14 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
         self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegments)
+        self.ui.startCorrectionButton.connect("clicked(bool)", self.onStartCorrection)
+        self.ui.positivePointButton.connect("clicked(bool)", self.onPositivePoint)
+        self.ui.negativePointButton.connect("clicked(bool)", self.onNegativePoint)
+        self.ui.undoPointButton.connect("clicked(bool)", self.onUndoPoint)
+        self.ui.acceptCorrectionButton.connect("clicked(bool)", self.onAcceptCorrection)
+        for positive in (True, False):
+            self.addObserver(self.logic.pointList(positive),
+                             slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
         self.ui.gradeButton.connect("clicked(bool)", self.onGradeButton)
         self.ui.qualityTable.connect("cellClicked(int,int)", self.onQualityRowClicked)
         self.ui.installBackendButton.connect("clicked(bool)", self.onInstallBackend)
@@ -318,6 +354,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.clearQuality()
+        self.stopCorrection("")
 
     # status ---------------------------------------------------------------------------------------
     def setStatus(self, text: str, error: bool = False) -> None:
@@ -340,6 +377,17 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editSegmentsButton.setEnabled(volume is not None and
                                               self.ui.outputSegmentationSelector.currentNode() is not None)
         self.ui.installBackendButton.setEnabled(not busy)
+        correcting = self.correction is not None
+        self.ui.startCorrectionButton.setEnabled(correcting or (not busy and ready and
+                                                                self.ui.correctSegmentComboBox.count > 0))
+        self.ui.startCorrectionButton.setChecked(correcting)
+        self.ui.startCorrectionButton.setText("Stop correcting" if correcting else "Start correcting")
+        self.ui.correctSegmentComboBox.setEnabled(not correcting)
+        pointsReady = correcting and not busy
+        self.ui.positivePointButton.setEnabled(pointsReady)
+        self.ui.negativePointButton.setEnabled(pointsReady)
+        self.ui.acceptCorrectionButton.setEnabled(pointsReady)
+        self.ui.undoPointButton.setEnabled(pointsReady and bool(self.correction.points))
 
     # worker plumbing ------------------------------------------------------------------------------
     def submit(self, action: str, request: Dict[str, Any], onDone: Callable[[Message], None],
@@ -417,6 +465,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.info = message.result
         self.showAbout()
         self.fillDevices()
+        self.fillCorrectableSegments()
         self.submit("Listing models", protocol.models_request("segmentation"), self.onModels)
 
     def onModels(self, message: Message) -> None:
@@ -580,6 +629,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentationNode = self.logic.importSegmentation(volume, self.ui.outputSegmentationSelector.currentNode(),
                                                          labelmapPath, result["labels"])
         self.ui.outputSegmentationSelector.setCurrentNode(segmentationNode)
+        self.fillCorrectableSegments()
         volumes = ", ".join(f"{name} {ml:.1f} mL" for name, ml in result["volumes_ml"][0].items() if name != "phase")
         self.ui.progressBar.setValue(100)
         self.setStatus(f"Segmented with {result['model']} on {result['device']} in {result['seconds']:.1f} s: "
@@ -587,6 +637,146 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onOutputChanged(self, node=None) -> None:
         self.ui.segmentsTableView.setSegmentationNode(self.ui.outputSegmentationSelector.currentNode())
+        self.fillCorrectableSegments()
+        self.updateButtons()
+
+    # click correction -----------------------------------------------------------------------------
+    def fillCorrectableSegments(self) -> None:
+        combo = self.ui.correctSegmentComboBox
+        combo.clear()
+        node = self.ui.outputSegmentationSelector.currentNode()
+        if node is None or self.info is None:
+            return
+        ids = list(node.GetSegmentation().GetSegmentIDs())
+        for spec in clicks.correctable_segments(self.info.get("refinement_labels", []), ids):
+            combo.addItem(spec.name, f"{spec.value} {spec.segment_id}")
+
+    def onStartCorrection(self) -> None:
+        if self.correction is not None:
+            self.stopCorrection("Correction stopped; the segment keeps its current mask.")
+            return
+        if not self.ensureBackend():
+            return
+        volume = self.ui.inputVolumeSelector.currentNode()
+        segmentationNode = self.ui.outputSegmentationSelector.currentNode()
+        try:
+            request, folder = self.logic.loadImageRequest(volume)
+        except RuntimeError as exc:
+            self.setStatus(str(exc), error=True)
+            return
+        self.submit("Preparing the volume for clicks", request,
+                    lambda message: self.onImageLoaded(message, volume, segmentationNode), folder)
+
+    def onImageLoaded(self, message: Message, volume, segmentationNode) -> None:
+        if self.failed("Preparing the volume", message):
+            return
+        value, segmentId = str(self.ui.correctSegmentComboBox.currentData).split(" ", 1)
+        size = message.result["size"]
+        self.correction = clicks.ClickSession(message.result["image_id"], int(value), segmentId,
+                                              int(message.result["slice_axis"]), (size[2], size[1], size[0]))
+        self.correctionNodes = (volume, segmentationNode)
+        for positive in (True, False):
+            self.logic.pointList(positive).RemoveAllControlPoints()
+        self.shortcuts = []
+        for key, handler in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", getattr(self, handler))
+            self.shortcuts.append(shortcut)
+        self.ui.correctionStatusLabel.setText(f"Correcting {self.ui.correctSegmentComboBox.currentText}: place points "
+                                              "with Add region (P) or Remove region (N).")
+        self.setStatus("Ready for clicks.")
+
+    def stopCorrection(self, text: str) -> None:
+        for shortcut in self.shortcuts:
+            shortcut.setParent(None)
+        self.shortcuts = []
+        self.correction = None
+        self.correctionNodes = (None, None)
+        for positive in (True, False):
+            self.logic.pointList(positive).RemoveAllControlPoints()
+        if text:
+            self.ui.correctionStatusLabel.setText(text)
+        self.updateButtons()
+
+    def placePoint(self, positive: bool) -> None:
+        if self.correction is None or self.job is not None:
+            return
+        pointList = self.logic.pointList(positive)
+        slicer.modules.markups.logic().SetActiveList(pointList)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetPlaceModePersistence(0)
+        interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def onPositivePoint(self) -> None:
+        self.placePoint(True)
+
+    def onNegativePoint(self) -> None:
+        self.placePoint(False)
+
+    def segmentMask(self) -> np.ndarray:
+        volume, segmentationNode = self.correctionNodes
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, self.correction.segment_id,
+                                                          volume).astype(bool)
+
+    def writeSegmentMask(self, mask: np.ndarray) -> None:
+        volume, segmentationNode = self.correctionNodes
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), segmentationNode,
+                                                         self.correction.segment_id, volume)
+
+    def onPointPlaced(self, caller, event) -> None:
+        if self.correction is None:
+            return
+        if self.job is not None:  # one refinement at a time: this point is not used
+            caller.RemoveNthControlPoint(caller.GetNumberOfControlPoints() - 1)
+            self.setStatus("Wait for the previous point's update, then place this one again.")
+            return
+        positive = caller is self.logic.pointList(True)
+        try:
+            self.correction.add(self.logic.lastPointIjk(self.correctionNodes[0], caller), positive)
+            request = self.correction.request(self.segmentMask())
+        except ValueError as exc:
+            caller.RemoveNthControlPoint(caller.GetNumberOfControlPoints() - 1)
+            self.setStatus(str(exc), error=True)
+            return
+        request["device"] = self.selectedDevice()
+        self.submit(REFINING, request, self.onRefined)
+
+    def onRefined(self, message: Message) -> None:
+        if self.failed(REFINING, message):
+            if self.correction is not None:  # the point did nothing: take it back
+                point = self.correction.undo(self.segmentMask())
+                if point is not None:
+                    pointList = self.logic.pointList(point.positive)
+                    pointList.RemoveNthControlPoint(pointList.GetNumberOfControlPoints() - 1)
+            if message.code == "image_expired":
+                self.stopCorrection(protocol.error_text(message))
+            return
+        mask = self.segmentMask()  # read again: Segment Editor edits made meanwhile are kept
+        changed = self.correction.apply(mask, message.result)
+        self.writeSegmentMask(mask)
+        self.setStatus(f"Updated slice {', '.join(map(str, changed))} in {message.result['seconds'] * 1000:.0f} ms "
+                       f"({len(self.correction.points)} point(s)).")
+
+    def onUndoPoint(self) -> None:
+        if self.correction is None or self.job is not None:
+            return
+        mask = self.segmentMask()
+        point = self.correction.undo(mask)
+        if point is None:
+            return
+        pointList = self.logic.pointList(point.positive)
+        pointList.RemoveNthControlPoint(pointList.GetNumberOfControlPoints() - 1)
+        self.writeSegmentMask(mask)
+        self.setStatus("Removed the last point.")
+        self.updateButtons()
+
+    def onAcceptCorrection(self) -> None:
+        if self.correction is None or self.job is not None:
+            return
+        count = self.correction.accept()
+        for positive in (True, False):
+            self.logic.pointList(positive).RemoveAllControlPoints()
+        self.setStatus(f"Accepted the correction ({count} point(s)); place more points or stop correcting.")
         self.updateButtons()
 
     def onEditSegments(self) -> None:
@@ -681,6 +871,28 @@ class MedSegRWKVTest(ScriptedLoadableModuleTest):
         self.assertTrue(volumes, "the sample loaded no scalar volume")
         return volumes[0]
 
+    def checkClickCorrection(self, logic, volume, segmentationNode, labels) -> None:
+        """A negative point in the middle of the LV cavity removes voxels there; undo restores them."""
+        spec = next(s for s in terminology.segment_specs(labels) if s.name == "LV cavity")
+        request, folder = logic.loadImageRequest(volume)
+        loaded = logic.request(request)
+        shutil.rmtree(folder, ignore_errors=True)
+        self.assertEqual(loaded.type, "result", loaded.text)
+        size = loaded.result["size"]
+        session = clicks.ClickSession(loaded.result["image_id"], spec.value, spec.segment_id,
+                                      int(loaded.result["slice_axis"]), (size[2], size[1], size[0]))
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, spec.segment_id, volume).astype(bool)
+        voxels = np.argwhere(mask)  # (k, j, i)
+        k, j, i = voxels[np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1))]
+        session.add((float(i), float(j), float(k)), positive=False)
+        answer = logic.request({**session.request(mask), "device": "auto"})
+        self.assertEqual(answer.type, "result", answer.text)
+        before = mask.copy()
+        session.apply(mask, answer.result)
+        self.assertLess(int(mask.sum()), int(before.sum()))
+        session.undo(mask)
+        self.assertTrue(np.array_equal(mask, before))
+
     def test_SegmentAndGradeSample(self) -> None:
         self.delayDisplay("Setting up the backend")
         logic = MedSegRWKVLogic()
@@ -709,6 +921,9 @@ class MedSegRWKVTest(ScriptedLoadableModuleTest):
             lv = answer.result["volumes_ml"][0]["LV cavity"]
             self.assertTrue(20.0 < lv < 400.0, f"implausible LV cavity volume {lv} mL")
             self.delayDisplay("Segmentation checked")
+            if info.result.get("refinement_labels"):
+                self.checkClickCorrection(logic, volume, segmentationNode, answer.result["labels"])
+                self.delayDisplay("Click correction checked")
 
             models = logic.request(protocol.models_request("grading")).result["models"]
             grader = next(m for m in models if m["default"])

@@ -30,7 +30,10 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
     assert rows[other]["ratios"]["params"] == rows[other]["params"] / rows[default]["params"]
     biwkv = report["biwkv"]
     assert biwkv["loop_ms"] > 0 and biwkv["biwkv_ms"] > 0 and biwkv["max_abs_difference"] < 1e-4
+    refine = report["refine"]
+    assert "error" not in refine and refine["median_ms"] > 0 and refine["model"] == DEFAULT_MODELS["refinement"]
     markdown = (tmp_path / "benchmark.md").read_text()
+    assert "## Click refinement" in markdown
     assert f"**{default}** (default)" in markdown and f"| {other} | 2D |" in markdown
     assert "## 2D resolution sweep" in markdown and "## Bi-WKV operator" in markdown
     assert "scheduled separately" in markdown

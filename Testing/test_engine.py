@@ -384,3 +384,54 @@ def test_client_restarts_a_worker_killed_mid_request(study_files: Dict[str, Path
     assert [(m.id, m.code) for m in failed] == [(busy_id, protocol.WORKER_RESTARTED)]
     assert client.pid != second_pid and not output.exists()
     assert client.close() == 0
+
+
+# -- click refinement ------------------------------------------------------------------------------
+REFINER_READY = weights_status(DEFAULT_MODELS["refinement"]) is WeightsStatus.VERIFIED
+
+
+@pytest.mark.skipif(not REFINER_READY, reason="the refinement model has no installed weights")
+def test_refine_with_a_cached_image(worker: Worker, study_files: Dict[str, Path], tmp_path: Path) -> None:
+    from medsegrwkv.engine.protocol import decode_mask, encode_mask
+
+    _, final = worker.call({"id": "seg", **segment(study_files["phase0"], tmp_path / "labels.nrrd")})
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nrrd")))  # (k, j, i)
+    _, loaded = worker.call({"id": "load", "op": "load_image", "input": str(study_files["phase0"])})
+    assert loaded["type"] == "result", loaded
+    image_id, axis = loaded["result"]["image_id"], loaded["result"]["slice_axis"]
+    assert loaded["result"]["size"] == list(reversed(labels.shape))
+    mask = labels == 3
+    slice_axis_numpy = 2 - axis
+    n = int(np.argmax(mask.sum(axis=tuple(a for a in range(3) if a != slice_axis_numpy))))  # the largest LV slice
+    voxels = np.argwhere(np.take(mask, n, axis=slice_axis_numpy))
+    centre = voxels[np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1))]
+    ijk = [0.0, 0.0, 0.0]
+    ijk[axis] = float(n)
+    in_plane = [a for a in (2, 1, 0) if a != axis]  # IJK axes of the slice's (row, column) = numpy order
+    ijk[in_plane[0]], ijk[in_plane[1]] = float(centre[0]), float(centre[1])
+    request = {"op": "refine", "image_id": image_id, "label": 3, "device": "cpu", "mask": encode_mask(mask),
+               "points": [{"ijk": ijk, "positive": False}]}
+    _, answer = worker.call({"id": "r1", **request})
+    assert answer["type"] == "result", answer
+    result = answer["result"]
+    assert result["index_axis"] == axis and [s["index"] for s in result["slices"]] == [n]
+    new_slice = decode_mask(result["slices"][0])
+    old_slice = np.take(mask, n, axis=slice_axis_numpy)
+    assert new_slice.shape == old_slice.shape and new_slice.sum() < old_slice.sum()  # "not here" removed voxels
+    assert not new_slice[tuple(centre)]
+
+    def error(fields: Json) -> Json:
+        _, reply = worker.call({"id": "bad", **request, **fields})
+        assert reply["type"] == "error" and reply["message"].endswith(".") and "Traceback" not in reply["message"]
+        return reply
+
+    assert error({"image_id": "no-such-image"})["code"] == "image_expired"
+    assert error({"points": [{"ijk": [-40.0, 0.0, 0.0], "positive": True}]})["code"] == "bad_click"
+    assert error({"points": [{"ijk": [1, 2], "positive": True}]})["code"] == "bad_click"
+    assert error({"points": []})["code"] == "bad_click"
+    assert error({"label": 9})["code"] == "unknown_segment"
+    assert error({"mask": {"shape": list(mask.shape), "bits": "AAAA"}})["code"] == "bad_mask"
+    assert error({"mask": encode_mask(mask[:-1])})["code"] == "bad_mask"
+    assert error({"label": "LV"})["code"] == "bad_request"
+    _, multi = worker.call({"id": "load4d", "op": "load_image", "input": str(study_files["cine"])})
+    assert multi["type"] == "error" and multi["code"] == "bad_phase"

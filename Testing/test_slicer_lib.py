@@ -416,10 +416,10 @@ def test_lib_never_imports_slicer_qt_or_torch() -> None:
 # What the module may call on each widget class: from the Qt, CTK and Slicer (qMRML) APIs, plus
 # PythonQt's connect. Properties are read or set as attributes in PythonQt.
 KNOWN_API: Dict[str, Set[str]] = {
-    "QPushButton": {"connect", "setText", "setEnabled", "setToolTip", "text", "enabled"},
+    "QPushButton": {"connect", "setText", "setEnabled", "setToolTip", "text", "enabled", "setChecked", "checked"},
     "QLabel": {"setText", "setStyleSheet", "setToolTip", "text"},
     "QComboBox": {"connect", "clear", "addItem", "setItemData", "itemData", "model", "setCurrentIndex", "currentIndex",
-                  "count", "blockSignals"},
+                  "count", "blockSignals", "setEnabled", "currentData", "currentText"},
     "QSpinBox": {"connect", "blockSignals", "setRange", "setValue", "setEnabled", "value"},
     "QCheckBox": {"connect", "checked", "setChecked"},
     "QProgressBar": {"setValue", "value"},

@@ -56,3 +56,25 @@ def test_two_ddp_processes_stay_in_sync(tmp_path, acdc):
     assert digests[0][1] == digests[1][1] == "3"  # both ranks took 3 optimiser steps
     assert digests[0][0] == digests[1][0]  # identical parameters after the all-reduced steps
     assert digests[0][0] != digests[0][2]  # and they moved away from the initial weights
+
+
+def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.weights import load_model
+
+    out = tmp_path / "raster"
+    result = run_cli("train", "--model", "medsegrwkv-t", "--set", "scan=raster", "--set", "local_blocks=false",
+                     "--data", str(acdc), "--output", str(out), "--epochs", "1", "--max-steps", "1", "--max-cases", "1",
+                     "--batch-size", "2", "--crop", "64", "--no-validation", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    model, manifest = load_model(out / "weights", "cpu")
+    assert manifest["config"]["scan"] == "raster" and manifest["config"]["local_blocks"] is False
+    from medsegrwkv.nets.registry import create_model
+
+    plain = create_model("medsegrwkv-t", scan="raster", local_blocks=False)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in create_model("medsegrwkv-t").parameters())
+    assert_user_error(run_cli("train", "--model", "medsegrwkv-t", "--set", "scan=zigzag", "--output",
+                              str(tmp_path / "bad")), "scan")
+    assert_user_error(run_cli("train", "--set", "depth", "--output", str(tmp_path / "bad")), "KEY=VALUE")
+    assert not (tmp_path / "bad").exists()

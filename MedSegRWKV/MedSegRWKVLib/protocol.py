@@ -25,6 +25,7 @@ ERROR_ADVICE = {
     "no_cuda": "Choose Auto or CPU as the device.",
     "out_of_memory": "Use a smaller ROI or the CPU.",
     "missing_dependency": "Use 'Install / update backend' in the About backend section.",
+    "image_expired": "Press 'Start correcting' again.",
     WORKER_DIED: "The worker is restarted on the next request.",
     "internal": "This is a bug; the worker log (Python console) has the details.",
 }
@@ -111,6 +112,11 @@ def grade_request(input_path: str, model: Optional[str] = None, device: str = "a
                   phase: Optional[int] = None) -> Dict[str, Any]:
     return {"op": "grade", "input": str(input_path), "model": model, "device": _check_device(device),
             "phase": phase}
+
+
+def load_image_request(input_path: str, phase: Optional[int] = None) -> Dict[str, Any]:
+    """Cache one volume in the worker for click refinement (the answer carries its image_id)."""
+    return {"op": "load_image", "input": str(input_path), "phase": phase}
 
 
 def models_request(task: Optional[str] = None) -> Dict[str, Any]:

@@ -219,9 +219,50 @@ def measure_biwkv(task: dict[str, Any]) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
+def measure_refine(task: dict[str, Any]) -> dict[str, Any]:
+    """One click as the worker answers it: decode the mask, map the click, refine its slice on the
+    network grid, map back and encode the changed slice. Installed weights when there are some
+    (the time does not depend on them)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medsegrwkv.engine.protocol import decode_mask, encode_mask
+    from medsegrwkv.inference.device import resolve_device
+    from medsegrwkv.interactive import InteractiveImage, Refiner, VoxelClick
+    from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model, model_config
+    from medsegrwkv.weights import WeightsStatus, weights_status
+
+    name, device = DEFAULT_MODELS["refinement"], resolve_device(task["device"])
+    if weights_status(name) is WeightsStatus.VERIFIED:
+        refiner = Refiner.from_pretrained(name, device)
+    else:
+        refiner = Refiner(create_model(name), {"name": name, "architecture": name, "config": model_config(name),
+                                               "task": "refinement"}, device)
+    depth, size = task["study"][0], task["refine_size"]
+    volume = sitk.GetImageFromArray(np.random.default_rng(0).random((depth, size, size), dtype=np.float32))
+    volume.SetSpacing((1.5625, 1.5625, 10.0))
+    image = InteractiveImage(volume)
+    mask = np.zeros((depth, size, size), dtype=bool)
+    mask[depth // 2, size // 3: 2 * size // 3, size // 3: 2 * size // 3] = True
+    message = encode_mask(mask)
+    click = [VoxelClick((size / 2, size / 2, depth // 2), True)]
+
+    def one_click() -> object:
+        refined, changed, axis = image.refine(refiner, decode_mask(message), click, 3)
+        return [encode_mask(np.take(refined, n, axis=2 - axis)) for n in changed]
+
+    with torch.inference_mode():
+        one_click()  # warm-up
+        ms, _ = median_ms(one_click, device, task["repeats"])
+    emit("progress", step="refine")
+    return {"model": name, "slice": [size, size], "depth": depth, "median_ms": ms, "device": device.type,
+            "threads": torch.get_num_threads()}
+
+
 def main(argv: list[str] | None = None) -> int:
     task = json.loads((argv or sys.argv[1:])[0])
-    result = measure_biwkv(task) if task["kind"] == "biwkv" else measure_model(task)
+    measure = {"biwkv": measure_biwkv, "refine": measure_refine}.get(task["kind"], measure_model)
+    result = measure(task)
     emit("result", result=result)
     return 0
 

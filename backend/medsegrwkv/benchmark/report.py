@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from medsegrwkv.io.text import write_text_atomic
 from medsegrwkv.nets.registry import DEFAULT_MODELS, get_spec, list_models
 
 RATIO_KEYS = ("params", "gflops", "study_latency_ms", "study_peak_mib")
@@ -55,7 +56,7 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
     default = DEFAULT_MODELS["segmentation"]
     names = list(dict.fromkeys([default, *(models or [s.name for s in list_models("segmentation")])]))
     specs = [get_spec(n) for n in names]  # unknown names fail here, before any work
-    steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 1
+    steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 2
     output.mkdir(parents=True, exist_ok=True)
     common = {"device": settings.device, "repeats": settings.repeats}
     with tqdm(total=steps, desc="benchmark", unit="step", file=sys.stderr, disable=not show_progress) as bar:
@@ -63,6 +64,8 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
                            "sizes_3d": settings.sizes_3d, **common}, n, bar) for n in names]
         biwkv = _run_task({"kind": "biwkv", "tokens": settings.biwkv_tokens, "channels": settings.biwkv_channels,
                            "loop_budget_s": settings.loop_budget_s, **common}, "Bi-WKV", bar)
+        refine = _run_task({"kind": "refine", "study": settings.study, "refine_size": settings.study[1], **common},
+                           "click refinement", bar)
     for row in rows:
         row["time_exponent"], row["memory_exponent"] = (_exponent(row.get("sweep", []), key)
                                                         for key in ("time_ms", "peak_mib"))
@@ -75,9 +78,10 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
         "default_model": default,
         "models": _with_ratios(rows, default),
         "biwkv": biwkv,
+        "refine": refine,
     }
-    _write_atomic(output / "benchmark.json", json.dumps(report, indent=2))
-    _write_atomic(output / "benchmark.md", render_markdown(report))
+    write_text_atomic(output / "benchmark.json", json.dumps(report, indent=2))
+    write_text_atomic(output / "benchmark.md", render_markdown(report))
     return report
 
 
@@ -120,12 +124,6 @@ def _with_ratios(rows: list[dict[str, Any]], default: str) -> list[dict[str, Any
         row["ratios"] = None if base is None or "error" in row else {
             k: row[k] / base[k] if base[k] else None for k in RATIO_KEYS}
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _cell(value: float | None, ratio: float | None = None, digits: int = 1) -> str:
@@ -202,6 +200,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"weighted mean over all T tokens, O(T²C) in all) takes {b['loop_ms']:,.0f} ms, {how}: "
                   f"{b['speedup']:,.0f}× slower. Largest difference between the two on the tokens computed: "
                   f"{b['max_abs_difference']:.1e}."]
+    r = report.get("refine", {})
+    if "error" in r:
+        lines += ["", f"## Click refinement\n\nfailed: {r['error']}"]
+    elif r:
+        lines += ["", "## Click refinement", "",
+                  f"`{r['model']}`, one click on a {r['slice'][0]}x{r['slice'][1]} slice of a {r['depth']}-slice "
+                  f"volume, {r['device'].upper()} ({_threads(r['threads'])}): median **{r['median_ms']:,.1f} ms** "
+                  "per click for the worker's whole path (mask decoding, click mapping, the network on the clicked "
+                  "slice, mapping back, encoding the answer); the pipe to Slicer is not included."]
     lines += ["", "Accuracy is not part of this run: validation Dice comes from the training runs "
               "(`medsegrwkv train`, `medsegrwkv evaluate`), which are scheduled separately.", ""]
     return "\n".join(lines)

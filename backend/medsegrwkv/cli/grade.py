@@ -5,24 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from medsegrwkv.errors import MedSegError
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False, newline="") as f:
-            f.write(text)
-        os.replace(f.name, path)
-    except OSError as exc:
-        raise MedSegError(f"Cannot write {path}: {(exc.strerror or str(exc)).lower()}.",
-                          code="output_not_writable") from exc
+from medsegrwkv.io.text import write_text_atomic
 
 
 def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,10 +87,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
     print(f"{report['description']}; model {report['model']} on {report['device']}", file=sys.stderr)
     text = json.dumps(report, indent=2) + "\n"
     picture = strip_picture(report, pictures) if png_path else None
-    _write_text_atomic(text, output)
+    write_text_atomic(output, text)
     written = [output]
     if csv_path:
-        _write_text_atomic(csv_text(report), csv_path)
+        write_text_atomic(csv_path, csv_text(report))
         written.append(csv_path)
     if png_path and picture is not None:
         try:
@@ -188,7 +176,7 @@ def demo_grading(output: Path, device: str = "auto") -> dict[str, Any] | None:
     report, pictures = grade_study_with_pictures(sample_data_dir() / "SCD0000101" / "dicom", model=name,
                                                  device=device)
     output.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(json.dumps(report, indent=2) + "\n", output / "SCD0000101_quality.json")
+    write_text_atomic(output / "SCD0000101_quality.json", json.dumps(report, indent=2) + "\n")
     save_png_atomic(strip_picture(report, pictures), output / "SCD0000101_quality.png")
     print()
     print_table(report)

@@ -158,6 +158,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- train -----------------------------------------------------------------------------------------
+def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
+    from medsegrwkv.cli.refine import cmd_evaluate_clicks as run
+
+    return run(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
@@ -165,13 +171,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         from medsegrwkv.cli.grade import cmd_train_grade
 
         return cmd_train_grade(args)
+    if args.task == "refine":
+        from medsegrwkv.cli.refine import cmd_train_refine
+
+        return cmd_train_refine(args)
+    from medsegrwkv.nets.registry import parse_overrides
     from medsegrwkv.training.segmentation import TrainConfig, train_segmentation
 
     cfg = TrainConfig(data=Path(args.data), output=Path(args.output), model=args.model or "unet2d",
-                      epochs=args.epochs or 100, batch_size=args.batch_size or 16, lr=args.lr, crop=args.crop,
+                      epochs=args.epochs or 100, batch_size=args.batch_size or 16,
+                      lr=args.lr if args.lr is not None else 2e-3, crop=args.crop,
                       val_every=args.val_every,
                       device=args.device, seed=args.seed, workers=args.workers, max_steps=args.max_steps,
-                      max_cases=args.max_cases, validate=not args.no_validation)
+                      max_cases=args.max_cases, validate=not args.no_validation,
+                      overrides=parse_overrides(args.model or "unet2d", args.set or []))
     result = train_segmentation(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if k not in ("config", "model")}, indent=2))
@@ -289,14 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on the training patients of an ACDC-layout folder, validating on the "
                        "fixed validation split. Resumes from OUTPUT/checkpoint.pt; the best model is written to "
                        "OUTPUT/weights. Multi-process: torchrun --nproc_per_node N -m medsegrwkv train ...")
-    p.add_argument("task", nargs="?", default="segment", choices=("segment", "grade"),
-                   help="what to train: segment (default) or grade (the motion-artefact grader)")
+    p.add_argument("task", nargs="?", default="segment", choices=("segment", "grade", "refine"),
+                   help="what to train: segment (default), grade (the motion-artefact grader) or refine (the "
+                        "click-refinement network, started from --init segmentation weights, default unet2d)")
     p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder (default ../shared/data/acdc)")
     p.add_argument("--output", required=True, help="run folder: checkpoint, history.jsonl, weights/")
     p.add_argument("--model", help="registered model name (default unet2d; grade: grader_regnetx_002)")
     p.add_argument("--epochs", type=int, help="default 100 (grade: 30)")
     p.add_argument("--batch-size", type=int, help="per process (default 16; grade: 32)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3; refine: 1e-3)")
     p.add_argument("--crop", type=int, default=160, help="in-plane training crop for 2D models (pixels)")
     p.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -305,8 +319,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
     p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one entry of the model's config, e.g. --set scan=raster (repeatable; "
+                        "`medsegrwkv models --json` lists each model's config)")
     add_train_grade_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate-clicks", help="how much simulated clicks improve the masks of labelled volumes",
+                       description="Simulated user on an ACDC-layout folder: every slice and structure is corrected "
+                       "from the automatic prediction (and from an empty mask) by clicks at the deepest point of the "
+                       "largest error. Prints the Dice after 0, 1, 3 and 5 clicks and the clicks needed to reach "
+                       "Dice 0.90, per structure.")
+    p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder (default ../shared/data/acdc)")
+    p.add_argument("--split", default="val", choices=("all", "train", "val"), help="which patients (default val)")
+    p.add_argument("--model", help="refinement model name (default: the installed default)")
+    p.add_argument("--weights", metavar="DIR", help="a refinement weights folder from `train refine`")
+    p.add_argument("--segmenter", help="segmentation model for the automatic masks (default: the default model)")
+    p.add_argument("--max-clicks", type=int, default=10, help="clicks per slice and structure (default 10)")
+    p.add_argument("--max-cases", type=int, help="use only the first N volumes")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--output", help="JSON file for the summary")
+    p.set_defaults(func=cmd_evaluate_clicks)
 
     p = sub.add_parser("benchmark", help="size, GFLOPs, latency, memory and scaling of every model in one run",
                        description="Measure each segmentation model in a fresh process: parameters, GFLOPs, median "

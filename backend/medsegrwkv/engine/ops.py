@@ -22,7 +22,8 @@ from medsegrwkv.errors import MedSegError
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
-MAX_LOADED_MODELS = 3  # segmenters + graders kept on the device at once
+MAX_LOADED_MODELS = 3  # segmenters + graders + refiners kept on the device at once
+MAX_CACHED_IMAGES = 4  # prepared images for click refinement; the oldest is dropped ("expired")
 
 
 def _version(dist: str) -> Optional[str]:
@@ -58,6 +59,7 @@ class Operations:
         self._loaded: "OrderedDict[Tuple[str, str, str], Any]" = OrderedDict()  # (kind, model, device) -> model
         self._params: Dict[str, int] = {}
         self._seconds_per_slice: Dict[Tuple[str, str], float] = {}  # (model, device) -> last measured
+        self._images: "OrderedDict[str, Any]" = OrderedDict()  # image id -> InteractiveImage
 
     # -- cache ---------------------------------------------------------------------------------
     def _get(self, kind: str, model: str, device: str, progress: ProgressFn) -> Any:
@@ -73,6 +75,10 @@ class Operations:
             from medsegrwkv.inference.segmenter import Segmenter
 
             loaded: Any = Segmenter.from_pretrained(model, dev)
+        elif kind == "refiner":
+            from medsegrwkv.interactive import Refiner
+
+            loaded = Refiner.from_pretrained(model, dev)
         else:
             from medsegrwkv.grading.grade import Grader
 
@@ -88,8 +94,10 @@ class Operations:
         import torch
 
         from medsegrwkv.nets.registry import DEFAULT_MODELS
+        from medsegrwkv.weights import load_manifest
 
         cuda = torch.cuda.is_available()
+        refinement = load_manifest(DEFAULT_MODELS["refinement"])
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
         return {
             "protocol": PROTOCOL_VERSION,
@@ -108,6 +116,7 @@ class Operations:
             "default_models": dict(DEFAULT_MODELS),
             "loaded_models": [f"{model} ({device})" for _, model, device in self._loaded],
             "busy_policy": "reject",
+            "refinement_labels": refinement["labels"] if refinement else [],  # [] : no click correction
         }
 
     # -- models ----------------------------------------------------------------------------------
@@ -229,6 +238,73 @@ class Operations:
             record["index"] = count - 1 - record["slice"] if reversed_order else record["slice"]
         report["index_axis"] = axis
         return report
+
+    # -- click refinement ------------------------------------------------------------------------
+    def load_image(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Read and prepare one volume for refinement; later `refine` requests name it by id."""
+        import uuid
+
+        from medsegrwkv.interactive import InteractiveImage
+        from medsegrwkv.io import read_study, select_phases
+
+        progress(0.0, "reading the input")
+        study = read_study(fields["input"], series=fields["series"])
+        phases = select_phases(study, fields["phase"])
+        if len(phases) != 1:
+            raise MedSegError(f"The input holds {len(phases)} cardiac phases; name one with 'phase' to refine it.",
+                              code="bad_phase")
+        prepared = InteractiveImage(study.phases[phases[0]])
+        image_id = uuid.uuid4().hex
+        self._images[image_id] = prepared
+        while len(self._images) > MAX_CACHED_IMAGES:
+            self._images.popitem(last=False)
+        size = prepared.image.GetSize()
+        return {"image_id": image_id, "size": list(size), "phase": phases[0],
+                "slice_axis": _slice_axis(prepared.image), "cached_images": len(self._images)}
+
+    def refine(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Refine one structure on the slices that hold the points; answer those slices' new masks."""
+        import numpy as np
+
+        from medsegrwkv.engine.protocol import decode_mask, encode_mask
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+        started = time.time()
+        image = self._images.get(fields["image_id"])
+        if image is None:
+            raise MedSegError(f"The image id {fields['image_id']!r} is unknown or has expired (the worker keeps the "
+                              f"{MAX_CACHED_IMAGES} most recent images); send load_image again.", code="image_expired")
+        self._images.move_to_end(fields["image_id"])
+        clicks = [_voxel_click(p) for p in fields["points"]]
+        if not clicks:
+            raise MedSegError("A refine request needs at least one point.", code="bad_click")
+        mask = decode_mask(fields["mask"])
+        refiner = self._get("refiner", fields["model"] or DEFAULT_MODELS["refinement"], fields["device"], progress)
+        if fields["label"] not in [label["value"] for label in refiner.manifest["labels"]]:
+            names = ", ".join(f"{label['value']} {label['name']}" for label in refiner.manifest["labels"])
+            raise MedSegError(f"Label {fields['label']} is not a structure the refinement model knows ({names}).",
+                              code="unknown_segment")
+        refined, changed, axis = image.refine(refiner, mask, clicks, fields["label"])
+        numpy_axis = 2 - axis  # the mask is (k, j, i)
+        return {
+            "image_id": fields["image_id"],
+            "label": fields["label"],
+            "index_axis": axis,
+            "slices": [{"index": n, **encode_mask(np.take(refined, n, axis=numpy_axis))} for n in changed],
+            "model": refiner.manifest["name"],
+            "seconds": round(time.time() - started, 4),
+        }
+
+
+def _voxel_click(point: Any) -> Any:
+    from medsegrwkv.interactive import VoxelClick
+
+    ijk = point.get("ijk") if isinstance(point, dict) else None
+    positive = point.get("positive") if isinstance(point, dict) else None
+    if not (isinstance(ijk, list) and len(ijk) == 3 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                             for c in ijk) and isinstance(positive, bool)):
+        raise MedSegError('Each point must be {"ijk": [i, j, k], "positive": true or false}.', code="bad_click")
+    return VoxelClick((float(ijk[0]), float(ijk[1]), float(ijk[2])), positive)
 
 
 def _layout(image: Any) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:

@@ -12,9 +12,15 @@ it could be read (null otherwise).
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+from medsegrwkv.errors import MedSegError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROTOCOL_VERSION = 1
 
@@ -53,6 +59,20 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "phase": (_OPT_INT, False, None),
         "series": (_OPT_STR, False, None),
         "lv_detection": (_BOOL, False, True),
+    },
+    # Click refinement: the image is sent once and cached by id; each click sends the points and mask.
+    "load_image": {
+        "input": (_STR, True, None),  # one 3D volume (the displayed phase), as for segment
+        "phase": (_OPT_INT, False, None),  # needed when the input holds several phases
+        "series": (_OPT_STR, False, None),
+    },
+    "refine": {
+        "image_id": (_STR, True, None),  # from load_image
+        "label": (_INT, True, None),  # the structure being corrected (1 RV cavity, 2 LV myocardium, 3 LV cavity)
+        "points": (_LIST, True, None),  # [{"ijk": [i, j, k], "positive": true}, ...] continuous voxel indices
+        "mask": ((dict,), True, None),  # that structure's current mask: {"shape": [k, j, i], "bits": base64}
+        "model": (_OPT_STR, False, None),
+        "device": (_STR, False, "auto"),
     },
     "cancel": {"target": ((str, int, type(None)), False, None)},  # None: whatever is running
     "shutdown": {},
@@ -132,3 +152,30 @@ def result_message(request_id: Any, result: Json) -> Json:
 
 def error_message(request_id: Optional[Any], code: str, message: str) -> Json:
     return {"id": request_id, "type": "error", "code": code, "message": message}
+
+
+def encode_mask(mask: "np.ndarray") -> Json:
+    """A boolean array as {"shape", "bits"}: its C-order bits packed (numpy.packbits) in base64."""
+    import numpy as np
+
+    return {"shape": list(mask.shape), "bits": base64.b64encode(np.packbits(mask.astype(bool), axis=None)).decode()}
+
+
+def decode_mask(data: Json, field: str = "mask") -> "np.ndarray":
+    """The inverse of `encode_mask`; anything malformed is a MedSegError naming `field`."""
+    import numpy as np
+
+    shape, bits = data.get("shape"), data.get("bits")
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)
+            and isinstance(bits, str)):
+        raise MedSegError(f"The field '{field}' must be {{\"shape\": [positive integers], "
+                          "\"bits\": base64 text}.", code="bad_mask")
+    try:
+        packed = np.frombuffer(base64.b64decode(bits, validate=True), dtype=np.uint8)
+    except ValueError as exc:
+        raise MedSegError(f"The field '{field}' has bits that are not base64.", code="bad_mask") from exc
+    count = int(np.prod(shape))
+    if packed.size != (count + 7) // 8:
+        raise MedSegError(f"The field '{field}' holds {packed.size} bytes; shape {shape} needs "
+                          f"{(count + 7) // 8}.", code="bad_mask")
+    return np.unpackbits(packed, count=count).astype(bool).reshape(shape)

@@ -14,7 +14,6 @@ divides its logits by it. AdamW, warm-up then cosine decay, a checkpoint every e
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -26,8 +25,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from medsegrwkv.training.loop import RunFolder, optimiser_step
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import MedSegError
+from medsegrwkv.io.text import write_text_atomic
 from medsegrwkv.grading.dataset import (
     GRADER_PREPROCESSING, SimulatedMotionSlices, load_acdc_volumes, load_study_volumes, simulated_validation_set,
 )
@@ -196,9 +197,7 @@ def write_model_card(weights_dir: Path) -> Path:
     if manifest is None:
         raise MedSegError(f"{weights_dir} holds no weights manifest.", code="weights_missing")
     path = Path(weights_dir) / "MODEL_CARD.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(model_card(manifest))
-    tmp.replace(path)
+    write_text_atomic(path, model_card(manifest))
     return path
 
 
@@ -250,16 +249,8 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     use_amp = device.type == "cuda"
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state.update(json.loads(saved["state"]))
-        if show_progress:
-            tqdm.write(f"resumed from {checkpoint} at epoch {state['epoch']}")
+    run = RunFolder(out)
+    state = run.resume(model, optimizer, scheduler, device, announce=show_progress)
 
     info = {
         "data": str(cfg.data), "split": f"ACDC patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation",
@@ -270,79 +261,64 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
         "device": str(device), "init": cfg.init, "epochs_planned": cfg.epochs, "max_minutes": cfg.max_minutes,
     }
-    history = open(out / "history.jsonl", "a")
     started = time.time() - state["seconds"]
     stop = False
     last_loss = math.nan
-    try:
-        for epoch in range(state["epoch"], cfg.epochs):
-            datasets[0].set_epoch(epoch)
-            if len(datasets) > 1:
-                datasets[1].set_epoch(epoch)
-            model.train()
-            losses: list[float] = []
-            correct = seen = 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show_progress,
-                       leave=False)
-            for batch in bar:
-                x, mask = batch["image"].to(device), batch["mask"].to(device)
-                with torch.autocast(device.type, enabled=use_amp):
-                    logits = model(x)
-                loss = _set_nll(logits, mask)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimizer.step()
-                scheduler.step()
-                state["step"] += 1
-                losses.append(loss.item())
-                correct += int(mask[torch.arange(len(mask)), logits.argmax(1)].sum())
-                seen += len(mask)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{correct / max(1, seen):.2f}",
-                                lr=f"{scheduler.get_last_lr()[0]:.1e}")
-                if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
-                    stop = True
-                    break
-            last_loss = float(np.mean(losses)) if losses else math.nan
-            state["epoch"] = epoch + 1
-            state["seconds"] = time.time() - started
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "loss": last_loss,
-                                      "train_accuracy": correct / max(1, seen), "lr": scheduler.get_last_lr()[0],
-                                      "seconds": round(state["seconds"], 1)}
-            if cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes:
+    for epoch in range(state["epoch"], cfg.epochs):
+        datasets[0].set_epoch(epoch)
+        if len(datasets) > 1:
+            datasets[1].set_epoch(epoch)
+        model.train()
+        losses: list[float] = []
+        correct = seen = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show_progress,
+                   leave=False)
+        for batch in bar:
+            x, mask = batch["image"].to(device), batch["mask"].to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                logits = model(x)
+            loss = _set_nll(logits, mask)
+            losses.append(optimiser_step(loss, model, optimizer, scheduler, state, 5.0))
+            correct += int(mask[torch.arange(len(mask)), logits.argmax(1)].sum())
+            seen += len(mask)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{correct / max(1, seen):.2f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 stop = True
-            info_now = {**info, "epochs_completed": epoch + 1, "optimizer_steps": state["step"],
-                        "wall_time_s": round(state["seconds"], 1)}
-            if val is not None:
-                logits = predict_logits(model, val["images"], device)
-                metrics = grading_metrics(logits, val["scores"], val["patients"])
-                record["validation"] = {k: metrics[k] for k in ("accuracy", "kappa", "kappa_linear", "kappa_3level",
-                                                                  "ece", "ece_temperature_scaled", "temperature")}
-                if state["best"] is None or metrics["kappa_linear"] > state["best"]["kappa_linear"]:
-                    state["best"], state["best_epoch"] = metrics, epoch + 1
-                    metrics = {**metrics, "epoch": epoch + 1}
-                    save_weights(model, _manifest(cfg, info_now, metrics, metrics["temperature"]), out / "weights")
-                    write_model_card(out / "weights")
-                    np.savez_compressed(out / "validation_logits.npz", logits=logits, scores=val["scores"],
-                                        patients=val["patients"])
-            else:
-                save_weights(model, _manifest(cfg, info_now, None, 1.0), out / "weights")
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, tmp)
-            tmp.replace(checkpoint)
-            history.write(json.dumps(record) + "\n")
-            history.flush()
-            if show_progress:
-                v = record.get("validation")
-                tqdm.write(f"epoch {epoch + 1}: loss {last_loss:.4f}, train acc {record['train_accuracy']:.3f}"
-                           + (f", validation acc {v['accuracy']:.3f}, kappa {v['kappa']:.3f}, linear kappa "
-                              f"{v['kappa_linear']:.3f}, 3-level kappa {v['kappa_3level']:.3f}, ECE {v['ece']:.3f}"
-                              if v else ""))
-            if stop:
                 break
-    finally:
-        history.close()
+        last_loss = float(np.mean(losses)) if losses else math.nan
+        state["epoch"] = epoch + 1
+        state["seconds"] = time.time() - started
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "loss": last_loss,
+                                  "train_accuracy": correct / max(1, seen), "lr": scheduler.get_last_lr()[0],
+                                  "seconds": round(state["seconds"], 1)}
+        if cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes:
+            stop = True
+        info_now = {**info, "epochs_completed": epoch + 1, "optimizer_steps": state["step"],
+                    "wall_time_s": round(state["seconds"], 1)}
+        if val is not None:
+            logits = predict_logits(model, val["images"], device)
+            metrics = grading_metrics(logits, val["scores"], val["patients"])
+            record["validation"] = {k: metrics[k] for k in ("accuracy", "kappa", "kappa_linear", "kappa_3level",
+                                                              "ece", "ece_temperature_scaled", "temperature")}
+            if state["best"] is None or metrics["kappa_linear"] > state["best"]["kappa_linear"]:
+                state["best"], state["best_epoch"] = metrics, epoch + 1
+                metrics = {**metrics, "epoch": epoch + 1}
+                save_weights(model, _manifest(cfg, info_now, metrics, metrics["temperature"]), out / "weights")
+                write_model_card(out / "weights")
+                np.savez_compressed(out / "validation_logits.npz", logits=logits, scores=val["scores"],
+                                    patients=val["patients"])
+        else:
+            save_weights(model, _manifest(cfg, info_now, None, 1.0), out / "weights")
+        run.save(model, optimizer, scheduler, state, record)
+        if show_progress:
+            v = record.get("validation")
+            tqdm.write(f"epoch {epoch + 1}: loss {last_loss:.4f}, train acc {record['train_accuracy']:.3f}"
+                       + (f", validation acc {v['accuracy']:.3f}, kappa {v['kappa']:.3f}, linear kappa "
+                          f"{v['kappa_linear']:.3f}, 3-level kappa {v['kappa_3level']:.3f}, ECE {v['ece']:.3f}"
+                          if v else ""))
+        if stop:
+            break
     return {"best": state["best"], "best_epoch": state["best_epoch"], "steps": state["step"], "loss": last_loss,
             "weights": str(out / "weights"),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}

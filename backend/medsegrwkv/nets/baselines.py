@@ -23,6 +23,12 @@ def _unet(spatial_dims: int, in_channels: int, out_channels: int, channels: Sequ
                 dropout=dropout)
 
 
+# The click-refinement variant (medsegrwkv.interactive): inputs image, current mask, positive and
+# negative click maps and a one-hot of the structure (RV, Myo, LV); output background/structure.
+@register_model("unet2d-refine", task="refinement", spatial_dims=2,
+                description="UNet 2D refinement: image + mask + clicks -> one structure, slice by slice",
+                in_channels=7, out_channels=2, channels=_UNET_CHANNELS, strides=(2, 2, 2, 2), num_res_units=2,
+                dropout=0.0)
 @register_model("unet2d", spatial_dims=2, description="MONAI 2D UNet baseline (residual units), slice by slice",
                 channels=_UNET_CHANNELS, strides=(2, 2, 2, 2), num_res_units=2, dropout=0.0)
 def unet2d(in_channels: int = 1, out_channels: int = 4, channels=_UNET_CHANNELS, strides=(2, 2, 2, 2),

@@ -6,6 +6,7 @@ Nothing else in the project imports model classes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,7 +33,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 # The model each task uses when none is named: the best on the fixed ACDC validation split
 # among those with installed weights (see docs/ and the model cards).
-DEFAULT_MODELS = {"segmentation": "unet2d", "grading": "grader_regnetx_002"}
+DEFAULT_MODELS = {"segmentation": "unet2d", "grading": "grader_regnetx_002", "refinement": "unet2d-refine"}
 
 
 def register_model(
@@ -73,6 +74,24 @@ def list_models(task: str | None = None) -> list[ModelSpec]:
 def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The full config a model is built with: registered defaults updated by `overrides`."""
     return {**get_spec(name).defaults, **overrides}
+
+
+def parse_overrides(name: str, items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (VALUE as JSON, else a plain string), checked by building the model once."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise MedSegError(f"'{item}' is not KEY=VALUE.", code="bad_override")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    try:
+        create_model(name, **overrides)
+    except (TypeError, ValueError) as error:
+        raise MedSegError(f"Model '{name}' does not accept {overrides}: {error}", code="bad_override") from None
+    return overrides
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

@@ -8,7 +8,6 @@ Runs as one process or under torchrun (DistributedDataParallel).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -29,6 +28,7 @@ from medsegrwkv.errors import MedSegError
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
+from medsegrwkv.training.loop import RunFolder, train_epoch
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.training.data import load_volumes, training_dataset
 from medsegrwkv.training.distributed import DistContext, barrier, init_distributed, shutdown
@@ -132,18 +132,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     use_amp = ctx.device.type == "cuda"
 
-    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=ctx.device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state.update(json.loads(saved["state"]))
-        if show:
-            tqdm.write(f"resumed from {checkpoint} at epoch {state['epoch']}")
-
-    history = open(out / "history.jsonl", "a") if ctx.is_main else None
+    run = RunFolder(out)
+    state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
     last_loss = math.nan
     started = time.time() - state["seconds"]
     stop = False
@@ -151,23 +141,13 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show, leave=False)
-        for batch in bar:
-            x, y = batch["image"].to(ctx.device), batch["label"].to(ctx.device)
+
+        def compute_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             with torch.autocast(ctx.device.type, enabled=use_amp):
-                loss = loss_fn(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            optimizer.step()
-            scheduler.step()
-            state["step"] += 1
-            losses.append(float(loss))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
-                stop = True
-                break
+                return loss_fn(net(batch["image"].to(ctx.device)), batch["label"].to(ctx.device))
+
+        losses, stop = train_epoch(loader, compute_loss, model, optimizer, scheduler, state, 12.0, cfg.max_steps,
+                                   f"epoch {epoch + 1}/{cfg.epochs}", show)
         last_loss = float(np.mean(losses)) if losses else math.nan
         state["epoch"] = epoch + 1
         state["seconds"] = time.time() - started
@@ -190,12 +170,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
             elif not cfg.validate:
                 _export(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
                                          epoch + 1), out / "weights")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
-            assert history is not None
-            history.write(json.dumps(record) + "\n")
-            history.flush()
+            run.save(model, optimizer, scheduler, state, record)
             if show:
                 val = record.get("validation")
                 tqdm.write(f"epoch {epoch + 1}: loss {last_loss:.4f}"
@@ -204,7 +179,5 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         barrier(ctx)
         if stop:
             break
-    if history:
-        history.close()
     return {"best": state["best"], "best_epoch": state["best_epoch"], "steps": state["step"], "loss": last_loss,
             "model": model, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}

@@ -54,3 +54,47 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         "",
     ]
     return "\n".join(lines)
+
+
+def render_refinement_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
+    t = manifest.get("training", {})
+    v = manifest.get("metrics", {}).get("validation_clicks", {})
+    lines = [
+        f"# Model card: `{manifest['name']}` (click refinement)",
+        "",
+        f"- **Architecture:** `{manifest['architecture']}` ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs "
+        "per 256x256 slice), config `" + str(manifest.get("config")) + "`.",
+        "- **Task:** correct one structure (" + ", ".join(l["name"] for l in manifest["labels"]) + ") on one "
+        "short-axis slice from the current mask and the user's positive/negative clicks.",
+        "- **Intended use:** research; the reader accepts or edits every correction.",
+        "",
+        "## Training",
+        f"- {manifest.get('licence', '')}",
+        f"- Split: {t.get('split')}; {t.get('train_volumes')} training volumes. Started from `{t.get('init')}`'s "
+        f"weights; {t.get('epochs_completed')} epochs ({t.get('optimizer_steps')} steps, batch {t.get('batch_size')}, "
+        f"crop {t.get('crop')}, lr {t.get('lr')}) in {t.get('wall_time_s')} s. Simulated clicks: start from the "
+        f"automatic prediction ({t.get('p_automatic')}) or an empty mask, then 0-{t.get('click_rounds')} rounds of "
+        "refine + click at the largest error.",
+        "",
+    ]
+    lines += click_tables(v)
+    lines += [f"Weights: `model.safetensors` ({manifest.get('dtype')}), SHA-256 `{manifest.get('sha256')}`.", ""]
+    return "\n".join(lines)
+
+
+def click_tables(summary: dict[str, Any]) -> list[str]:
+    """Markdown tables of a click evaluation (medsegrwkv.training.click_evaluation), one per start."""
+    lines: list[str] = []
+    for start in ("automatic", "empty"):
+        if start not in summary:
+            continue
+        lines += [f"### From the {start} mask ({summary.get('volumes')} volumes"
+                  + (f", epoch {summary['epoch']}" if "epoch" in summary else "") + ")", "",
+                  "| structure | slices | Dice, 0 clicks | 1 click | 3 clicks | 5 clicks | "
+                  f"NoC@{summary.get('target_dice', 0.9):.2f} (max {summary.get('max_clicks')}) | slices reaching it |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, row in summary[start].items():
+            cells = " | ".join(f"{row[f'dice_{n}']:.3f}" if f"dice_{n}" in row else "-" for n in (0, 1, 3, 5))
+            lines.append(f"| {name} | {row['slices']} | {cells} | {row['noc']:.2f} | {100 * row['reached']:.0f}% |")
+        lines.append("")
+    return lines

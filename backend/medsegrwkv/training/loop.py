@@ -1,0 +1,73 @@
+"""What every trainer shares: one optimiser step, and the run folder: `checkpoint.pt` (model, optimiser, schedule and loop state,
+replaced atomically each epoch, resumed automatically) and `history.jsonl` (one line per epoch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def new_state() -> dict[str, Any]:
+    return {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
+
+
+class RunFolder:
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self.folder / "checkpoint.pt"
+
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               device: torch.device, announce: bool = True) -> dict[str, Any]:
+        """The loop state to continue from, loading the checkpoint's weights and optimiser when there is one."""
+        state = new_state()
+        if self.checkpoint.is_file():
+            saved = torch.load(self.checkpoint, map_location=device, weights_only=True)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            state.update(json.loads(saved["state"]))
+            if announce:
+                tqdm.write(f"resumed from {self.checkpoint} at epoch {state['epoch']}")
+        return state
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             state: dict[str, Any], record: dict[str, Any]) -> None:
+        """Checkpoint (atomically) and append the epoch's record to history.jsonl."""
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, tmp)
+        tmp.replace(self.checkpoint)
+        with open(self.folder / "history.jsonl", "a") as history:
+            history.write(json.dumps(record) + "\n")
+
+
+def optimiser_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   state: dict[str, Any], max_grad_norm: float) -> float:
+    """Backward, gradient clipping, optimiser and schedule step; counts the step in `state`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    state["step"] += 1
+    return loss.item()
+
+
+def train_epoch(batches: Iterable[Any], compute_loss: Callable[[Any], torch.Tensor], model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any], max_grad_norm: float,
+                max_steps: int | None, desc: str, show: bool) -> tuple[list[float], bool]:
+    """One pass with a progress bar: (the batches' losses, whether `max_steps` was reached)."""
+    losses: list[float] = []
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False)
+    for batch in bar:
+        losses.append(optimiser_step(compute_loss(batch), model, optimizer, scheduler, state, max_grad_norm))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if max_steps is not None and state["step"] >= max_steps:
+            return losses, True
+    return losses, False
