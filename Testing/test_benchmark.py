@@ -43,3 +43,20 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
 def test_unknown_model_fails_before_any_work(tmp_path: Path) -> None:
     assert main(["benchmark", "--quick", "--models", "no-such-net", "--output", str(tmp_path)]) == 2
     assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_compare_reads_metrics_from_the_manifest_and_times_each_model(tmp_path: Path, capsys) -> None:
+    from medsegrwkv.weights import load_manifest
+
+    default = DEFAULT_MODELS["segmentation"]
+    validation = load_manifest(default)["metrics"]["validation"]
+    output = tmp_path / "table.md"
+    assert main(["compare", default, "--output", str(output), "--repeats", "1"]) == 0
+    rows = json.loads(output.with_suffix(".json").read_text())
+    assert len(rows) == 1 and rows[0]["validation"] == validation
+    assert rows[0]["cpu_ms_per_slice"] > 0 and rows[0]["params"] > 0 and rows[0]["threads"] == 1
+    table = output.read_text()
+    assert f"**{validation['mean_dice']:.4f}**" in table and f"`{default}`" in table
+    assert table in capsys.readouterr().out
+    assert main(["compare", default, "--output", str(tmp_path / "table.txt")]) == 2
+    assert main(["compare", DEFAULT_MODELS["grading"], "--output", str(output)]) == 2

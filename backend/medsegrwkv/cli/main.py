@@ -158,6 +158,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- train -----------------------------------------------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from medsegrwkv.benchmark.compare import compare_weights, render_table, write_comparison
+
+    if args.threads < 1 or args.repeats < 1:
+        raise MedSegError("--threads and --repeats must be at least 1.", code="bad_argument")
+    output = Path(args.output)
+    _check_output(output, (".md",))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        rows = compare_weights([Path(w) if Path(w).exists() else w for w in args.weights], args.repeats)
+    finally:
+        torch.set_num_threads(threads)
+    write_comparison(rows, output)
+    print(render_table(rows))
+    return 0
+
+
 def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
     from medsegrwkv.cli.refine import cmd_evaluate_clicks as run
 
@@ -324,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "`medsegrwkv models --json` lists each model's config)")
     add_train_grade_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="trained weights folders side by side: validation Dice/HD95, size, CPU time",
+                       description="One Markdown table (and a JSON file beside it) from weights folders written by "
+                       "`medsegrwkv train` (RUN/weights): each folder's validation metrics and training budget from "
+                       "its manifest, its parameters and GFLOPs, and the CPU time per 256x256 slice measured now, in "
+                       "this process, for every row alike.")
+    p.add_argument("weights", nargs="+", metavar="WEIGHTS_DIR", help="weights folders (or installed model names)")
+    p.add_argument("--output", required=True, help="Markdown file to write (the JSON goes beside it)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the timing (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per model; the median is reported")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate-clicks", help="how much simulated clicks improve the masks of labelled volumes",
                        description="Simulated user on an ACDC-layout folder: every slice and structure is corrected "

@@ -1,0 +1,94 @@
+"""`medsegrwkv compare`: trained weights folders side by side, as one Markdown table.
+
+Each row comes from one weights folder (`medsegrwkv train ... --output RUN` writes RUN/weights):
+its validation metrics and training budget from the manifest, its size counted here, and the CPU
+time per 256x256 slice measured here in this process (median over a 10-slice study), so the
+rows of one table are timed on the same machine in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsegrwkv.benchmark.measure import median_ms
+from medsegrwkv.errors import MedSegError
+from medsegrwkv.inference.segmenter import Segmenter
+from medsegrwkv.nets.complexity import count_gflops, count_parameters
+from medsegrwkv.training.metrics import STRUCTURES
+from medsegrwkv.weights import load_model
+
+STUDY = (10, 256, 256)
+
+
+def describe_config(manifest: dict[str, Any]) -> str:
+    """The config entries that differ from the architecture's registered defaults."""
+    from medsegrwkv.nets.registry import get_spec
+
+    defaults = json.loads(json.dumps(get_spec(manifest["architecture"]).defaults))  # tuples as the manifest's lists
+    changed = {k: v for k, v in manifest.get("config", {}).items() if k not in defaults or defaults[k] != v}
+    return ", ".join(f"{k}={v}" for k, v in changed.items())
+
+
+def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any]]:
+    rows = []
+    cpu = torch.device("cpu")
+    study = np.random.default_rng(0).standard_normal(STUDY).astype(np.float32)
+    for folder in folders:
+        model, manifest = load_model(folder, cpu)
+        if manifest.get("task", "segmentation") != "segmentation":
+            raise MedSegError(f"{folder} holds a {manifest['task']} model; compare takes segmentation weights.",
+                              code="wrong_task")
+        validation = manifest.get("metrics", {}).get("validation")
+        if not validation:
+            raise MedSegError(f"{folder} has no validation metrics in its manifest (trained with --no-validation?).",
+                              code="bad_weights")
+        segmenter = Segmenter(model, manifest, cpu)
+        with torch.inference_mode():
+            ms, _ = median_ms(lambda: segmenter.predict_probabilities(study), cpu, repeats)
+        training = manifest.get("training", {})
+        run = _run_history(Path(folder).parent / "history.jsonl") if Path(folder).is_dir() else {}
+        rows.append({
+            "folder": str(folder), "name": manifest["name"], "config": describe_config(manifest),
+            "params": count_parameters(model), "gflops": count_gflops(model, (1, 1, 256, 256)),
+            "cpu_ms_per_slice": ms / STUDY[0], "threads": torch.get_num_threads(),
+            "epochs": run.get("epochs", training.get("epochs_completed")), "best_epoch": validation.get("epoch"),
+            "crop": training.get("crop"), "batch_size": training.get("batch_size"), "lr": training.get("lr"),
+            "wall_time_s": run.get("seconds", training.get("wall_time_s")), "validation": validation,
+        })
+    return rows
+
+
+def _run_history(path: Path) -> dict[str, Any]:
+    """Epochs run and training seconds of the whole run, from the run folder's history.jsonl."""
+    if not path.is_file():
+        return {}
+    last = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][-1:]
+    return {"epochs": last[0]["epoch"], "seconds": last[0]["seconds"]} if last else {}
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    names = list(STRUCTURES.values())
+    header = ["model", "config", "Dice mean", *(f"Dice {n}" for n in names), "HD95 mean (mm)",
+              *(f"HD95 {n}" for n in names), "params", "GFLOPs/256²", "CPU ms/slice", "best epoch", "training time"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in rows:
+        v = r["validation"]
+        hours = f"{r['wall_time_s'] / 3600:.2f} h" if r.get("wall_time_s") else "-"
+        lines.append(f"| `{r['name']}` | {r['config'] or 'default'} | **{v['mean_dice']:.4f}** | "
+                     + " | ".join(f"{v[f'{n}_dice']:.4f}" for n in names) + f" | {v['mean_hd95']:.2f} | "
+                     + " | ".join(f"{v[f'{n}_hd95']:.2f}" for n in names)
+                     + f" | {r['params'] / 1e6:.2f} M | {r['gflops']:.2f} | {r['cpu_ms_per_slice']:.0f} | "
+                     f"{r['best_epoch']}/{r['epochs']} | {hours} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(rows: list[dict[str, Any]], output: Path) -> None:
+    from medsegrwkv.io.text import write_text_atomic
+
+    write_text_atomic(output, render_table(rows))
+    write_text_atomic(output.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
