@@ -141,17 +141,30 @@ def test_refine_rejects_bad_clicks_and_segments(acdc: Path, untrained_refiner: R
 # -- the trained refinement network on real validation slices --------------------------------------
 @needs_refiner
 def test_clicks_improve_real_validation_slices(acdc: Path, default_segmenter) -> None:
-    """Two fixed validation volumes, deterministic clicks: every structure improves on the
-    automatic mask after 3 clicks, and 3 clicks from an empty mask give a usable mask."""
+    """Two fixed validation volumes, deterministic clicks: 3 clicks improve every structure's
+    automatic mask (RV, the weakest, clearly), and from an empty mask give a usable one."""
     refiner = Refiner.from_pretrained(DEFAULT_MODELS["refinement"], "cpu")
     cases = list_cases(acdc, "val")[:2]
     summary = evaluate_clicks(refiner, default_segmenter, cases, max_clicks=3, show_progress=False)
-    for name, row in summary["automatic"].items():
-        assert row["slices"] > 5
-        assert row["dice_3"] > row["dice_0"] + 0.02, (name, row)
-        assert row["dice_1"] >= row["dice_0"] - 0.01, (name, row)
+    auto = summary["automatic"]
+    for name, row in auto.items():
+        assert row["slices"] > 5 and row["dice_3"] > row["dice_0"], (name, row)
+    assert auto["RV"]["dice_3"] > auto["RV"]["dice_0"] + 0.03
     for name, row in summary["empty"].items():
         assert row["dice_0"] == 0.0 and row["dice_3"] > 0.75, (name, row)
+
+
+def test_a_click_changes_only_the_region_it_touches() -> None:
+    from medsegrwkv.interactive.clicks import changes_near_clicks
+
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[5:15, 5:15] = True
+    proposal = mask.copy()
+    proposal[5:15, 15:20] = True  # grows next to the click
+    proposal[30:35, 30:35] = True  # and far away: drift that must not reach the user's mask
+    region = changes_near_clicks(mask, proposal, [Click(10.0, 17.0, True)])
+    assert region[5:15, 15:20].all() and not region[30:35, 30:35].any() and region.sum() == 50
+    assert not changes_near_clicks(mask, proposal, []).any()
 
 
 # -- trainer and CLI -------------------------------------------------------------------------------

@@ -64,6 +64,23 @@ def next_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generat
     return Click(float(y), float(x), bool(positive))
 
 
+def changes_near_clicks(mask: np.ndarray, proposal: np.ndarray, clicks: list[Click], radius: float = 2 * CLICK_SIGMA
+                        ) -> np.ndarray:
+    """Where the refinement may change `mask`: the connected regions of change (proposal vs mask)
+    that reach a click's disc. A click corrects the region it was placed in, and the rest of the
+    slice, which the user may already have accepted or edited, stays as it was (the locality
+    that FocalClick argues for, Chen et al., CVPR 2022)."""
+    regions, count = ndimage.label(mask != proposal)
+    if count == 0 or not clicks:
+        return np.zeros(mask.shape, dtype=bool)
+    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    near = np.zeros(mask.shape, dtype=bool)
+    for click in clicks:
+        near |= (yy - click.y) ** 2 + (xx - click.x) ** 2 <= radius**2
+    touched = np.unique(regions[near & (regions > 0)])
+    return np.isin(regions, touched)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks; 1 when both are empty."""
     total = int(a.sum()) + int(b.sum())

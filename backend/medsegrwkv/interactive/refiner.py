@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from medsegrwkv.errors import MedSegError
 from medsegrwkv.inference.device import resolve_device
-from medsegrwkv.interactive.clicks import Click, click_maps
+from medsegrwkv.interactive.clicks import Click, changes_near_clicks, click_maps
 from medsegrwkv.nets.registry import get_spec
 from medsegrwkv.preprocess import from_canonical, prepare_image, resample_probabilities, to_canonical
 from medsegrwkv.weights import load_model
@@ -69,8 +69,10 @@ class Refiner:
         return probs.cpu().numpy()
 
     def refine_slice(self, image: np.ndarray, mask: np.ndarray, clicks: Sequence[Click], label: int) -> np.ndarray:
-        """The structure's new mask (H, W) bool on one network-grid slice."""
-        return self.probabilities(refinement_input(image, mask, clicks, label)[None])[0] > 0.5
+        """The structure's new mask (H, W) bool on one network-grid slice: the network's proposal
+        where it changes a region that a click touches, the current mask elsewhere."""
+        proposal = self.probabilities(refinement_input(image, mask, clicks, label)[None])[0] > 0.5
+        return np.where(changes_near_clicks(mask, proposal, list(clicks)), proposal, mask)
 
 
 @dataclass(frozen=True)
@@ -125,13 +127,19 @@ class InteractiveImage:
         mask_image.CopyInformation(self.image)
         canonical = to_canonical(mask_image)
         grid_mask = self._mask_on_grid(canonical.image)
-        probs = np.zeros((1, *grid_mask.shape), dtype=np.float32)
         slices = sorted(by_slice)
         inputs = np.stack([refinement_input(self.prepared.array[z], grid_mask[z], by_slice[z], label) for z in slices])
-        probs[0, slices] = refiner.probabilities(inputs)
-        back = resample_probabilities(probs, self.prepared.network_grid, canonical.image)[0] > 0.5
+        proposals = refiner.probabilities(inputs) > 0.5
+        # Channel 0: the proposed mask; channel 1: where it may change the current one.
+        grid = np.zeros((2, *grid_mask.shape), dtype=np.float32)
+        for z, proposal in zip(slices, proposals):
+            grid[0, z] = proposal
+            grid[1, z] = changes_near_clicks(grid_mask[z], proposal, by_slice[z])
+        back = resample_probabilities(grid, self.prepared.network_grid, canonical.image)
         canonical_array = sitk.GetArrayFromImage(canonical.image).astype(bool)
-        canonical_array[slices] = back[slices]  # untouched slices keep the user's mask voxel for voxel
+        region = back[1, slices] > 0.0  # every input voxel the changed region overlaps
+        # Elsewhere, and on every other slice, the user's mask stays voxel for voxel.
+        canonical_array[slices] = np.where(region, back[0, slices] > 0.5, canonical_array[slices])
         refined = sitk.GetImageFromArray(canonical_array.astype(np.uint8))
         refined.CopyInformation(canonical.image)
         restored = sitk.GetArrayFromImage(from_canonical(refined, canonical, mask_image)).astype(bool)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from medsegrwkv.errors import MedSegError
 from medsegrwkv.inference.device import resolve_device
-from medsegrwkv.interactive.clicks import Click, next_click
+from medsegrwkv.interactive.clicks import Click, changes_near_clicks, next_click
 from medsegrwkv.interactive.refiner import STRUCTURES, Refiner, refinement_input
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.complexity import complexity
@@ -117,9 +117,9 @@ class ClickSimulator:
         for _ in range(rounds):
             x = torch.from_numpy(self._inputs(states)).to(device)
             masks = (torch.softmax(model(x).float(), 1)[:, 1] > 0.5).cpu().numpy()
-            for state, mask in zip(states, masks):
-                state[1] = mask
-                self._add_click(state[2], mask, state[4])
+            for state, proposal in zip(states, masks):  # the deployed rule: only regions a click touches change
+                state[1] = np.where(changes_near_clicks(state[1], proposal, state[2]), proposal, state[1])
+                self._add_click(state[2], state[1], state[4])
         model.train(was_training)
         targets = np.stack([s[4] for s in states])[:, None].astype(np.int64)
         return torch.from_numpy(self._inputs(states)).to(device), torch.from_numpy(targets).to(device)
