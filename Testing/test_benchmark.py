@@ -36,7 +36,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
     assert "## Click refinement" in markdown
     assert f"**{default}** (default)" in markdown and f"| {other} | 2D |" in markdown
     assert "## 2D resolution sweep" in markdown and "## Bi-WKV operator" in markdown
-    assert "scheduled separately" in markdown
+    assert "medsegrwkv compare" in markdown
     assert markdown in capsys.readouterr().out
 
 

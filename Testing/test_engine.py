@@ -164,6 +164,8 @@ def test_info(worker: Worker) -> None:
     assert info["gpus"] if info["cuda_available"] else info["gpus"] == []
     assert info["torch"] and info["versions"]["SimpleITK"]
     assert info["default_models"]["segmentation"] == DEFAULT_MODELS["segmentation"]
+    ready = weights_status(DEFAULT_MODELS["refinement"]) is WeightsStatus.VERIFIED
+    assert [label["value"] for label in info["refinement_labels"]] == ([1, 2, 3] if ready else [])
 
 
 def test_models(worker: Worker) -> None:
@@ -252,7 +254,7 @@ def test_roi_as_voxels_or_in_ras(worker: Worker, study_files: Dict[str, Path], t
     ({"input": "/nonexistent/study.nrrd"}, "bad_input"),
     ({"output_name": "labels.png"}, "bad_output"),
     ({"model": "no_such_model"}, "unknown_model"),
-    ({"model": "medsegrwkv-t"}, "weights_missing"),
+    ({"model": "vmunet"}, "weights_missing"),
     ({"roi": [300, 300, 0, 400, 400, 5]}, "bad_roi"),
     ({"roi": [1, 2, 3]}, "bad_roi"),
     ({"roi": [0, 0, 0, 10, 10, 5], "roi_ras": [0, 0, 0, 1, 1, 1]}, "bad_roi"),
@@ -260,8 +262,8 @@ def test_roi_as_voxels_or_in_ras(worker: Worker, study_files: Dict[str, Path], t
 ])
 def test_user_errors_are_one_sentence_with_a_code(worker: Worker, study_files: Dict[str, Path], tmp_path: Path,
                                                    fields: Json, code: str) -> None:
-    if code == "weights_missing" and weights_status("medsegrwkv-t") is WeightsStatus.VERIFIED:
-        pytest.skip("medsegrwkv-t has weights now")
+    if code == "weights_missing" and weights_status("vmunet") is WeightsStatus.VERIFIED:
+        pytest.skip("vmunet has weights now")
     fields = dict(fields)
     output = tmp_path / fields.pop("output_name", "labels.nrrd")
     request = {"id": f"e-{code}", **segment(study_files["phase0"], output), **fields}

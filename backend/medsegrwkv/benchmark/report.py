@@ -209,6 +209,6 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"volume, {r['device'].upper()} ({_threads(r['threads'])}): median **{r['median_ms']:,.1f} ms** "
                   "per click for the worker's whole path (mask decoding, click mapping, the network on the clicked "
                   "slice, mapping back, encoding the answer); the pipe to Slicer is not included."]
-    lines += ["", "Accuracy is not part of this run: validation Dice comes from the training runs "
-              "(`medsegrwkv train`, `medsegrwkv evaluate`), which are scheduled separately.", ""]
+    lines += ["", "Accuracy is not part of this run (the networks above are untrained copies): validation Dice "
+              "of trained weights, at one training budget, comes from `medsegrwkv compare` (docs/medsegrwkv.md).", ""]
     return "\n".join(lines)
