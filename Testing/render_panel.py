@@ -18,7 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedSegRWKV"))
-from MedSegRWKVLib import dependencies, panel, protocol, quality  # noqa: E402
+from MedSegRWKVLib import clicks, dependencies, panel, protocol, quality  # noqa: E402
 from MedSegRWKVLib.client import EngineClient, engine_command  # noqa: E402
 from medsegrwkv.io import read_study  # noqa: E402
 
@@ -77,12 +77,31 @@ def worker_results() -> dict:
         segment = client.wait(client.send(protocol.segment_request(dicom, str(folder / "labels.nrrd"),
                                                                    device="cpu", phase=0)), 600)
         out["segment"] = segment.result
+        out["refine"] = _one_click(client, dicom, folder / "labels.nrrd")
         grade = client.wait(client.send(protocol.grade_request(dicom, device="cpu", phase=0)), 600)
         out["grade"] = grade.result if grade.type == "result" else None
         out["grade_error"] = grade.text
     finally:
         client.close()
     return out
+
+
+def _one_click(client: EngineClient, dicom: str, labels_path: Path) -> dict:
+    """A negative click in the middle of the LV cavity on its largest slice, as the module sends it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    loaded = client.wait(client.send(protocol.load_image_request(dicom, phase=0)), 300).result
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_path))) == 3  # (k, j, i)
+    size = loaded["size"]
+    session = clicks.ClickSession(loaded["image_id"], 3, "medsegrwkv_lv_cavity", int(loaded["slice_axis"]),
+                                  (size[2], size[1], size[0]))
+    k = int(np.argmax(mask.sum(axis=(1, 2))))
+    j, i = np.argwhere(mask[k]).mean(axis=0)
+    session.add((float(i), float(j), float(k)), positive=False)
+    answer = client.wait(client.send({**session.request(mask), "device": "cpu"}), 300)
+    changed = session.apply(mask, answer.result)
+    return {"changed": changed, "seconds": answer.result["seconds"], "points": len(session.points)}
 
 
 def main() -> int:
@@ -123,6 +142,19 @@ def main() -> int:
     find("progressBar").setValue(100)
     find("statusLabel").setText(f"Segmented with {segment['model']} on {segment['device']} in "
                                         f"{segment['seconds']:.1f} s: {volumes}.")
+    correctable = clicks.correctable_segments(results["info"]["refinement_labels"],
+                                              ["medsegrwkv_rv_cavity", "medsegrwkv_lv_myocardium", "medsegrwkv_lv_cavity"])
+    for spec in correctable:
+        find("correctSegmentComboBox").addItem(spec.name)
+    find("correctSegmentComboBox").setCurrentIndex(len(correctable) - 1)
+    for name in ("startCorrectionButton", "positivePointButton", "negativePointButton", "undoPointButton",
+                 "acceptCorrectionButton"):
+        find(name).setEnabled(True)
+    find("startCorrectionButton").setText("Stop correcting")
+    refine = results["refine"]
+    find("correctionStatusLabel").setText(
+        f"Correcting LV cavity: updated slice {', '.join(map(str, refine['changed']))} in "
+        f"{refine['seconds'] * 1000:.0f} ms ({refine['points']} point(s)).")
     grade = results["grade"]
     if grade is not None:
         rows = quality.quality_rows(grade)
