@@ -14,11 +14,14 @@ import time
 from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from medsegrwkv import __version__
 from medsegrwkv.engine.protocol import PROTOCOL_VERSION, Json
 from medsegrwkv.errors import MedSegError
+
+if TYPE_CHECKING:
+    from medsegrwkv.interactive import VoxelClick
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -280,10 +283,6 @@ class Operations:
             raise MedSegError("A refine request needs at least one point.", code="bad_click")
         mask = decode_mask(fields["mask"])
         refiner = self._get("refiner", fields["model"] or DEFAULT_MODELS["refinement"], fields["device"], progress)
-        if fields["label"] not in [label["value"] for label in refiner.manifest["labels"]]:
-            names = ", ".join(f"{label['value']} {label['name']}" for label in refiner.manifest["labels"])
-            raise MedSegError(f"Label {fields['label']} is not a structure the refinement model knows ({names}).",
-                              code="unknown_segment")
         refined, changed, axis = image.refine(refiner, mask, clicks, fields["label"])
         numpy_axis = 2 - axis  # the mask is (k, j, i)
         return {
@@ -296,7 +295,7 @@ class Operations:
         }
 
 
-def _voxel_click(point: Any) -> Any:
+def _voxel_click(point: Any) -> "VoxelClick":
     from medsegrwkv.interactive import VoxelClick
 
     ijk = point.get("ijk") if isinstance(point, dict) else None

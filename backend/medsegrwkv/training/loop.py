@@ -1,5 +1,6 @@
-"""What every trainer shares: one optimiser step, and the run folder: `checkpoint.pt` (model, optimiser, schedule and loop state,
-replaced atomically each epoch, resumed automatically) and `history.jsonl` (one line per epoch)."""
+"""What every trainer shares: the epoch loop and its optimiser step; the run folder, with
+`checkpoint.pt` (model, optimiser, schedule and loop state, replaced atomically each epoch,
+resumed automatically) and `history.jsonl` (one line per epoch); and the weights export."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from tqdm import tqdm
+
+
+def export_weights(model: torch.nn.Module, manifest: dict[str, Any], folder: Path,
+                   render_card: Callable[[dict[str, Any], int, float], str]) -> None:
+    """Weights folder = safetensors + manifest + a model card rendered from that manifest."""
+    from medsegrwkv.io.text import write_text_atomic
+    from medsegrwkv.nets.complexity import complexity
+    from medsegrwkv.weights.store import load_manifest, save_weights
+
+    save_weights(model, manifest, folder)
+    size = complexity(manifest["architecture"])
+    write_text_atomic(Path(folder) / "MODEL_CARD.md",
+                      render_card(load_manifest(folder) or manifest, int(size["params"]), float(size["gflops"])))
 
 
 def new_state() -> dict[str, Any]:

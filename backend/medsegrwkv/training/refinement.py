@@ -28,17 +28,16 @@ from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.interactive.clicks import Click, changes_near_clicks, next_click
 from medsegrwkv.interactive.refiner import STRUCTURES, Refiner, refinement_input
 from medsegrwkv.inference.segmenter import Segmenter
-from medsegrwkv.nets.complexity import complexity
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
-from medsegrwkv.training.loop import RunFolder, train_epoch
+from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.click_evaluation import evaluate_clicks
 from medsegrwkv.training.data import load_volumes, training_dataset
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
 from medsegrwkv.weights.model_card import render_refinement_card
-from medsegrwkv.weights.store import load_manifest, load_model, save_weights
+from medsegrwkv.weights.store import load_model
 
 
 @dataclass
@@ -151,13 +150,6 @@ def _manifest(cfg: RefineTrainConfig, state: dict[str, Any], n_train: int, metri
     }
 
 
-def _export(model: torch.nn.Module, manifest: dict[str, Any], folder: Path) -> None:
-    save_weights(model, manifest, folder)
-    size = complexity(manifest["architecture"])
-    (folder / "MODEL_CARD.md").write_text(render_refinement_card(load_manifest(folder) or manifest,
-                                                                  int(size["params"]), float(size["gflops"])))
-
-
 def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the refinement network; returns {"best", "best_epoch", "steps", "loss", "model"}."""
     if get_spec(cfg.model).task != "refinement":
@@ -210,9 +202,10 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
             if state["best"] is None or score > state["best"]["mean_dice_3_clicks"]:
                 state["best"], state["best_epoch"] = record["validation"], epoch + 1
                 manifest["metrics"] = {"validation_clicks": {**summary, "epoch": epoch + 1}}
-                _export(model, manifest, Path(cfg.output) / "weights")
+                export_weights(model, manifest, Path(cfg.output) / "weights", render_refinement_card)
         elif not val_cases:
-            _export(model, _manifest(cfg, state, len(train_cases), None), Path(cfg.output) / "weights")
+            export_weights(model, _manifest(cfg, state, len(train_cases), None), Path(cfg.output) / "weights",
+                           render_refinement_card)
         run.save(model, optimizer, scheduler, state, record)
         if show_progress:
             v = record.get("validation")

@@ -28,15 +28,13 @@ from medsegrwkv.errors import MedSegError
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
-from medsegrwkv.training.loop import RunFolder, train_epoch
+from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.training.data import load_volumes, training_dataset
 from medsegrwkv.training.distributed import DistContext, barrier, init_distributed, shutdown
 from medsegrwkv.training.evaluation import evaluate_cases
-from medsegrwkv.nets.complexity import complexity
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
 from medsegrwkv.weights.model_card import render_segmentation_card
-from medsegrwkv.weights.store import load_manifest, save_weights
 
 
 @dataclass
@@ -88,14 +86,6 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
         "licence": ACDC_LICENCE,
         "metrics": {"validation": metrics} if metrics else {},
     }
-
-
-def _export(model: torch.nn.Module, manifest: dict[str, Any], folder: Path) -> None:
-    """Weights folder = safetensors + manifest + a model card rendered from that manifest."""
-    save_weights(model, manifest, folder)
-    size = complexity(manifest["architecture"])
-    card = render_segmentation_card(load_manifest(folder) or manifest, int(size["params"]), float(size["gflops"]))
-    (folder / "MODEL_CARD.md").write_text(card)
 
 
 def train_segmentation(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -166,10 +156,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
                     state["best"], state["best_epoch"] = summary, epoch + 1
                     manifest["metrics"] = {"validation": {**summary, "epoch": epoch + 1,
                                                           "volumes": len(val_cases)}}
-                    _export(model, manifest, out / "weights")
+                    export_weights(model, manifest, out / "weights", render_segmentation_card)
             elif not cfg.validate:
-                _export(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
-                                         epoch + 1), out / "weights")
+                export_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
+                                                epoch + 1), out / "weights", render_segmentation_card)
             run.save(model, optimizer, scheduler, state, record)
             if show:
                 val = record.get("validation")
