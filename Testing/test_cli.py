@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from medsegrwkv.cli.main import main
-from medsegrwkv.weights import MODELS_DIR
+from medsegrwkv.weights import MODELS_DIR, WeightsStatus, weights_status
 from cli_helpers import assert_user_error, run_cli
 
 CASE = "patient014/patient014_frame01"
@@ -150,6 +150,32 @@ def test_evaluate_writes_csv_with_hand_checkable_rows(tmp_path, acdc):
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["case"] for r in rows] == ["patient014_frame01"]
     assert float(rows[0]["LV_dice"]) > 0.85 and 0 < float(rows[0]["LV_hd95"]) < 15
+
+
+def test_evaluate_record_stores_validation_metrics_in_the_weights_folder(tmp_path, acdc):
+    """Weights trained without validation (e.g. on a GPU machine) get their validation recorded afterwards."""
+    from medsegrwkv.weights.store import load_manifest
+
+    data = tmp_path / "acdc"
+    shutil.copytree(acdc / "patient014", data / "patient014")  # a validation patient: 2 frames
+    weights = tmp_path / "weights"
+    shutil.copytree(MODELS_DIR / "unet2d", weights)
+    manifest = load_manifest(weights)
+    del manifest["metrics"]["validation"]
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("evaluate", "--data", str(data), "--weights", str(weights), "--record"),
+                      "--split val")
+    csv_path = tmp_path / "val.csv"
+    assert main(["evaluate", "--data", str(data), "--split", "val", "--weights", str(weights), "--record",
+                 "--output", str(csv_path), "--device", "cpu"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    recorded = load_manifest(weights)["metrics"]["validation"]
+    assert recorded["volumes"] == len(rows) == 2 and recorded["epoch"] == manifest["training"]["epochs_completed"]
+    assert recorded["LV_dice"] == pytest.approx(np.mean([float(r["LV_dice"]) for r in rows]))
+    assert f"{recorded['mean_dice']:.4f}" in (weights / "MODEL_CARD.md").read_text()
+    assert weights_status(weights) == WeightsStatus.VERIFIED  # the checksum still matches the tensors
 
 
 def test_demo_reports_dice_against_expert_contours(tmp_path, capsys):

@@ -78,3 +78,19 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
                               str(tmp_path / "bad")), "scan")
     assert_user_error(run_cli("train", "--set", "depth", "--output", str(tmp_path / "bad")), "KEY=VALUE")
     assert not (tmp_path / "bad").exists()
+
+
+def test_training_autocast_is_bfloat16_on_cuda_and_off_on_the_cpu():
+    """float16 autocast without loss scaling lets small gradients underflow; the trainers use bfloat16."""
+    import torch
+
+    from medsegrwkv.inference.device import training_autocast
+
+    layer = torch.nn.Linear(8, 8)
+    with training_autocast(torch.device("cpu")):
+        assert layer(torch.randn(2, 8)).dtype == torch.float32
+    if torch.cuda.is_available():
+        layer = layer.cuda()
+        with training_autocast(torch.device("cuda")):
+            out = layer(torch.randn(2, 8, device="cuda"))
+        assert out.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

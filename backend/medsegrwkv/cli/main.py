@@ -139,9 +139,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output:
         _check_output(output, (".csv",))
+    if args.record and (not args.weights or args.split != "val" or args.tta):
+        raise MedSegError("--record needs --weights DIR and --split val, without --tta: it stores the validation "
+                          "metrics in that folder's manifest.", code="bad_argument")
     cases = list_cases(args.data, args.split)
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     rows, summary = evaluate_cases(segmenter, cases, tta=args.tta)
+    if args.record:
+        from medsegrwkv.training.loop import record_validation
+        from medsegrwkv.weights.model_card import render_segmentation_card
+
+        record_validation(Path(args.weights), summary, len(rows), render_segmentation_card)
     if output:
         with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".csv.tmp", delete=False, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -154,6 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{s:<10}{summary[f'{s}_dice']:>8.4f}{summary[f'{s}_hd95']:>11.2f}")
     if output:
         print(f"wrote {output}")
+    if args.record:
+        print(f"recorded the validation metrics in {Path(args.weights) / 'manifest.json'}")
     return 0
 
 
@@ -315,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=("all", "train", "val"),
                    help="which patients: all, or the fixed train/validation split (number %% 20 in 13-16 -> val)")
     p.add_argument("--output", help="CSV with one row per volume")
+    p.add_argument("--record", action="store_true",
+                   help="store the validation metrics in the --weights folder's manifest and model card (for "
+                   "weights trained without validation); needs --split val")
     add_model_args(p)
     p.set_defaults(func=cmd_evaluate)
 

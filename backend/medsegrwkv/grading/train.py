@@ -33,7 +33,7 @@ from medsegrwkv.grading.dataset import (
     GRADER_PREPROCESSING, SimulatedMotionSlices, load_acdc_volumes, load_study_volumes, simulated_validation_set,
 )
 from medsegrwkv.grading.metrics import grading_metrics
-from medsegrwkv.inference.device import resolve_device
+from medsegrwkv.inference.device import resolve_device, training_autocast
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.weights.manifest import ACDC_LICENCE
@@ -248,7 +248,6 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
         model = create_model(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
-    use_amp = device.type == "cuda"
     run = RunFolder(out)
     state = run.resume(model, optimizer, scheduler, device, announce=show_progress)
 
@@ -275,7 +274,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
                    leave=False)
         for batch in bar:
             x, mask = batch["image"].to(device), batch["mask"].to(device)
-            with torch.autocast(device.type, enabled=use_amp):
+            with training_autocast(device):
                 logits = model(x)
             loss = _set_nll(logits, mask)
             losses.append(optimiser_step(loss, model, optimizer, scheduler, state, 5.0))

@@ -9,6 +9,16 @@ from medsegrwkv.errors import MedSegError
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
+def training_autocast(device: torch.device) -> torch.autocast:
+    """Mixed precision for training steps: bfloat16 on CUDA (no loss scaling needed, unlike float16,
+    whose small gradients underflow without a GradScaler), float16 only on GPUs without bfloat16;
+    off on the CPU, where it would be slower."""
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
 def resolve_device(choice: str = "auto") -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

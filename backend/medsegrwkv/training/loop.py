@@ -26,6 +26,22 @@ def export_weights(model: torch.nn.Module, manifest: dict[str, Any], folder: Pat
                       render_card(load_manifest(folder) or manifest, int(size["params"]), float(size["gflops"])))
 
 
+def record_validation(folder: Path, summary: dict[str, float], volumes: int,
+                      render_card: Callable[[dict[str, Any], int, float], str]) -> None:
+    """Store a validation summary in a weights folder's manifest (checksum kept) and re-render its card:
+    for weights trained without validation, e.g. on a machine that only had the prepared training data."""
+    from medsegrwkv.io.text import write_text_atomic
+    from medsegrwkv.nets.complexity import complexity
+    from medsegrwkv.weights.store import MANIFEST, load_manifest
+
+    manifest = load_manifest(folder)
+    epoch = manifest.get("training", {}).get("epochs_completed")
+    manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes}
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    size = complexity(manifest["architecture"])
+    write_text_atomic(Path(folder) / "MODEL_CARD.md", render_card(manifest, int(size["params"]), float(size["gflops"])))
+
+
 def new_state() -> dict[str, Any]:
     return {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import MedSegError
+from medsegrwkv.inference.device import training_autocast
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
@@ -120,7 +121,6 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    use_amp = ctx.device.type == "cuda"
 
     run = RunFolder(out)
     state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
@@ -133,7 +133,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         net.train()
 
         def compute_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            with torch.autocast(ctx.device.type, enabled=use_amp):
+            with training_autocast(ctx.device):
                 return loss_fn(net(batch["image"].to(ctx.device)), batch["label"].to(ctx.device))
 
         losses, stop = train_epoch(loader, compute_loss, model, optimizer, scheduler, state, 12.0, cfg.max_steps,
