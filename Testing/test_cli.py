@@ -174,7 +174,8 @@ def test_evaluate_record_stores_validation_metrics_in_the_weights_folder(tmp_pat
     recorded = load_manifest(weights)["metrics"]["validation"]
     assert recorded["volumes"] == len(rows) == 2 and recorded["epoch"] == manifest["training"]["epochs_completed"]
     assert recorded["LV_dice"] == pytest.approx(np.mean([float(r["LV_dice"]) for r in rows]))
-    assert f"{recorded['mean_dice']:.4f}" in (weights / "MODEL_CARD.md").read_text()
+    card = (weights / "MODEL_CARD.md").read_text()
+    assert f"{recorded['mean_dice']:.4f}" in card and "final epoch's weights, validated after training" in card
     assert weights_status(weights) == WeightsStatus.VERIFIED  # the checksum still matches the tensors
 
 

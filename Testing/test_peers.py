@@ -100,3 +100,25 @@ def test_untrained_3d_peer_segments_a_real_volume_by_sliding_window(acdc: Path) 
     inside[:, 40:180, 50:200] = True
     assert set(np.unique(array)) <= {0, 1, 2, 3} and not array[~inside].any()
     assert any(m.startswith("window") for m in windows)
+
+
+PEERS_WITH_WEIGHTS = [n for n in ("mednext-s-2d", "swinunetr", "unet3d", "vmunet-s")
+                      if weights_status(n) is WeightsStatus.VERIFIED]
+
+
+@pytest.mark.parametrize("name", PEERS_WITH_WEIGHTS)
+def test_trained_peer_segments_a_validation_volume(name: str, acdc: Path) -> None:
+    """The committed same-budget weights of a peer, through the deployed pipeline (2D slice by slice,
+    3D by sliding window), on a validation patient no model trained on."""
+    from medsegrwkv.training.metrics import structure_metrics
+    from medsegrwkv.weights.store import load_manifest
+
+    segmenter = Segmenter.from_pretrained(name, "cpu")
+    image = sitk.ReadImage(str(acdc / f"{CASE}.nii.gz"), sitk.sitkFloat32)
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(acdc / f"{CASE}_gt.nii.gz")))
+    labels = sitk.GetArrayFromImage(segmenter.segment(image))
+    metrics = structure_metrics(labels, reference, tuple(reversed(image.GetSpacing())))
+    recorded = load_manifest(name)["metrics"]["validation"]
+    assert recorded["volumes"] == 40 and recorded["selection"] == "final epoch"
+    mean_dice = np.mean([m["dice"] for m in metrics.values()])
+    assert metrics["LV"]["dice"] > 0.75 and mean_dice > 0.6, metrics  # untrained or misapplied weights: ~0

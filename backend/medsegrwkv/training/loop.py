@@ -35,8 +35,10 @@ def record_validation(folder: Path, summary: dict[str, float], volumes: int,
     from medsegrwkv.weights.store import MANIFEST, load_manifest
 
     manifest = load_manifest(folder)
-    epoch = manifest.get("training", {}).get("epochs_completed")
-    manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes}
+    training = manifest.setdefault("training", {})
+    epoch, training["validation_volumes"] = training.get("epochs_completed"), volumes
+    manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes,
+                                                         "selection": "final epoch"}
     write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     size = complexity(manifest["architecture"])
     write_text_atomic(Path(folder) / "MODEL_CARD.md", render_card(manifest, int(size["params"]), float(size["gflops"])))

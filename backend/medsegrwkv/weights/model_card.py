@@ -31,6 +31,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"crop {t.get('crop')}, AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
         f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
+        *([f"- {t['note']}"] if t.get("note") else []),
         "",
         "## Validation (deployed pipeline, post-processing on, no TTA)",
         "",
@@ -42,7 +43,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
             lines.append(f"| {name} | {v[f'{name}_dice']:.4f} | {v[f'{name}_hd95']:.2f} |")
     lines += [
         "",
-        f"Best of the validations made every few epochs (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
+        ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
+         "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
         "",
         "## Limitations",
         "- ACDC comes from one centre (Dijon, 1.5 T and 3 T Siemens); other vendors and sequences may do worse.",
