@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from medsegrwkv.cli.main import main
+from medsegrwkv.nets.complexity import complexity
 from medsegrwkv.nets.registry import DEFAULT_MODELS
+from medsegrwkv.weights import WeightsStatus, weights_status
 
 
 def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> None:
@@ -58,5 +62,9 @@ def test_compare_reads_metrics_from_the_manifest_and_times_each_model(tmp_path: 
     table = output.read_text()
     assert f"**{validation['mean_dice']:.4f}**" in table and f"`{default}`" in table
     assert table in capsys.readouterr().out
+    if weights_status("unet3d") is WeightsStatus.VERIFIED:  # a 3D row: GFLOPs per sliding-window crop
+        assert main(["compare", "unet3d", "--output", str(output), "--repeats", "1"]) == 0
+        row = json.loads(output.with_suffix(".json").read_text())[0]
+        assert row["gflops"] == pytest.approx(complexity("unet3d")["gflops"]) and row["cpu_ms_per_slice"] > 0
     assert main(["compare", default, "--output", str(tmp_path / "table.txt")]) == 2
     assert main(["compare", DEFAULT_MODELS["grading"], "--output", str(output)]) == 2

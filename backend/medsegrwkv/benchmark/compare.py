@@ -54,7 +54,8 @@ def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any
         run = _run_history(Path(folder).parent / "history.jsonl") if Path(folder).is_dir() else {}
         rows.append({
             "folder": str(folder), "name": manifest["name"], "config": describe_config(manifest),
-            "params": count_parameters(model), "gflops": count_gflops(model, reference_input_shape(manifest["architecture"])),
+            "params": count_parameters(model),
+            "gflops": count_gflops(model, reference_input_shape(manifest["architecture"])),
             "cpu_ms_per_slice": ms / STUDY[0], "threads": torch.get_num_threads(),
             "epochs": run.get("epochs", training.get("epochs_completed")), "best_epoch": validation.get("epoch"),
             "crop": training.get("crop"), "batch_size": training.get("batch_size"), "lr": training.get("lr"),
@@ -74,7 +75,8 @@ def _run_history(path: Path) -> dict[str, Any]:
 def render_table(rows: list[dict[str, Any]]) -> str:
     names = list(STRUCTURES.values())
     header = ["model", "config", "Dice mean", *(f"Dice {n}" for n in names), "HD95 mean (mm)",
-              *(f"HD95 {n}" for n in names), "params", "GFLOPs (256² slice; 3D: crop)", "CPU ms/slice", "best epoch", "training time"]
+              *(f"HD95 {n}" for n in names), "params", "GFLOPs (256² slice; 3D: crop)", "CPU ms/slice",
+              "best epoch", "training time"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in rows:
         v = r["validation"]
