@@ -210,5 +210,6 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "per click for the worker's whole path (mask decoding, click mapping, the network on the clicked "
                   "slice, mapping back, encoding the answer); the pipe to Slicer is not included."]
     lines += ["", "Accuracy is not part of this run (the networks above are untrained copies): validation Dice "
-              "of trained weights, at one training budget, comes from `medsegrwkv compare` (docs/medsegrwkv.md).", ""]
+              "of trained weights, at one training budget, comes from `medsegrwkv compare` (docs/benchmark.md, "
+              "*Accuracy at the same budget*).", ""]
     return "\n".join(lines)
