@@ -94,3 +94,16 @@ def test_training_autocast_is_bfloat16_on_cuda_and_off_on_the_cpu():
         with training_autocast(torch.device("cuda")):
             out = layer(torch.randn(2, 8, device="cuda"))
         assert out.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def test_a_3d_run_records_the_crop_it_trained_on(tmp_path, acdc):
+    """3D models train on their registered sliding-window crop, whatever `crop` says; the manifest
+    (and so the model card) must name that crop."""
+    from medsegrwkv.nets.registry import get_spec
+    from medsegrwkv.weights.store import load_manifest
+
+    cfg = TrainConfig(data=acdc, output=tmp_path / "run", model="unet3d", epochs=1, max_cases=1, batch_size=1,
+                      max_steps=1, crop=96, validate=False, device="cpu")
+    train_segmentation(cfg, show_progress=False)
+    manifest = load_manifest(tmp_path / "run" / "weights")
+    assert manifest["training"]["crop"] == list(get_spec("unet3d").roi_size) == [16, 160, 160]
