@@ -16,32 +16,35 @@ from tqdm import tqdm
 def export_weights(model: torch.nn.Module, manifest: dict[str, Any], folder: Path,
                    render_card: Callable[[dict[str, Any], int, float], str]) -> None:
     """Weights folder = safetensors + manifest + a model card rendered from that manifest."""
-    from medsegrwkv.io.text import write_text_atomic
-    from medsegrwkv.nets.complexity import complexity
     from medsegrwkv.weights.store import load_manifest, save_weights
 
     save_weights(model, manifest, folder)
-    size = complexity(manifest["architecture"])
-    write_text_atomic(Path(folder) / "MODEL_CARD.md",
-                      render_card(load_manifest(folder) or manifest, int(size["params"]), float(size["gflops"])))
+    _write_card(folder, load_manifest(folder) or manifest, render_card)
 
 
 def record_validation(folder: Path, summary: dict[str, float], volumes: int,
                       render_card: Callable[[dict[str, Any], int, float], str]) -> None:
     """Store a validation summary in a weights folder's manifest (checksum kept) and re-render its card:
     for weights trained without validation, e.g. on a machine that only had the prepared training data."""
-    from medsegrwkv.io.text import write_text_atomic
-    from medsegrwkv.nets.complexity import complexity
-    from medsegrwkv.weights.store import MANIFEST, load_manifest
+    from medsegrwkv.weights.store import load_manifest, save_manifest
 
     manifest = load_manifest(folder)
     training = manifest.setdefault("training", {})
     epoch, training["validation_volumes"] = training.get("epochs_completed"), volumes
     manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes,
                                                          "selection": "final epoch"}
-    write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    save_manifest(folder, manifest)
+    _write_card(folder, manifest, render_card)
+
+
+def _write_card(folder: Path, manifest: dict[str, Any], render_card: Callable[[dict[str, Any], int, float], str]
+                ) -> None:
+    from medsegrwkv.io.text import write_text_atomic
+    from medsegrwkv.nets.complexity import complexity
+
     size = complexity(manifest["architecture"])
-    write_text_atomic(Path(folder) / "MODEL_CARD.md", render_card(manifest, int(size["params"]), float(size["gflops"])))
+    write_text_atomic(Path(folder) / "MODEL_CARD.md",
+                      render_card(manifest, int(size["params"]), float(size["gflops"])))
 
 
 def new_state() -> dict[str, Any]:

@@ -80,10 +80,15 @@ def save_weights(model: nn.Module, manifest: dict[str, Any], out_dir: str | Path
     save_file(state, str(tmp_path))
     manifest = {**manifest, "sha256": sha256_file(tmp_path), "dtype": "float16" if fp16 else "float32"}
     os.replace(tmp_path, out / TENSORS)
-    manifest_tmp = out / (MANIFEST + ".tmp")
-    manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(manifest_tmp, out / MANIFEST)
+    save_manifest(out, manifest)
     return out
+
+
+def save_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Replace a weights folder's manifest atomically (the tensors and their checksum stay)."""
+    from medsegrwkv.io.text import write_text_atomic
+
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
