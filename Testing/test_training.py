@@ -107,3 +107,39 @@ def test_a_3d_run_records_the_crop_it_trained_on(tmp_path, acdc):
     train_segmentation(cfg, show_progress=False)
     manifest = load_manifest(tmp_path / "run" / "weights")
     assert manifest["training"]["crop"] == list(get_spec("unet3d").roi_size) == [16, 160, 160]
+
+
+def test_fine_tuning_starts_from_the_bundled_weights(tmp_path, acdc):
+    """`train --init` continues from installed weights: the first loss is already low (a fresh network's
+    is not), the weights barely move at a tiny learning rate, and the manifest names what it grew from."""
+    import torch
+
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.weights.store import load_manifest, load_model
+
+    common = dict(data=acdc, model="unet2d", epochs=1, max_cases=2, batch_size=4, crop=96, max_steps=2,
+                  lr=1e-7, validate=False, device="cpu")
+    train_segmentation(TrainConfig(output=tmp_path / "scratch", **common), show_progress=False)
+    train_segmentation(TrainConfig(output=tmp_path / "tuned", init="unet2d", **common), show_progress=False)
+    first_loss = {name: json.loads((tmp_path / name / "history.jsonl").read_text().splitlines()[0])["loss"]
+                  for name in ("scratch", "tuned")}
+    assert first_loss["tuned"] < 0.5 * first_loss["scratch"], first_loss
+
+    start, bundled = load_model("unet2d", "cpu")
+    tuned, manifest = load_model(tmp_path / "tuned" / "weights", "cpu")
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=name)
+    init = manifest["training"]["init"]
+    assert init["weights"] == "unet2d" and init["sha256"] == bundled["sha256"]
+    assert init["epochs_completed"] == bundled["training"]["epochs_completed"]
+    assert "Fine-tuned from `unet2d`" in (tmp_path / "tuned" / "weights" / "MODEL_CARD.md").read_text()
+    assert "init" not in load_manifest(tmp_path / "scratch" / "weights")["training"]
+
+    # other architectures or configs are refused before the run folder exists
+    for extra in ((), ("--set", "scan=raster")):
+        out = tmp_path / f"wrong{len(extra)}"
+        assert_user_error(run_cli("train", "--model", "medsegrwkv-t", *extra, "--init",
+                                  "unet2d" if not extra else "medsegrwkv-t", "--data", str(acdc),
+                                  "--output", str(out), "--device", "cpu"), "--init")
+        assert not out.exists()

@@ -135,7 +135,6 @@ def add_train_grade_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-minutes", type=float, help="stop at the first epoch end after this much training time")
     g.add_argument("--max-val-cases", type=int, help="use only the first N validation volumes (smoke tests)")
     g.add_argument("--cmrxmotion", help="real graded data in the CMRxMotion layout to mix into training")
-    g.add_argument("--init", help="start from these grader weights (name or folder), e.g. to fine-tune")
 
 
 def cmd_train_grade(args: argparse.Namespace) -> int:

@@ -214,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       val_every=args.val_every,
                       device=args.device, seed=args.seed, workers=args.workers, max_steps=args.max_steps,
                       max_cases=args.max_cases, validate=not args.no_validation,
-                      overrides=parse_overrides(args.model or "unet2d", args.set or []))
+                      overrides=parse_overrides(args.model or "unet2d", args.set or []), init=args.init)
     result = train_segmentation(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if k not in ("config", "model")}, indent=2))
@@ -355,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one entry of the model's config, e.g. --set scan=raster (repeatable; "
                         "`medsegrwkv models --json` lists each model's config)")
+    p.add_argument("--init", metavar="NAME|DIR",
+                   help="start from these weights (an installed model name or a weights folder) to fine-tune, "
+                        "e.g. the bundled model on your own data; segment: the same model and config; "
+                        "refine: the segmentation model (default unet2d)")
     add_train_grade_args(p)
     p.set_defaults(func=cmd_train)
 

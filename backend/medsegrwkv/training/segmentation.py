@@ -8,6 +8,7 @@ Runs as one process or under torchrun (DistributedDataParallel).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -57,6 +58,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
     validate: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # start from these weights (a registered name or a folder): fine-tuning
 
 
 def _seed_everything(seed: int) -> None:
@@ -84,10 +86,33 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
+            **({"init": _init_summary(cfg.init)} if cfg.init else {}),
         },
         "licence": ACDC_LICENCE,
         "metrics": {"validation": metrics} if metrics else {},
     }
+
+
+def _init_summary(init: str) -> dict[str, Any]:
+    """What the starting weights were, for the manifest: fine-tuned weights say what they grew from."""
+    from medsegrwkv.weights.store import load_manifest
+
+    start = load_manifest(init) or {}
+    training, validation = start.get("training", {}), start.get("metrics", {}).get("validation", {})
+    return {"weights": init, "sha256": start.get("sha256"), "epochs_completed": training.get("epochs_completed"),
+            "mean_dice": validation.get("mean_dice")}
+
+
+def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """Copy `cfg.init`'s weights into `model`; they must be the same architecture with the same config."""
+    from medsegrwkv.weights.store import load_model
+
+    start, manifest = load_model(cfg.init, "cpu")
+    wanted = json.loads(json.dumps(model_config(cfg.model, **cfg.overrides)))  # tuples as the manifest's lists
+    if manifest["architecture"] != cfg.model or manifest.get("config", {}) != wanted:
+        raise MedSegError(f"--init weights {cfg.init} are a {manifest['architecture']} model with config "
+                          f"{manifest.get('config')}, not {cfg.model} with config {wanted}.", code="bad_weights")
+    model.load_state_dict(start.state_dict())
 
 
 def train_segmentation(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -106,6 +131,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         raise MedSegError(f"Model '{cfg.model}' is a {spec.task} model; `train` trains segmentation models.",
                           code="wrong_task")
     _seed_everything(cfg.seed + ctx.rank)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = create_model(cfg.model, **cfg.overrides)
+    if cfg.init:  # before anything is written: wrong starting weights leave no run folder behind
+        load_initial_weights(cfg, model)
+    model = model.to(ctx.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
@@ -116,8 +146,6 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = create_model(cfg.model, **cfg.overrides).to(ctx.device)
     net = DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)

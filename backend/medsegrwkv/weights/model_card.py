@@ -31,6 +31,9 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"crop {t.get('crop')}, AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
         f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
+        *([f"- Fine-tuned from `{t['init']['weights']}` ({t['init'].get('epochs_completed')} epochs before, "
+           f"validation mean Dice {t['init'].get('mean_dice'):.4f}); the epochs above are this run's."]
+          if isinstance(t.get("init"), dict) and t["init"].get("mean_dice") is not None else []),
         *([f"- {t['note']}"] if t.get("note") else []),
         "",
         "## Validation (deployed pipeline, post-processing on, no TTA)",
