@@ -100,7 +100,7 @@ def _init_summary(init: str) -> dict[str, Any]:
     start = load_manifest(init) or {}
     training, validation = start.get("training", {}), start.get("metrics", {}).get("validation", {})
     return {"weights": init, "sha256": start.get("sha256"), "epochs_completed": training.get("epochs_completed"),
-            "mean_dice": validation.get("mean_dice")}
+            "mean_dice": validation.get("mean_dice"), "device": training.get("device"), "note": training.get("note")}
 
 
 def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> None:

@@ -7,6 +7,19 @@ from typing import Any
 from medsegrwkv.training.metrics import STRUCTURES
 
 
+def _init_lines(init: Any) -> list[str]:
+    """Fine-tuned weights say what they started from, and how that was trained."""
+    if not isinstance(init, dict):
+        return []
+    dice = init.get("mean_dice")
+    lines = [f"- Fine-tuned from `{init['weights']}` (SHA-256 `{str(init.get('sha256'))[:12]}...`, "
+             f"{init.get('epochs_completed')} epochs on {init.get('device')}"
+             + (f", validation mean Dice {dice:.4f}" if dice is not None else "") + "); the epochs above are this run's."]
+    if init.get("note"):
+        lines.append(f"- The starting weights: {init['note']}")
+    return lines
+
+
 def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
     t = manifest.get("training", {})
     v = manifest.get("metrics", {}).get("validation", {})
@@ -31,9 +44,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"crop {t.get('crop')}, AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
         f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
-        *([f"- Fine-tuned from `{t['init']['weights']}` ({t['init'].get('epochs_completed')} epochs before, "
-           f"validation mean Dice {t['init'].get('mean_dice'):.4f}); the epochs above are this run's."]
-          if isinstance(t.get("init"), dict) and t["init"].get("mean_dice") is not None else []),
+        *_init_lines(t.get("init")),
         *([f"- {t['note']}"] if t.get("note") else []),
         "",
         "## Validation (deployed pipeline, post-processing on, no TTA)",
