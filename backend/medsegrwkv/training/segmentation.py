@@ -68,7 +68,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, steps: int, seconds: float,
-              metrics: dict[str, float] | None, epoch: int) -> dict[str, Any]:
+              metrics: dict[str, float] | None, epoch: int, init: dict[str, Any] | None) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     return {
         "name": cfg.model,
@@ -86,25 +86,16 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
-            **({"init": _init_summary(cfg.init)} if cfg.init else {}),
+            **({"init": init} if init else {}),
         },
         "licence": ACDC_LICENCE,
         "metrics": {"validation": metrics} if metrics else {},
     }
 
 
-def _init_summary(init: str) -> dict[str, Any]:
-    """What the starting weights were, for the manifest: fine-tuned weights say what they grew from."""
-    from medsegrwkv.weights.store import load_manifest
-
-    start = load_manifest(init) or {}
-    training, validation = start.get("training", {}), start.get("metrics", {}).get("validation", {})
-    return {"weights": init, "sha256": start.get("sha256"), "epochs_completed": training.get("epochs_completed"),
-            "mean_dice": validation.get("mean_dice"), "device": training.get("device"), "note": training.get("note")}
-
-
-def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> None:
-    """Copy `cfg.init`'s weights into `model`; they must be the same architecture with the same config."""
+def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """Copy `cfg.init`'s weights into `model` (same architecture, same config) and return what they were, for
+    the manifest: fine-tuned weights say what they grew from."""
     from medsegrwkv.weights.store import load_model
 
     start, manifest = load_model(cfg.init, "cpu")
@@ -113,6 +104,9 @@ def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> None:
         raise MedSegError(f"--init weights {cfg.init} are a {manifest['architecture']} model with config "
                           f"{manifest.get('config')}, not {cfg.model} with config {wanted}.", code="bad_weights")
     model.load_state_dict(start.state_dict())
+    training, validation = manifest.get("training", {}), manifest.get("metrics", {}).get("validation", {})
+    return {"weights": cfg.init, "sha256": manifest.get("sha256"), "epochs_completed": training.get("epochs_completed"),
+            "mean_dice": validation.get("mean_dice"), "device": training.get("device"), "note": training.get("note")}
 
 
 def train_segmentation(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -133,8 +127,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     _seed_everything(cfg.seed + ctx.rank)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = create_model(cfg.model, **cfg.overrides)
-    if cfg.init:  # before anything is written: wrong starting weights leave no run folder behind
-        load_initial_weights(cfg, model)
+    # before anything is written: wrong starting weights leave no run folder behind
+    init = load_initial_weights(cfg, model) if cfg.init else None
     model = model.to(ctx.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +170,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         if ctx.is_main:
             if validate_now:
                 manifest = _manifest(cfg, ctx, len(train_cases), len(val_cases), state["step"], state["seconds"],
-                                     None, epoch + 1)
+                                     None, epoch + 1, init)
                 segmenter = Segmenter(model, manifest, ctx.device)
                 _, summary = evaluate_cases(segmenter, val_cases, show_progress=False)
                 model.train()
@@ -188,7 +182,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
                     export_weights(model, manifest, out / "weights", render_segmentation_card)
             elif not cfg.validate:
                 export_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
-                                                epoch + 1), out / "weights", render_segmentation_card)
+                                                epoch + 1, init), out / "weights", render_segmentation_card)
             run.save(model, optimizer, scheduler, state, record)
             if show:
                 val = record.get("validation")

@@ -7,12 +7,12 @@ from typing import Any
 from medsegrwkv.training.metrics import STRUCTURES
 
 
-def _init_lines(init: Any) -> list[str]:
+def _init_lines(init: dict[str, Any] | None) -> list[str]:
     """Fine-tuned weights say what they started from, and how that was trained."""
-    if not isinstance(init, dict):
+    if not init:
         return []
     dice = init.get("mean_dice")
-    lines = [f"- Fine-tuned from `{init['weights']}` (SHA-256 `{str(init.get('sha256'))[:12]}...`, "
+    lines = [f"- Fine-tuned from `{init['weights']}` (SHA-256 `{init['sha256'][:12]}...`, "
              f"{init.get('epochs_completed')} epochs on {init.get('device')}"
              + (f", validation mean Dice {dice:.4f}" if dice is not None else "") + "); the epochs above are this run's."]
     if init.get("note"):
