@@ -117,7 +117,7 @@ def test_untrained_3d_peer_segments_a_real_volume_by_sliding_window(acdc: Path) 
     assert any(m.startswith("window") for m in windows)
 
 
-PEERS_WITH_WEIGHTS = [n for n in ("mednext-s-2d", "swinunetr", "unet3d", "vmunet-s")
+PEERS_WITH_WEIGHTS = [n for n in ("mednext-s-2d", "mednext-xs", "swinunetr", "unet3d", "unetrpp-s", "vmunet-s")
                       if weights_status(n) is WeightsStatus.VERIFIED]
 
 
@@ -126,7 +126,7 @@ def test_trained_peer_segments_a_validation_volume(name: str, acdc: Path) -> Non
     """The committed same-budget weights of a peer, through the deployed pipeline (2D slice by slice,
     3D by sliding window), on a validation patient no model trained on."""
     from medsegrwkv.training.metrics import structure_metrics
-    from medsegrwkv.weights.store import load_manifest
+    from medsegrwkv.weights.store import load_manifest, weights_dir
 
     segmenter = Segmenter.from_pretrained(name, "cpu")
     image = sitk.ReadImage(str(acdc / f"{CASE}.nii.gz"), sitk.sitkFloat32)
@@ -135,5 +135,8 @@ def test_trained_peer_segments_a_validation_volume(name: str, acdc: Path) -> Non
     metrics = structure_metrics(labels, reference, tuple(reversed(image.GetSpacing())))
     recorded = load_manifest(name)["metrics"]["validation"]
     assert recorded["volumes"] == 40
+    card = (weights_dir(name) / "MODEL_CARD.md").read_text()
+    assert f"{recorded['mean_dice']:.4f}" in card
+    assert ("16x160x160 window" if get_spec(name).spatial_dims == 3 else "256x256 slice") in card
     mean_dice = np.mean([m["dice"] for m in metrics.values()])
     assert metrics["LV"]["dice"] > 0.75 and mean_dice > 0.6, metrics  # untrained or misapplied weights: ~0

@@ -25,6 +25,12 @@ def reference_input_shape(name: str) -> tuple[int, ...]:
     return (1, channels, 256, 256) if spec.spatial_dims == 2 else (1, channels, 16, 160, 160)
 
 
+def reference_input_label(name: str) -> str:
+    """What one GFLOPs figure is for, in words: '256x256 slice' or '16x160x160 window'."""
+    spatial = reference_input_shape(name)[2:]
+    return "x".join(map(str, spatial)) + (" slice" if len(spatial) == 2 else " window")
+
+
 @torch.no_grad()
 def count_gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
     """GFLOPs of one forward pass by torch.utils.flop_counter (2 FLOPs per multiply-add;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsegrwkv.nets.complexity import reference_input_label
 from medsegrwkv.training.metrics import STRUCTURES
 
 
@@ -28,7 +29,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"# Model card: `{manifest['name']}`",
         "",
         f"- **Architecture:** `{manifest['architecture']}` ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs "
-        "per 256x256 slice by torch.utils.flop_counter), config `" + str(manifest.get("config")) + "`.",
+        f"per {reference_input_label(manifest['architecture'])} by torch.utils.flop_counter), config `"
+        + str(manifest.get("config")) + "`.",
         "- **Task:** segmentation of short-axis cardiac cine MRI into "
         + ", ".join(f"{l['value']} {l['name']}" for l in manifest["labels"]) + " (0 background).",
         "- **Intended use:** research. Outputs must be reviewed by a qualified reader; not a medical device.",
