@@ -81,7 +81,7 @@ def render_refinement_card(manifest: dict[str, Any], params: int, gflops: float)
         f"# Model card: `{manifest['name']}` (click refinement)",
         "",
         f"- **Architecture:** `{manifest['architecture']}` ({params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs "
-        "per 256x256 slice), config `" + str(manifest.get("config")) + "`.",
+        f"per {reference_input_label(manifest['architecture'])}), config `" + str(manifest.get("config")) + "`.",
         "- **Task:** correct one structure (" + ", ".join(l["name"] for l in manifest["labels"]) + ") on one "
         "short-axis slice from the current mask and the user's positive/negative clicks.",
         "- **Intended use:** research; the reader accepts or edits every correction.",
