@@ -22,7 +22,7 @@ from medsegrwkv.interactive import (
 from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model, get_spec, model_config
 from medsegrwkv.training.acdc import list_cases
 from medsegrwkv.training.click_evaluation import clicks_to_reach, evaluate_clicks
-from medsegrwkv.training.refinement import transfer_weights
+from medsegrwkv.training.refinement import RefineTrainConfig, transfer_weights
 from medsegrwkv.weights import WeightsStatus, load_model, weights_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_train_refine_cli_runs_resumes_and_exports(acdc: Path, tmp_path: Path) -
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     model, manifest = load_model(out / "weights", "cpu")
-    assert manifest["task"] == "refinement" and manifest["training"]["init"] == DEFAULT_MODELS["segmentation"]
+    assert manifest["task"] == "refinement" and manifest["training"]["init"] == RefineTrainConfig.init
     assert (out / "weights" / "MODEL_CARD.md").read_text().startswith("# Model card")
     assert Refiner(model, manifest, torch.device("cpu")).probabilities(
         np.zeros((1, len(INPUT_CHANNELS), 40, 56), np.float32)).shape == (1, 40, 56)

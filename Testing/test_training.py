@@ -74,6 +74,9 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     plain = create_model("medsegrwkv-t", scan="raster", local_blocks=False)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
     assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in create_model("medsegrwkv-t").parameters())
+    # the model card gives the size of the network as trained, not of the registered default
+    card = (out / "weights" / "MODEL_CARD.md").read_text()
+    assert f"({sum(p.numel() for p in plain.parameters()) / 1e6:.2f} M parameters" in card
     assert_user_error(run_cli("train", "--model", "medsegrwkv-t", "--set", "scan=zigzag", "--output",
                               str(tmp_path / "bad")), "scan")
     assert_user_error(run_cli("train", "--set", "depth", "--output", str(tmp_path / "bad")), "KEY=VALUE")

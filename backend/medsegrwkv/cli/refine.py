@@ -15,7 +15,7 @@ def cmd_train_refine(args: argparse.Namespace) -> int:
 
     cfg = RefineTrainConfig(
         data=Path(args.data), output=Path(args.output), model=args.model or DEFAULT_MODELS["refinement"],
-        init=args.init or DEFAULT_MODELS["segmentation"], epochs=args.epochs or 30, batch_size=args.batch_size or 16,
+        init=args.init or RefineTrainConfig.init, epochs=args.epochs or 30, batch_size=args.batch_size or 16,
         lr=args.lr if args.lr is not None else 1e-3, crop=args.crop, val_every=args.val_every, device=args.device,
         seed=args.seed, max_cases=args.max_cases, max_steps=args.max_steps,
         val_cases=0 if args.no_validation else 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -50,7 +51,8 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def complexity(name: str) -> dict[str, float | int | list[int]]:
-    model = create_model(name)
+def complexity(name: str, config: dict[str, Any] | None = None) -> dict[str, float | int | list[int]]:
+    """Size of `name` built with `config` (a manifest's config: the overrides it was trained with)."""
+    model = create_model(name, **(config or {}))
     shape = reference_input_shape(name)
     return {"params": count_parameters(model), "gflops": count_gflops(model, shape), "flops_input": list(shape)}

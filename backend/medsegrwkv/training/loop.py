@@ -42,7 +42,7 @@ def _write_card(folder: Path, manifest: dict[str, Any], render_card: Callable[[d
     from medsegrwkv.io.text import write_text_atomic
     from medsegrwkv.nets.complexity import complexity
 
-    size = complexity(manifest["architecture"])
+    size = complexity(manifest["architecture"], manifest.get("config"))
     write_text_atomic(Path(folder) / "MODEL_CARD.md",
                       render_card(manifest, int(size["params"]), float(size["gflops"])))
 

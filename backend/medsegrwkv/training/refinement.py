@@ -45,7 +45,9 @@ class RefineTrainConfig:
     data: Path
     output: Path
     model: str = "unet2d-refine"
-    init: str = "unet2d"  # segmentation weights: the automatic prediction and the starting weights
+    # segmentation weights: the automatic prediction and the starting weights, so the same architecture
+    # family as `model` (not the default segmenter, which may be another network)
+    init: str = "unet2d"
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
