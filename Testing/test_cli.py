@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from medsegrwkv.cli.main import main
+from medsegrwkv.nets.registry import DEFAULT_MODELS
 from medsegrwkv.weights import MODELS_DIR, WeightsStatus, weights_status
 from cli_helpers import assert_user_error, run_cli
 
@@ -29,13 +30,19 @@ def test_models_lists_every_model_with_size_and_weights(capsys):
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     unet = rows["unet2d"]
-    assert unet["task"] == "segmentation" and unet["spatial_dims"] == 2 and unet["default"]
+    assert unet["task"] == "segmentation" and unet["spatial_dims"] == 2
     assert unet["params"] == 1_625_849  # MONAI UNet (16..256 channels, 2 residual units)
     assert unet["weights"] == "verified"
     assert unet["validation_mean_dice"] >= 0.85
     assert all(r["weights"] in ("verified", "no weights", "checksum mismatch") for r in rows.values())
+    # the default is the best segmentation model with weights on the validation split
+    default = DEFAULT_MODELS["segmentation"]
+    assert [n for n, r in rows.items() if r["default"] and r["task"] == "segmentation"] == [default]
+    scored = [r["validation_mean_dice"] for r in rows.values()
+              if r["task"] == "segmentation" and r["weights"] == "verified"]
+    assert rows[default]["weights"] == "verified" and rows[default]["validation_mean_dice"] == max(scored)
     assert main(["models"]) == 0
-    assert "unet2d *" in capsys.readouterr().out
+    assert f"{default} *" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "2d", "nan", "empty_dir"])

@@ -27,6 +27,8 @@ from vtkmodules.vtkCommonTransforms import vtkTransform
 
 from medsegrwkv.io import read_study, sample_data_dir
 from medsegrwkv.preprocess import roi_from_ras_box
+from medsegrwkv.nets.complexity import count_parameters
+from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MedSegRWKV"
@@ -322,18 +324,20 @@ def test_quality_rows_and_colours() -> None:
 def test_model_choices_from_the_workers_model_list() -> None:
     from medsegrwkv.engine.ops import Operations
 
+    default = DEFAULT_MODELS["segmentation"]
     models = Operations().models({"task": "segmentation"}, lambda f, m: None, lambda: False)["models"]
     for row in models:
-        if row["name"] == "unet2d":
+        if row["name"] == default:
             row["measured_seconds_per_slice"] = {"cpu": 0.0412}
     choices = panel.model_choices(models)
-    assert choices[0].value == "unet2d" and choices[0].text == "unet2d (default)" and choices[0].enabled
-    assert "1.63 M parameters" in choices[0].tooltip and "Weights: verified" in choices[0].tooltip
+    assert choices[0].value == default and choices[0].text == f"{default} (default)" and choices[0].enabled
+    params = count_parameters(create_model(default))
+    assert f"{params / 1e6:.2f} M parameters" in choices[0].tooltip and "Weights: verified" in choices[0].tooltip
     assert "Validation mean Dice" in choices[0].tooltip and "0.041 s per slice on cpu" in choices[0].tooltip
     missing = [c for c in choices if not c.enabled]
     assert missing and all(c.text.endswith(" — no weights") for c in missing)
     assert panel.pick_choice(choices, missing[0].value) == 0  # a model without weights is never selected
-    assert panel.pick_choice(choices, "unet2d") == 0
+    assert panel.pick_choice(choices, default) == 0
     assert panel.pick_choice([panel.Choice("x", "x", False)], None) is None
 
 
@@ -356,7 +360,7 @@ def test_phase_and_about_texts() -> None:
     info = Operations().info({}, lambda f, m: None, lambda: False)
     text = panel.about_text(info, "2.14.1", "0.1.0")
     assert f"Worker PyTorch {info['torch']}" in text and f"pid {info['pid']}" in text
-    assert ("no CUDA GPU" in text) != bool(info["gpus"]) and "segmentation: unet2d" in text
+    assert ("no CUDA GPU" in text) != bool(info["gpus"]) and f"segmentation: {DEFAULT_MODELS['segmentation']}" in text
     assert panel.about_text(None, None, None, "Install PyTorch.").splitlines() == [
         "PyTorch in Slicer's Python: not installed", "medsegrwkv backend package: not installed", "Install PyTorch."]
 

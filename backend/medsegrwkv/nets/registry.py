@@ -33,7 +33,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 # The model each task uses when none is named: the best on the fixed ACDC validation split
 # among those with installed weights (see docs/ and the model cards).
-DEFAULT_MODELS = {"segmentation": "unet2d", "grading": "grader_regnetx_002", "refinement": "unet2d-refine"}
+DEFAULT_MODELS = {"segmentation": "medsegrwkv-t", "grading": "grader_regnetx_002", "refinement": "unet2d-refine"}
 
 
 def register_model(
