@@ -21,6 +21,19 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Tables of `medsegrwkv compare` rows (this model beside others on the same validation split),
+    stored in the manifest as [{"title": ..., "rows": [...]}], so the card shows the evidence for it."""
+    from medsegrwkv.benchmark.compare import render_table
+
+    if not comparisons:
+        return []
+    lines = ["## Compared with other models on the same validation split", ""]
+    for comparison in comparisons:
+        lines += [comparison["title"], "", render_table(comparison["rows"])]
+    return lines
+
+
 def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
     t = manifest.get("training", {})
     v = manifest.get("metrics", {}).get("validation", {})
@@ -62,6 +75,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
          "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
         "",
+        *_comparison_lines(manifest.get("comparisons", [])),
         "## Limitations",
         "- ACDC comes from one centre (Dijon, 1.5 T and 3 T Siemens); other vendors and sequences may do worse.",
         "- The shared ACDC copy has nominal spacing (1.5625 x 1.5625 x 10 mm), so HD95 in mm and volumes are "
