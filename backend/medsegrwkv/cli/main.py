@@ -113,13 +113,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<22}{'task':<14}{'dims':>4}{'params':>10}{'GFLOPs':>9}  {'weights':<18}{'val Dice':>9}  description")
+    width = max(len(r["name"]) for r in rows) + 3  # room for the default's " *"
+    print(f"{'model':<{width}}{'task':<14}{'dims':>4}{'params':>10}{'GFLOPs':>9}  {'weights':<18}{'val Dice':>9}  "
+          "description")
     for r in rows:
         dice = f"{r['validation_mean_dice']:.4f}" if r["validation_mean_dice"] is not None else "-"
         if r["validation_kappa_linear"] is not None:
             dice = f"k {r['validation_kappa_linear']:.3f}"
         name = r["name"] + (" *" if r["default"] else "")
-        print(f"{name:<22}{r['task']:<14}{r['spatial_dims']:>3}D{r['params'] / 1e6:>9.2f}M{r['gflops']:>9.2f}  "
+        print(f"{name:<{width}}{r['task']:<14}{r['spatial_dims']:>3}D{r['params'] / 1e6:>9.2f}M{r['gflops']:>9.2f}  "
               f"{r['weights']:<18}{dice:>9}  {r['description']}")
     print("* default for its task; GFLOPs per 256x256 slice (2D; graders: per 224x224 slice) or per "
           "sliding-window crop (3D); graders show 'k': linear-weighted kappa on simulated motion")
