@@ -55,7 +55,7 @@ def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any
         rows.append({
             "folder": str(folder), "name": manifest["name"], "config": describe_config(manifest),
             "params": count_parameters(model),
-            "gflops": count_gflops(model, reference_input_shape(manifest["architecture"])),
+            "gflops": count_gflops(model, reference_input_shape(manifest["architecture"], manifest.get("config"))),
             "cpu_ms_per_slice": ms / STUDY[0], "threads": torch.get_num_threads(),
             "epochs": run.get("epochs", training.get("epochs_completed")), "best_epoch": validation.get("epoch"),
             "crop": training.get("crop"), "batch_size": training.get("batch_size"), "lr": training.get("lr"),

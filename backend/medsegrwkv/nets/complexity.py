@@ -15,12 +15,14 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def reference_input_shape(name: str) -> tuple[int, ...]:
-    """One 256x256 slice for 2D models (a grader's own input size), one sliding-window crop for 3D models."""
+def reference_input_shape(name: str, config: dict[str, Any] | None = None) -> tuple[int, ...]:
+    """One 256x256 slice for 2D models (a grader's own input size), one sliding-window crop for 3D
+    models; `config` (a manifest's) may change the input channels or a grader's size."""
     spec = get_spec(name)
-    channels = spec.defaults.get("in_channels", 1)
+    entries = {**spec.defaults, **(config or {})}
+    channels = entries.get("in_channels", 1)
     if spec.task == "grading":  # graders see one fixed-size slice (medsegrwkv.grading.dataset)
-        return (1, channels, spec.defaults["input_size"], spec.defaults["input_size"])
+        return (1, channels, entries["input_size"], entries["input_size"])
     if spec.spatial_dims == 3 and spec.roi_size:
         return (1, channels, *spec.roi_size)
     return (1, channels, 256, 256) if spec.spatial_dims == 2 else (1, channels, 16, 160, 160)
@@ -54,5 +56,5 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
 def complexity(name: str, config: dict[str, Any] | None = None) -> dict[str, float | int | list[int]]:
     """Size of `name` built with `config` (a manifest's config: the overrides it was trained with)."""
     model = create_model(name, **(config or {}))
-    shape = reference_input_shape(name)
+    shape = reference_input_shape(name, config)
     return {"params": count_parameters(model), "gflops": count_gflops(model, shape), "flops_input": list(shape)}

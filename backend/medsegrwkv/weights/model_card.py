@@ -24,10 +24,10 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
 def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """Tables of `medsegrwkv compare` rows (this model beside others on the same validation split),
     stored in the manifest as [{"title": ..., "rows": [...]}], so the card shows the evidence for it."""
-    from medsegrwkv.benchmark.compare import render_table
-
     if not comparisons:
         return []
+    from medsegrwkv.benchmark.compare import render_table
+
     lines = ["## Compared with other models on the same validation split", ""]
     for comparison in comparisons:
         lines += [comparison["title"], "", render_table(comparison["rows"])]
