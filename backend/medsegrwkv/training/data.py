@@ -1,8 +1,11 @@
 """Training samples: ACDC frames prepared exactly as inference prepares them, then augmented.
 
-2D models train on slices, 3D models on crops of the stack. Augmentation covers the dihedral
-orientations that real studies come in (flips, 90-degree rotations), small rotations and scaling,
-and MRI intensity variation (scale, shift, gamma, bias field, noise, blur).
+2D models train on slices, 3D models on crops of the stack. Augmentation covers what real studies
+from other sites and vendors vary in: the dihedral orientations they come in (flips, 90-degree
+rotations), rotation, heart size (scaling by 0.7-1.3: children to dilated hearts), acquired
+resolution (down- then up-sampling, as a 2.6 mm acquisition looks after resampling to the
+network's 1.5625 mm), and contrast (intensity scale and shift, gamma 0.6-1.8, a non-linear
+histogram shift, bias field, Rician noise, blur and Gibbs ringing).
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import SimpleITK as sitk
 from monai.data import Dataset
 from monai.transforms import (
     Compose, RandAdjustContrastd, RandAffined, RandBiasFieldd, RandCropByPosNegLabeld, RandFlipd,
-    RandGaussianNoised, RandGaussianSmoothd, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
-    SpatialPadd,
+    RandGaussianSmoothd, RandGibbsNoised, RandHistogramShiftd, RandRicianNoised, RandRotate90d,
+    RandScaleIntensityd, RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd,
 )
 from tqdm import tqdm
 
@@ -38,22 +41,27 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
 
 def augmentation(spatial_dims: int, crop: tuple[int, ...]) -> Compose:
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
-    rotate = (np.pi / 12,) if spatial_dims == 2 else (np.pi / 12, 0.0, 0.0)  # 3D: about the slice axis
-    scale = (0.15, 0.15) if spatial_dims == 2 else (0.0, 0.15, 0.15)
+    rotate = (np.pi / 6,) if spatial_dims == 2 else (np.pi / 6, 0.0, 0.0)  # 3D: about the slice axis
+    scale = (0.3, 0.3) if spatial_dims == 2 else (0.0, 0.3, 0.3)
     return Compose([
         SpatialPadd(KEYS, spatial_size=crop),
         RandCropByPosNegLabeld(KEYS, label_key="label", spatial_size=crop, pos=2, neg=1, num_samples=1),
         RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[0]),
         RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[1]),
         RandRotate90d(KEYS, prob=0.75, max_k=3, spatial_axes=inplane),
-        RandAffined(KEYS, prob=0.5, rotate_range=rotate, scale_range=scale, mode=("bilinear", "nearest"),
+        RandAffined(KEYS, prob=0.6, rotate_range=rotate, scale_range=scale, mode=("bilinear", "nearest"),
                     padding_mode="zeros"),
-        RandBiasFieldd("image", prob=0.2, coeff_range=(0.0, 0.2)),
-        RandScaleIntensityd("image", factors=0.15, prob=0.5),
+        RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
+                                   upsample_mode="bilinear" if spatial_dims == 2 else "trilinear"),
+        # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
+        RandBiasFieldd("image", prob=0.3, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
+        RandScaleIntensityd("image", factors=0.2, prob=0.5),
         RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+        RandAdjustContrastd("image", prob=0.4, gamma=(0.6, 1.8)),
+        RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2),
         RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-        RandGaussianNoised("image", prob=0.2, std=0.03),
+        RandRicianNoised("image", prob=0.2, std=0.04, relative=False),
+        RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6)),
     ])
 
 

@@ -13,14 +13,19 @@ from medsegrwkv.training.metrics import STRUCTURES, structure_metrics, summarize
 
 
 def evaluate_cases(segmenter: Segmenter, cases: Iterable[Case], tta: bool = False, show_progress: bool = True,
-                   on_case: Callable[[int, int], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Per-volume rows (case, group, <structure>_dice, <structure>_hd95) and the summary."""
+                   on_case: Callable[[int, int], None] | None = None,
+                   on_prediction: Callable[[Case, sitk.Image, sitk.Image, sitk.Image], None] | None = None,
+                   ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per-volume rows (case, group, <structure>_dice, <structure>_hd95) and the summary.
+    `on_prediction(case, image, reference, prediction)` sees each volume, e.g. for a per-case report."""
     cases = list(cases)
     rows, metrics = [], []
     for i, case in enumerate(tqdm(cases, desc="evaluate", unit="vol", disable=not show_progress)):
         image = sitk.ReadImage(str(case.image), sitk.sitkFloat32)
         reference = sitk.ReadImage(str(case.label))
         pred = segmenter.segment(image, tta=tta)
+        if on_prediction:
+            on_prediction(case, image, reference, pred)
         m = structure_metrics(sitk.GetArrayViewFromImage(pred), sitk.GetArrayViewFromImage(reference),
                               tuple(reversed(reference.GetSpacing())))
         metrics.append(m)

@@ -7,6 +7,7 @@ undefined (NaN, left out of means). Summaries average over volumes with NaNs ign
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -33,8 +34,10 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[floa
             out[name] = {"dice": 0.0, "hd95": math.nan}
         else:
             dice = float(compute_dice(p, r, include_background=True)[0, 0])
-            hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95,
-                                                    spacing=[float(s) for s in spacing_zyx])[0, 0])
+            with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal argument on every call
+                warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+                hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95,
+                                                        spacing=[float(s) for s in spacing_zyx])[0, 0])
             out[name] = {"dice": dice, "hd95": hd95}
     return out
 
