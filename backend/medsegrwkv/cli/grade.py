@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsegrwkv.errors import MedSegError
 from medsegrwkv.io.text import write_text_atomic
 
 
@@ -93,11 +92,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         write_text_atomic(csv_path, csv_text(report))
         written.append(csv_path)
     if png_path and picture is not None:
-        try:
-            save_png_atomic(picture, png_path)
-        except OSError as exc:
-            raise MedSegError(f"Cannot write {png_path}: {(exc.strerror or str(exc)).lower()}.",
-                              code="output_not_writable") from exc
+        save_png_atomic(picture, png_path)
         written.append(png_path)
     print_table(report)
     for path in written:

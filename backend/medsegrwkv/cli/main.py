@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,10 +24,16 @@ def _check_output(path: Path, suffixes: Sequence[str]) -> None:
     if not any(path.name.endswith(s) for s in suffixes):
         raise MedSegError(f"The output {path} must end in one of: {', '.join(suffixes)}.", code="bad_output")
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise MedSegError(f"Cannot write {path}: it is a folder.", code="output_not_writable")
     if not parent.is_dir():
         raise MedSegError(f"Cannot write {path}: the folder {parent} does not exist.", code="output_not_writable")
-    if not os.access(parent, os.W_OK):
-        raise MedSegError(f"Cannot write {path}: the folder {parent} is not writable.", code="output_not_writable")
+    try:  # a real file, not os.access: root passes access checks, a read-only file system does not
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise MedSegError(f"Cannot write {path}: the folder {parent} is not writable "
+                          f"({(exc.strerror or str(exc)).lower()}).", code="output_not_writable") from exc
 
 
 def _progress_bar(total: float, desc: str):  # -> tqdm
@@ -48,6 +55,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     _check_output(output, SUPPORTED_SUFFIXES)
+    if args.roi and args.roi_ras:
+        raise MedSegError("Give the ROI either as voxels (--roi) or in RAS mm (--roi-ras), not both.", code="bad_roi")
     roi = parse_voxel_roi(args.roi) if args.roi else None
     study = read_study(args.input, series=args.series)
     phases = select_phases(study, args.phase)
@@ -423,8 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALUE_OPTIONS = ("--roi", "--roi-ras")  # their values may start with a minus sign
+
+
+def _attach_values(argv: Sequence[str]) -> list[str]:
+    """`--roi-ras -10,5,...` as `--roi-ras=-10,5,...`: argparse takes a value that starts with '-'
+    (and is not one plain negative number) for an option and would say the value is missing."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in VALUE_OPTIONS and arg.startswith("-") and arg[1:2] in set("0123456789."):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

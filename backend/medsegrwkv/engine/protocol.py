@@ -112,6 +112,10 @@ def parse_request(line: str) -> Request:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ProtocolError(BAD_REQUEST, f"The request is not valid JSON ({exc.msg} at column {exc.colno}).") from exc
+    except RecursionError as exc:  # a few KB of "[[[[..." exhaust the parser's stack
+        raise ProtocolError(BAD_REQUEST, "The request nests arrays or objects too deeply to be read.") from exc
+    except ValueError as exc:  # an integer with more digits than Python converts (sys.get_int_max_str_digits)
+        raise ProtocolError(BAD_REQUEST, "The request holds a number with too many digits to be read.") from exc
     if not isinstance(data, dict):
         raise ProtocolError(BAD_REQUEST, "A request must be a JSON object with an 'id' and an 'op'.")
     request_id = data.get("id")

@@ -158,7 +158,14 @@ class Engine:
             except UnicodeDecodeError:
                 self.send(error_message(None, BAD_REQUEST, "The request is not valid UTF-8 text."))
                 continue
-            if not self.handle_line(line):
+            try:
+                keep_going = self.handle_line(line)
+            except Exception as exc:  # a bug in reading one line must not end the worker
+                log.error("reading a request failed:\n%s", traceback.format_exc())
+                self.send(error_message(None, INTERNAL, f"Internal error while reading a request "
+                                        f"({type(exc).__name__}); the worker log has the details."))
+                continue
+            if not keep_going:
                 return
         log.info("stdin closed: shutting down")
         self._stop()

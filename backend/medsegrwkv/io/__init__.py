@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import MedSegError
 from .contours import Contour, PhaseReference, read_sunnybrook_contours, sunnybrook_reference
+from .itk_messages import route_itk_messages
 from .volumes import (
     SUPPORTED_SUFFIXES,
     Study,
@@ -15,6 +16,8 @@ from .volumes import (
     write_image_atomic,
     write_labelmap,
 )
+
+route_itk_messages()
 
 SAMPLE_CASE = "SCD0000101"  # the bundled demo case: SAMPLE_CASE/dicom and SAMPLE_CASE/contours
 

@@ -8,6 +8,7 @@ own volume by SimpleITK (whose geometry then is the DICOM geometry).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 _TAGS = [
     "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Rows", "Columns",
     "ImagePositionPatient", "ImageOrientationPatient", "TriggerTime", "InstanceNumber",
-    "NumberOfFrames",
+    "NumberOfFrames", "SOPInstanceUID",
 ]
 POSITION_TOLERANCE_MM = 0.01  # files closer than this along the normal share a slice position
 
@@ -43,6 +44,7 @@ class _Header:
     trigger_time: float | None
     instance_number: int
     frames: int
+    sop_uid: str
 
 
 class DicomCine(NamedTuple):
@@ -89,6 +91,7 @@ def read_header(path: Path) -> _Header | None:
                 trigger_time=_number(ds.get("TriggerTime")),
                 instance_number=int(_number(ds.get("InstanceNumber"), 0.0) or 0),
                 frames=int(_number(ds.get("NumberOfFrames"), 1.0) or 1),
+                sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
             )
     except Exception:
         return None
@@ -141,6 +144,44 @@ def _group_positions(headers: list[_Header], normal: np.ndarray) -> list[list[_H
     return groups
 
 
+def _pixel_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(pydicom.dcmread(path).PixelData).hexdigest()
+    except Exception:  # unreadable pixels: never the same as another file's
+        return f"unreadable {path}"
+
+
+def _drop_duplicates(headers: list[_Header], what: str) -> list[_Header]:
+    """One file per image: a folder exported twice (or merged from two exports) holds each image
+    twice, which would double the phases. A file is a duplicate when an earlier one has its
+    SOPInstanceUID, or its position, trigger time and pixels (pixels are read only for files that
+    share a position and trigger time)."""
+    kept: list[_Header] = []
+    uids: set[str] = set()
+    places: dict[tuple, list[Path]] = {}
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = _pixel_digest(path)
+        return digests[path]
+
+    dropped: list[Path] = []
+    for h in sorted(headers, key=lambda h: str(h.path)):
+        place = places.setdefault((tuple(np.round(h.position / POSITION_TOLERANCE_MM)),  # type: ignore[operator]
+                                   h.trigger_time), [])
+        if (h.sop_uid and h.sop_uid in uids) or any(digest(other) == digest(h.path) for other in place):
+            dropped.append(h.path)
+            continue
+        uids.add(h.sop_uid)
+        place.append(h.path)
+        kept.append(h)
+    if dropped:
+        log.warning("%s: ignored %d duplicate file(s) (the same image stored twice), e.g. %s.",
+                    what, len(dropped), dropped[0])
+    return kept
+
+
 def _read_phase(paths: list[Path], spacing_z: float, what: str) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")  # applies RescaleSlope/Intercept
@@ -189,6 +230,7 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
             f"The DICOM file {unplaced.path} has no image position or orientation, so the slices "
             f"of the {what} cannot be placed in space."
         )
+    headers = _drop_duplicates(headers, what)
     orientation = headers[0].orientation
     if any(not np.allclose(h.orientation, orientation, atol=1e-3) for h in headers):
         raise MedSegError(f"The {what} mixes image orientations; a short-axis stack has one orientation.")

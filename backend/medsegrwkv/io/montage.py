@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
+from medsegrwkv.io.atomic import IncompleteWrite, write_atomic
 from medsegrwkv.preprocess.intensity import normalize_intensity
 
 
@@ -38,7 +39,10 @@ def overlay_rows(images: Sequence[sitk.Image], labelmaps: Sequence[sitk.Image], 
 
 
 def save_png_atomic(picture: Image.Image, path: str | Path) -> None:
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    picture.save(tmp, format="PNG")
-    tmp.replace(out)
+    """Save as PNG, decoded again and compared before the rename (medsegrwkv.io.atomic)."""
+    def verify(tmp: Path) -> None:
+        with Image.open(tmp) as back:
+            if back.size != picture.size or back.convert(picture.mode).tobytes() != picture.tobytes():
+                raise IncompleteWrite(f"{tmp} does not hold the picture that was written")
+
+    write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"), verify)

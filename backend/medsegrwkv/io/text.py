@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.io.atomic import write_bytes_atomic
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False, newline="") as f:
-            f.write(text)
-        os.replace(f.name, path)
-    except OSError as exc:
-        raise MedSegError(f"Cannot write {path}: {(exc.strerror or str(exc)).lower()}.",
-                          code="output_not_writable") from exc
+    """UTF-8 text to `path`, verified before the rename (medsegrwkv.io.atomic)."""
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -7,9 +7,7 @@ can cause becomes a MedSegError, and a failed write leaves nothing behind.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import MedSegError
+from .atomic import IncompleteWrite, write_atomic, write_error
 from .dicom import is_dicom_file, read_dicom_folder
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -26,6 +25,8 @@ _FORMATS = {
     ".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage"
 }
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+# nibabel prints the header repairs it makes (e.g. a 0 voxel size set to 1); _nifti_problem says what matters.
+nib.imageglobals.logger.setLevel(logging.ERROR)
 
 
 @dataclass
@@ -77,11 +78,19 @@ def _split_4d(image: sitk.Image, source: Path) -> list[sitk.Image]:
 
 def _nifti_problem(path: Path) -> str | None:
     """What ITK's NIfTI reader hides: it zero-fills a truncated file and reads NaN voxels as 0.
-    nibabel reads the raw data again, so both are caught before they reach the network."""
+    nibabel reads the raw data again, so both are caught before they reach the network.
+    ITK also reads a voxel size of 0 (or a non-finite one) as 1 mm, which would make every volume
+    wrong, so such a header is refused."""
     try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
+        nifti = nib.load(str(path))
+        data = np.asanyarray(nifti.dataobj)
+        with nib.openers.ImageOpener(str(path)) as raw:  # nib.load already replaced a 0 voxel size by 1
+            header = type(nifti.header).from_fileobj(raw, check=False)
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError):
         return "the file is truncated or damaged"
+    pixdim = np.asarray(header["pixdim"][1:1 + min(3, data.ndim)], dtype=float)
+    if not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
+        return f"its header gives the voxel size {tuple(float(v) for v in pixdim)} mm, which cannot be right"
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
@@ -101,13 +110,13 @@ def _read_file(path: Path) -> Study:
             "MetaImage (.mha, .mhd) or a DICOM folder."
         )
     fmt = _FORMATS[suffix]
+    problem = _nifti_problem(path) if fmt == "NIfTI" else None  # first: ITK's C library prints what it fixes
+    if problem:
+        raise MedSegError(f"Cannot read {path}: {problem}.")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise MedSegError(f"Cannot read {path}: it is damaged, truncated or not a valid {fmt} file.") from exc
-    problem = _nifti_problem(path) if fmt == "NIfTI" else None
-    if problem:
-        raise MedSegError(f"Cannot read {path}: {problem}.")
     _check_voxels(image, path)
     size = "x".join(str(n) for n in image.GetSize()[:3])
     dim = image.GetDimension()
@@ -148,41 +157,29 @@ def select_phases(study: Study, phase: int | None) -> list[int]:
     return [phase]
 
 
-def _write_error(path: Path, reason: str) -> MedSegError:
-    return MedSegError(f"Cannot write {path}: {reason}.", code="output_not_writable")
-
-
 def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
     """Write `image` so that `path` is either the complete new file or untouched.
 
     SimpleITK picks the writer by suffix and .mhd/.nhdr write a separate data file named in the
-    header, so the image is written under its final name into a temporary folder beside `path`
-    (same file system), then moved into place with os.replace, header last.
+    header, so the image is written under its final name into a temporary folder beside `path`;
+    it is read back (NIfTI also through nibabel, which notices a short file that ITK zero-fills)
+    and compared voxel for voxel before it is moved into place (medsegrwkv.io.atomic).
     """
     path = Path(path).expanduser()
-    if path.is_dir():
-        raise _write_error(path, "it is a folder")
-    if volume_suffix(path) is None:
-        raise _write_error(path, f"the name must end in one of {', '.join(SUPPORTED_SUFFIXES)}")
-    if not path.parent.is_dir():
-        raise _write_error(path, f"the folder {path.parent} does not exist")
-    try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as exc:
-        raise _write_error(path, (exc.strerror or str(exc)).lower()) from exc
-    try:
-        tmp = tmp_dir / path.name
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as exc:
-            reason = "the image writer failed (disk full, or a pixel type this format cannot store)"
-            raise _write_error(path, reason) from exc
-        for written in sorted(tmp_dir.iterdir(), key=lambda f: f.name == path.name):
-            os.replace(written, path.parent / written.name)
-    except OSError as exc:
-        raise _write_error(path, (exc.strerror or str(exc)).lower()) from exc
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    if volume_suffix(path) is None and not path.is_dir():
+        raise write_error(path, f"the name must end in one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+    def verify(tmp: Path) -> None:
+        problem = _nifti_problem(tmp) if _FORMATS[volume_suffix(tmp) or ""] == "NIfTI" else None
+        if problem:
+            raise IncompleteWrite(problem)
+        back = sitk.ReadImage(str(tmp))
+        if back.GetSize() != image.GetSize() or not np.array_equal(sitk.GetArrayViewFromImage(back),
+                                                                   sitk.GetArrayViewFromImage(image)):
+            raise IncompleteWrite(f"{tmp} does not hold the image that was written")
+
+    write_atomic(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True), verify,
+                 writer_failed="the image writer failed (disk full, or a pixel type this format cannot store)")
 
 
 def write_labelmap(phase_labels: list[sitk.Image], path: str | Path) -> None:

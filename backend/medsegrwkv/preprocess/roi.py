@@ -48,8 +48,13 @@ def parse_voxel_roi(text: str) -> Roi:
 def roi_from_ras_box(image: sitk.Image, ras_min: tuple[float, float, float],
                      ras_max: tuple[float, float, float]) -> Roi:
     """The voxel box covering a box given in RAS millimetres (as Slicer's markups ROI gives it)."""
+    if not np.isfinite([*ras_min, *ras_max]).all():
+        raise MedSegError(f"The RAS ROI {(*ras_min, *ras_max)} holds a value that is not a finite number.",
+                          code="bad_roi")
     corners = itertools.product(*zip(ras_min, ras_max))
     indices = np.array([image.TransformPhysicalPointToContinuousIndex((-r, -a, s)) for r, a, s in corners])
+    if not np.isfinite(indices).all():
+        raise MedSegError(f"The RAS ROI {(*ras_min, *ras_max)} lies outside the image.", code="bad_roi")
     start = tuple(int(math.floor(v + 0.5)) for v in indices.min(axis=0))
     stop = tuple(int(math.floor(v + 0.5)) + 1 for v in indices.max(axis=0))
     return Roi(start, stop).clipped(image.GetSize())  # type: ignore[arg-type]

@@ -73,11 +73,13 @@ class RunFolder:
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              state: dict[str, Any], record: dict[str, Any]) -> None:
-        """Checkpoint (atomically) and append the epoch's record to history.jsonl."""
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, tmp)
-        tmp.replace(self.checkpoint)
+        """Checkpoint (atomically, loaded back before the rename) and append the epoch's record to history.jsonl."""
+        from medsegrwkv.io.atomic import write_atomic
+
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "state": json.dumps(state)}
+        write_atomic(self.checkpoint, lambda tmp: torch.save(checkpoint, tmp),
+                     lambda tmp: torch.load(tmp, map_location="cpu", weights_only=True))
         with open(self.folder / "history.jsonl", "a") as history:
             history.write(json.dumps(record) + "\n")
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medsegrwkv.errors import MedSegError
+from medsegrwkv.io.atomic import IncompleteWrite, write_atomic
 from medsegrwkv.nets.registry import create_model, get_spec
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -56,9 +57,13 @@ def load_manifest(name_or_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MedSegError(f"The weights manifest {path} cannot be read ({exc}).", code="bad_weights") from exc
+    if not isinstance(manifest, dict):
+        raise MedSegError(f"The weights manifest {path} must be a JSON object, not a {type(manifest).__name__}.",
+                          code="bad_weights")
+    return manifest
 
 
 def weights_status(name_or_dir: str | Path) -> WeightsStatus:
@@ -75,12 +80,16 @@ def save_weights(model: nn.Module, manifest: dict[str, Any], out_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    with tempfile.NamedTemporaryFile(dir=out, suffix=".safetensors.tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    save_file(state, str(tmp_path))
-    manifest = {**manifest, "sha256": sha256_file(tmp_path), "dtype": "float16" if fp16 else "float32"}
-    os.replace(tmp_path, out / TENSORS)
-    save_manifest(out, manifest)
+    digest: list[str] = []
+
+    def verify(tmp: Path) -> None:
+        back = load_file(str(tmp))
+        if back.keys() != state.keys() or any(not torch.equal(back[k], v) for k, v in state.items()):
+            raise IncompleteWrite(f"{tmp} does not hold the tensors that were written")
+        digest.append(sha256_file(tmp))
+
+    write_atomic(out / TENSORS, lambda tmp: save_file(state, str(tmp)), verify)
+    save_manifest(out, {**manifest, "sha256": digest[0], "dtype": "float16" if fp16 else "float32"})
     return out
 
 
@@ -103,11 +112,51 @@ def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> t
     if sha256_file(folder / TENSORS) != manifest.get("sha256"):
         raise MedSegError(f"The weights in {folder / TENSORS} do not match the checksum in their manifest; "
                           "the file is corrupt or was altered.", code="checksum_mismatch")
-    model = create_model(manifest["architecture"], **manifest.get("config", {}))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / TENSORS)).items()}
+    check_manifest(manifest, folder)
+    try:
+        model = create_model(manifest["architecture"], **manifest.get("config", {}))
+    except (TypeError, ValueError, KeyError, ArithmeticError, AssertionError, RuntimeError) as exc:
+        raise MedSegError(f"The manifest in {folder} has a config that architecture '{manifest['architecture']}' "
+                          f"cannot be built with ({exc}).", code="bad_weights") from exc
+    try:
+        tensors = load_file(str(folder / TENSORS))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MedSegError(f"The weights file {folder / TENSORS} is damaged and cannot be read ({exc}).",
+                          code="bad_weights") from exc
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in tensors.values()):
+        raise MedSegError(f"The weights file {folder / TENSORS} holds NaN or infinite values.", code="bad_weights")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise MedSegError(f"The weights in {folder} do not fit architecture '{manifest['architecture']}'.",
                           code="bad_weights") from exc
     return model.to(device).eval(), manifest
+
+
+def _numbers(value: Any, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def check_manifest(manifest: dict[str, Any], folder: Path) -> None:
+    """What the loader and the preprocessing rely on, so that a hand-edited manifest is one sentence,
+    not a traceback deep inside resampling (a zero spacing divides by zero there)."""
+    def bad(what: str) -> MedSegError:
+        return MedSegError(f"The weights manifest in {folder} is invalid: {what}.", code="bad_weights")
+
+    if not isinstance(manifest.get("architecture"), str):
+        raise bad("'architecture' must name a registered model")
+    get_spec(manifest["architecture"])
+    if not isinstance(manifest.get("config", {}), dict):
+        raise bad("'config' must be an object")
+    prep = manifest.get("preprocessing", {})
+    if not isinstance(prep, dict):
+        raise bad("'preprocessing' must be an object")
+    if "spacing_xy_mm" in prep and not (_numbers(prep["spacing_xy_mm"], 2) and min(prep["spacing_xy_mm"]) > 0):
+        raise bad("'preprocessing.spacing_xy_mm' must be two positive numbers")
+    if "percentiles" in prep and not (_numbers(prep["percentiles"], 2)
+                                      and 0 <= prep["percentiles"][0] < prep["percentiles"][1] <= 100):
+        raise bad("'preprocessing.percentiles' must be two numbers with 0 <= lower < upper <= 100")
+    if not isinstance(prep.get("grader_input", {}), dict):
+        raise bad("'preprocessing.grader_input' must be an object")
