@@ -437,3 +437,22 @@ def test_refine_with_a_cached_image(worker: Worker, study_files: Dict[str, Path]
     assert error({"label": "LV"})["code"] == "bad_request"
     _, multi = worker.call({"id": "load4d", "op": "load_image", "input": str(study_files["cine"])})
     assert multi["type"] == "error" and multi["code"] == "bad_phase"
+
+
+def test_one_phase_of_a_cine_is_reported_as_the_phase_the_client_names(worker: Worker, study_files: Dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """Slicer sends the displayed sequence item as a 3D file; `cine_phase` makes answers name that
+    phase instead of the file's only phase, 0."""
+    progress, final = worker.call({"id": "cine", **segment(study_files["phase0"], tmp_path / "p.nrrd", cine_phase=1)})
+    assert final["type"] == "result", final
+    assert final["result"]["phases"] == [1] and final["result"]["volumes_ml"][0]["phase"] == 1
+    assert progress and all(p["message"].startswith("phase 1") for p in progress if "slice" in p["message"])
+    _, loaded = worker.call({"id": "cine-load", "op": "load_image", "input": str(study_files["phase0"]),
+                             "cine_phase": 1})
+    assert loaded["type"] == "result" and loaded["result"]["phase"] == 1
+    if GRADER_READY:
+        _, graded = worker.call({"id": "cine-grade", "op": "grade", "input": str(study_files["phase0"]),
+                                 "device": "cpu", "cine_phase": 1})
+        assert graded["result"]["phases"] == [1] and {s["phase"] for s in graded["result"]["slices"]} == {1}
+    _, wrong = worker.call({"id": "cine-4d", **segment(study_files["cine"], tmp_path / "q.nrrd", cine_phase=1)})
+    assert wrong["type"] == "error" and wrong["code"] == "bad_phase" and not (tmp_path / "q.nrrd").exists()

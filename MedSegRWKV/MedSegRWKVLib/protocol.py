@@ -96,10 +96,13 @@ def _check_device(device: str) -> str:
 
 
 def segment_request(input_path: str, output_path: str, model: Optional[str] = None, device: str = "auto",
-                    tta: bool = False, roi: Optional[Sequence[int]] = None, phase: Optional[int] = None) -> Dict[str, Any]:
-    """Fields of a `segment` request; `roi` is a voxel box (i0, j0, k0, i1, j1, k1), stop exclusive."""
+                    tta: bool = False, roi: Optional[Sequence[int]] = None, phase: Optional[int] = None,
+                    cine_phase: Optional[int] = None) -> Dict[str, Any]:
+    """Fields of a `segment` request; `roi` is a voxel box (i0, j0, k0, i1, j1, k1), stop exclusive;
+    `cine_phase` is the sequence item a single-volume input was taken from, so answers name it."""
     fields: Dict[str, Any] = {"input": str(input_path), "output": str(output_path), "model": model,
-                              "device": _check_device(device), "tta": bool(tta), "phase": phase}
+                              "device": _check_device(device), "tta": bool(tta), "phase": phase,
+                              "cine_phase": cine_phase}
     if roi is not None:
         box: List[int] = [int(v) for v in roi]
         if len(box) != 6 or any(b <= a for a, b in zip(box[:3], box[3:])):
@@ -109,14 +112,15 @@ def segment_request(input_path: str, output_path: str, model: Optional[str] = No
 
 
 def grade_request(input_path: str, model: Optional[str] = None, device: str = "auto",
-                  phase: Optional[int] = None) -> Dict[str, Any]:
+                  phase: Optional[int] = None, cine_phase: Optional[int] = None) -> Dict[str, Any]:
     return {"op": "grade", "input": str(input_path), "model": model, "device": _check_device(device),
-            "phase": phase}
+            "phase": phase, "cine_phase": cine_phase}
 
 
-def load_image_request(input_path: str, phase: Optional[int] = None) -> Dict[str, Any]:
+def load_image_request(input_path: str, phase: Optional[int] = None,
+                       cine_phase: Optional[int] = None) -> Dict[str, Any]:
     """Cache one volume in the worker for click refinement (the answer carries its image_id)."""
-    return {"op": "load_image", "input": str(input_path), "phase": phase}
+    return {"op": "load_image", "input": str(input_path), "phase": phase, "cine_phase": cine_phase}
 
 
 def models_request(task: Optional[str] = None) -> Dict[str, Any]:

@@ -159,7 +159,9 @@ class Operations:
         import SimpleITK as sitk
 
         from medsegrwkv.inference.device import describe_device
+        from medsegrwkv.inference.plausibility import input_warnings, result_warnings
         from medsegrwkv.io import read_study, select_phases, volume_suffix, write_labelmap
+        from medsegrwkv.io.atomic import check_writable
         from medsegrwkv.nets.registry import DEFAULT_MODELS
         from medsegrwkv.preprocess import Roi, roi_from_ras_box
 
@@ -171,9 +173,11 @@ class Operations:
         if fields["roi"] is not None and fields["roi_ras"] is not None:
             raise MedSegError("Give the ROI either as voxels ('roi') or in RAS mm ('roi_ras'), not both.",
                               code="bad_roi")
+        check_writable(output)
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
         phases = select_phases(study, fields["phase"])
+        reported = _reported_phases(fields, phases)
         first = study.phases[phases[0]]
         roi = None
         if fields["roi"] is not None:
@@ -186,11 +190,11 @@ class Operations:
         segmenter = self._get("segmenter", name, fields["device"], progress)
         network_started = time.time()
         results = []
-        for n, p in enumerate(phases):
+        for n, (p, shown) in enumerate(zip(phases, reported)):
             _check_cancel(cancel)
 
-            def phase_progress(fraction: float, message: str, n: int = n, p: int = p) -> None:
-                progress((n + fraction) / len(phases), f"phase {p}: {message}")
+            def phase_progress(fraction: float, message: str, n: int = n, shown: int = shown) -> None:
+                progress((n + fraction) / len(phases), f"phase {shown}: {message}")
 
             results.append(segmenter.segment(study.phases[p], roi=roi, tta=fields["tta"],
                                              postprocessing=fields["postprocess"], progress=phase_progress,
@@ -202,20 +206,23 @@ class Operations:
         progress(1.0, "writing the labelmap")
         write_labelmap(results, output)
         volumes = []
-        for p, labels in zip(phases, results):
+        for p, labels in zip(reported, results):
             stats = sitk.LabelShapeStatisticsImageFilter()
             stats.Execute(labels)
             volumes.append({"phase": p, **{label["name"]: round(stats.GetPhysicalSize(label["value"]) / 1000.0, 2)
                                            if stats.HasLabel(label["value"]) else 0.0
                                            for label in segmenter.manifest["labels"]}})
+        warnings = input_warnings(first) + [warning for entry, labels in zip(volumes, results)
+                                            for warning in result_warnings(labels, entry["phase"])]
         return {
             "output": str(output),
             "model": segmenter.manifest["name"],
             "device": describe_device(segmenter.device),
-            "phases": phases,
+            "phases": reported,
             "roi": [*roi.start, *roi.stop] if roi is not None else None,
             "labels": segmenter.manifest["labels"],
             "volumes_ml": volumes,
+            "warnings": warnings,
             "seconds": round(time.time() - started, 3),
         }
 
@@ -229,7 +236,9 @@ class Operations:
 
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
-        first = study.phases[select_phases(study, fields["phase"])[0]]
+        phases = select_phases(study, fields["phase"])
+        reported = dict(zip(phases, _reported_phases(fields, phases)))
+        first = study.phases[phases[0]]
         grader = self._get("grader", fields["model"] or DEFAULT_MODELS["grading"], fields["device"], progress)
         report = grade_study(fields["input"], phase=fields["phase"], series=fields["series"],
                              lv_detection=fields["lv_detection"], grader=grader, progress=progress, cancel=cancel)
@@ -239,6 +248,9 @@ class Operations:
         count = first.GetSize()[axis]
         for record in report["slices"] + report["positions"]:
             record["index"] = count - 1 - record["slice"] if reversed_order else record["slice"]
+        for record in report["slices"]:
+            record["phase"] = reported[record["phase"]]
+        report["phases"] = [reported[p] for p in report["phases"]]
         report["index_axis"] = axis
         return report
 
@@ -262,7 +274,7 @@ class Operations:
         while len(self._images) > MAX_CACHED_IMAGES:
             self._images.popitem(last=False)
         size = prepared.image.GetSize()
-        return {"image_id": image_id, "size": list(size), "phase": phases[0],
+        return {"image_id": image_id, "size": list(size), "phase": _reported_phases(fields, phases)[0],
                 "slice_axis": _slice_axis(prepared.image), "cached_images": len(self._images)}
 
     def refine(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
@@ -312,6 +324,17 @@ def _layout(image: Any) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
     from medsegrwkv.preprocess.orientation import canonical_layout
 
     return canonical_layout(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing())
+
+
+def _reported_phases(fields: Json, phases: list[int]) -> list[int]:
+    """The phase numbers an answer reports: the input's own, or the client's `cine_phase` when it
+    sent one phase of its cine as a single volume (the file alone would make every phase 0)."""
+    if fields["cine_phase"] is None:
+        return phases
+    if len(phases) != 1 or fields["cine_phase"] < 0:
+        raise MedSegError(f"'cine_phase' must be a phase number (0 or more) for an input of one phase; "
+                          f"this request covers {len(phases)} phases.", code="bad_phase")
+    return [fields["cine_phase"]]
 
 
 def _slice_axis(image: Any) -> int:

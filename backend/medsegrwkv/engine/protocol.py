@@ -49,6 +49,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "postprocess": (_BOOL, False, True),
         "phase": (_OPT_INT, False, None),  # None: every phase (4D output when there are several)
         "series": (_OPT_STR, False, None),
+        "cine_phase": (_OPT_INT, False, None),  # the input is this phase of the client's cine: answers report it
         "roi": (_OPT_LIST, False, None),  # [i0, j0, k0, i1, j1, k1], start inclusive, stop exclusive
         "roi_ras": (_OPT_LIST, False, None),  # [r0, a0, s0, r1, a1, s1] in mm
     },
@@ -58,6 +59,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "device": (_STR, False, "auto"),
         "phase": (_OPT_INT, False, None),
         "series": (_OPT_STR, False, None),
+        "cine_phase": (_OPT_INT, False, None),  # the input is this phase of the client's cine: answers report it
         "lv_detection": (_BOOL, False, True),
     },
     # Click refinement: the image is sent once and cached by id; each click sends the points and mask.
@@ -65,6 +67,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "input": (_STR, True, None),  # one 3D volume (the displayed phase), as for segment
         "phase": (_OPT_INT, False, None),  # needed when the input holds several phases
         "series": (_OPT_STR, False, None),
+        "cine_phase": (_OPT_INT, False, None),  # the input is this phase of the client's cine: answers report it
     },
     "refine": {
         "image_id": (_STR, True, None),  # from load_image
