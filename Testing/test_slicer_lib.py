@@ -35,7 +35,7 @@ MODULE_DIR = REPO / "MedSegRWKV"
 sys.path.insert(0, str(MODULE_DIR))
 from MedSegRWKVLib import dependencies, geometry, panel, protocol, quality, terminology  # noqa: E402
 from MedSegRWKVLib.client import EngineClient  # noqa: E402
-from MedSegRWKVLib.ui_contract import WIDGETS  # noqa: E402
+from MedSegRWKVLib.ui_contract import PARAMETERS, WIDGETS  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -262,7 +262,7 @@ def test_terminology_strings_in_slicers_format() -> None:
     assert [(s.value, s.name, s.segment_id) for s in specs] == [
         (1, "RV cavity", "medsegrwkv_rv_cavity"), (2, "LV myocardium", "medsegrwkv_lv_myocardium"),
         (3, "LV cavity", "medsegrwkv_lv_cavity")]
-    context = "Segmentation category and type - DICOM master list"
+    context = "Segmentation category and type - MedSegRWKV cardiac structures"
     anatomy = "Anatomic codes - DICOM master list"
     structure = "SCT^123037004^Anatomical Structure"
     assert [s.terminology for s in specs] == [
@@ -280,6 +280,25 @@ def test_terminology_strings_in_slicers_format() -> None:
         terminology.segment_specs([label])
     with pytest.raises(ValueError, match="colour"):
         terminology.segment_specs([{**label, "category": label["type"], "color": [255, 0, 0]}])
+
+
+def test_the_shipped_terminology_list_holds_every_structure_of_every_manifest() -> None:
+    """Slicer's terminology selector finds a segment's entry only in the list its context names
+    (test_slicer_module.py checks that with Slicer's own logic); here: the module's list is that
+    context and holds the category and type of every label of every bundled manifest."""
+    from medsegrwkv.weights import load_manifest
+    from medsegrwkv.weights.store import MODELS_DIR
+
+    shipped = json.loads((MODULE_DIR / terminology.TERMINOLOGY_FILE).read_text(encoding="utf-8"))
+    assert shipped["SegmentationCategoryTypeContextName"] == terminology.CATEGORY_TYPE_CONTEXT
+    listed = {(c["CodingSchemeDesignator"], c["CodeValue"], t["CodingSchemeDesignator"], t["CodeValue"])
+              for c in shipped["SegmentationCodes"]["Category"] for t in c["Type"]}
+    manifests = [load_manifest(p.parent.name) for p in sorted(MODELS_DIR.glob("*/manifest.json"))]
+    labels = [label for m in manifests for label in m["labels"] if isinstance(label, dict)]
+    assert labels
+    for label in labels:
+        key = (label["category"]["scheme"], label["category"]["code"], label["type"]["scheme"], label["type"]["code"])
+        assert key in listed, (label["name"], key)
 
 
 # -- quality table ---------------------------------------------------------------------------------
@@ -485,13 +504,24 @@ def module_ui_uses() -> Dict[str, List[Tuple[str, str]]]:
 def test_every_widget_the_module_touches_is_in_the_ui_with_the_expected_class() -> None:
     declared, _ = ui_widgets()
     uses = module_ui_uses()
-    assert set(uses) == set(WIDGETS), "ui_contract.WIDGETS and MedSegRWKV.py disagree"
+    assert set(uses) | set(PARAMETERS) == set(WIDGETS), "ui_contract.WIDGETS and MedSegRWKV.py disagree"
     for name, cls in WIDGETS.items():
         assert declared.get(name) == cls, f"{name}: the .ui has {declared.get(name)}, the module expects {cls}"
-        for member, argument in uses[name]:
+        for member, argument in uses.get(name, []):
             assert member in KNOWN_API[cls], f"{name}.{member} is not part of the {cls} API"
             if member == "connect":
                 assert argument in KNOWN_SIGNALS[cls], f"{name} ({cls}) has no signal {argument}"
+
+
+def test_widgets_bound_to_the_parameter_node_name_its_fields() -> None:
+    _, root = ui_widgets()
+    bound = {w.get("name"): w.findtext("property[@name='SlicerParameterName']/string") for w in root.iter("widget")
+             if w.find("property[@name='SlicerParameterName']") is not None}
+    assert bound == PARAMETERS
+    tree = ast.parse((MODULE_DIR / "MedSegRWKV.py").read_text(encoding="utf-8"))
+    wrapper = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "MedSegRWKVParameterNode")
+    fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    assert set(PARAMETERS.values()) <= fields
 
 
 def test_ui_file_is_complete() -> None:
@@ -539,7 +569,7 @@ def test_cmake_lists_every_module_file_and_bundles_backend_and_sample(tmp_path: 
     assert run.returncode == 0, run.stdout + run.stderr
     listed = set((build / "listed.txt").read_text().split())
     expected = {str(p.relative_to(MODULE_DIR)) for p in module_sources()}
-    expected |= {"Resources/UI/MedSegRWKV.ui", "Resources/Icons/MedSegRWKV.png"}
+    expected |= {"Resources/UI/MedSegRWKV.ui", "Resources/Icons/MedSegRWKV.png", terminology.TERMINOLOGY_FILE}
     assert listed == expected and all((MODULE_DIR / f).is_file() for f in listed)
     assert (build / "unittests.txt").read_text().split() == ["MedSegRWKV.py"]
     module_dir = build / "lib" / "Slicer-5.8" / "qt-scripted-modules"

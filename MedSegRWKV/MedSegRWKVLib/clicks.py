@@ -6,8 +6,10 @@ added; the refine request then carries the points of that point's slice and the 
 current mask, read from the segmentation at that moment, so edits made in the Segment Editor
 between clicks are part of what the worker refines. Before a slice is overwritten with the
 worker's answer, its previous content is kept, so "undo" removes the last point and puts the
-slice back exactly as it was before that point. Masks are numpy arrays in (k, j, i) order, as
-slicer.util.arrayFromSegmentBinaryLabelmap gives them.
+slice back exactly as it was before that point. Voxels a point adds to the segment are taken
+from the segmentation's other segments, so segments stay mutually exclusive as Segment Editor
+keeps them by default (otherwise a voxel counts in two volumes); undo gives them back. Masks are
+numpy arrays in (k, j, i) order, as slicer.util.arrayFromSegmentBinaryLabelmap gives them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class ClickSession:
     index_axis: int  # the volume's slice axis, from load_image
     shape: Tuple[int, int, int]  # (k, j, i) of the volume
     points: List[Point] = field(default_factory=list)
-    _undo: List[List[Tuple[int, np.ndarray]]] = field(default_factory=list)  # per point: slices before it
+    # per point, per changed slice: (index, the segment's slice before, the other segments' slices before)
+    _undo: List[List[Tuple[int, np.ndarray, Dict[str, np.ndarray]]]] = field(default_factory=list)
 
     def add(self, ijk: Sequence[float], positive: bool) -> Point:
         size = tuple(reversed(self.shape))  # (i, j, k)
@@ -94,25 +97,36 @@ class ClickSession:
         return {"op": "refine", "image_id": self.image_id, "label": self.label, "points": on_slice,
                 "mask": encode_mask(mask)}
 
-    def apply(self, mask: np.ndarray, result: Dict[str, Any]) -> List[int]:
-        """Write the worker's slices into `mask` (in place), remembering what they replace; returns
-        the changed slice indices."""
+    def apply(self, mask: np.ndarray, result: Dict[str, Any],
+              others: Optional[Dict[str, np.ndarray]] = None) -> List[int]:
+        """Write the worker's slices into `mask` and clear them from `others` (segment ID -> mask
+        of every other segment), all in place, remembering what they replace; returns the changed
+        slice indices."""
         if result.get("index_axis") != self.index_axis:
             raise ValueError("The answer's slice axis does not match the session's volume.")
+        others = others or {}
         changed = []
         for item in result["slices"]:
             index = int(item["index"])
-            self._undo[-1].append((index, take_slice(mask, self.index_axis, index)))
-            put_slice(mask, self.index_axis, index, decode_mask(item))
+            refined = decode_mask(item)
+            before = {name: take_slice(other, self.index_axis, index) for name, other in others.items()}
+            self._undo[-1].append((index, take_slice(mask, self.index_axis, index), before))
+            put_slice(mask, self.index_axis, index, refined)
+            for name, other in others.items():
+                put_slice(other, self.index_axis, index, before[name] & ~refined)
             changed.append(index)
         return changed
 
-    def undo(self, mask: np.ndarray) -> Optional[Point]:
-        """Remove the last point and restore (in place) the slices its answer changed."""
+    def undo(self, mask: np.ndarray, others: Optional[Dict[str, np.ndarray]] = None) -> Optional[Point]:
+        """Remove the last point and restore (in place) the slices its answer changed, in `mask`
+        and in the other segments' masks."""
         if not self.points:
             return None
-        for index, before in reversed(self._undo.pop()):
+        for index, before, others_before in reversed(self._undo.pop()):
             put_slice(mask, self.index_axis, index, before)
+            for name, other in (others or {}).items():
+                if name in others_before:
+                    put_slice(other, self.index_axis, index, others_before[name])
         return self.points.pop()
 
     def accept(self) -> int:

@@ -4,8 +4,11 @@ The labels (value, name, colour, SNOMED CT category/type/region codes) come from
 manifest, which the worker returns with every segmentation. Slicer stores the terminology as a
 segment tag `TerminologyEntry` of seven `~`-separated parts: terminology context, category,
 type, type modifier, anatomic context, anatomic region, region modifier; each coded part is
-`scheme^code^meaning` (empty: `^^`). The codes are those of DICOM's master lists, which Slicer
-loads by default under the context names below.
+`scheme^code^meaning` (empty: `^^`). Slicer's terminology selector finds an entry only in a
+loaded list, and its default lists lack the myocardium (SCT 74281007), so the module ships its own
+category/type list (TERMINOLOGY_FILE, loaded with the Terminologies logic's
+LoadTerminologyFromFile, as other extensions do) holding every structure the manifests name; the
+anatomic region (the myocardium's left ventricle) comes from Slicer's default DICOM list.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 TERMINOLOGY_TAG = "TerminologyEntry"
-CATEGORY_TYPE_CONTEXT = "Segmentation category and type - DICOM master list"
+CATEGORY_TYPE_CONTEXT = "Segmentation category and type - MedSegRWKV cardiac structures"
+TERMINOLOGY_FILE = "Resources/Terminology/SegmentationCategoryType-MedSegRWKV.term.json"  # under the module folder
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 

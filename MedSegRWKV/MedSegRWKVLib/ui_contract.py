@@ -1,7 +1,9 @@
-"""The widgets MedSegRWKV.py reaches as `self.ui.<name>`, with the class whose API it uses.
+"""The widgets MedSegRWKV.py reaches as `self.ui.<name>` or through its parameter node, with the
+class whose API it uses.
 
 Testing/test_slicer_lib.py checks this both ways: every `self.ui.<name>` in the module is listed
-here, every entry is used, and Resources/UI/MedSegRWKV.ui declares each name with this class.
+here, every entry is used (or bound in PARAMETERS), and Resources/UI/MedSegRWKV.ui declares each
+name with this class and each bound widget with its SlicerParameterName.
 """
 
 from __future__ import annotations
@@ -39,4 +41,13 @@ WIDGETS: Dict[str, str] = {
     "aboutLabel": "QLabel",
     "installBackendButton": "QPushButton",
     "restartWorkerButton": "QPushButton",
+}
+
+# Widgets bound to MedSegRWKVParameterNode fields by their SlicerParameterName property (the
+# parameter node wrapper's connectGui): the module reads and writes the field, not the widget.
+PARAMETERS: Dict[str, str] = {
+    "inputVolumeSelector": "inputVolume",
+    "roiSelector": "roi",
+    "outputSegmentationSelector": "outputSegmentation",
+    "ttaCheckBox": "tta",
 }
