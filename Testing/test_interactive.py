@@ -239,6 +239,22 @@ def test_session_applies_answers_and_undo_restores_each_slice_exactly() -> None:
         session.apply(mask, {"index_axis": 0, "slices": []})
 
 
+def test_session_takes_refined_voxels_from_the_other_segments_and_undo_returns_them() -> None:
+    session = _session()
+    mask = np.zeros((4, 6, 8), dtype=bool)
+    myocardium = np.zeros_like(mask)
+    myocardium[2, :, 4:] = True
+    other_slice = myocardium.copy()
+    others = {"medsegrwkv_lv_myocardium": myocardium}
+    session.add((5.0, 2.0, 2.0), True)
+    refined = np.zeros((6, 8), dtype=bool)
+    refined[:, 3:6] = True  # the cavity grows into the myocardium
+    session.apply(mask, {"index_axis": 2, "slices": [{"index": 2, **worker_encode(refined)}]}, others)
+    assert not (mask & myocardium).any() and myocardium[2, :, 6:].all() and not myocardium[2, :, 4:6].any()
+    session.undo(mask, others)
+    assert not mask.any() and np.array_equal(myocardium, other_slice)
+
+
 def test_session_slices_follow_the_volume_slice_axis() -> None:
     session = lib_clicks.ClickSession("x", 1, "medsegrwkv_rv_cavity", index_axis=0, shape=(5, 6, 7))
     mask = np.zeros((5, 6, 7), dtype=bool)
