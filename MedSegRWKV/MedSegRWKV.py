@@ -407,6 +407,16 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.clearQuality()
         if self.correction is not None:
             self.stopCorrection("")
+        if self.job is not None and self.job.cancellable:  # its volume is going; so is its result
+            self.logic.cancel(self.job.id)
+
+    def closedMeanwhile(self, action: str, volume) -> bool:
+        """True (and says so) when the scene was closed while the worker ran: a result that
+        arrived before the cancel must not land in the next scene."""
+        if slicer.mrmlScene.IsNodePresent(volume):
+            return False
+        self.setStatus(f"{action} finished after its volume was closed; the result was not used.")
+        return True
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -710,7 +720,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     folder, cancellable=True)
 
     def onSegmented(self, message: Message, volume, labelmapPath: str) -> None:
-        if self.failed("Segmentation", message):
+        if self.failed("Segmentation", message) or self.closedMeanwhile("Segmentation", volume):
             return
         result = message.result
         segmentationNode = self.logic.importSegmentation(volume, self.nodes()[2], labelmapPath, result["labels"])
@@ -909,7 +919,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.submit("Grading", request, lambda message: self.onGraded(message, volume), folder, cancellable=True)
 
     def onGraded(self, message: Message, volume) -> None:
-        if self.failed("Grading", message):
+        if self.failed("Grading", message) or self.closedMeanwhile("Grading", volume):
             return
         self.showQuality(message.result, volume)
         self.ui.progressBar.setValue(100)

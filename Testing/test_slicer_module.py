@@ -338,7 +338,14 @@ def test_grading_fills_the_table_and_plot_nodes_of_the_parameter_node(env: Scene
 def test_after_close_scene_segment_click_and_grade_work_again_and_add_only_their_outputs(env: Scene) -> None:
     widget = env["widget"]
     closed = widget._parameterNode
+    request, folder = env["logic"].segmentRequest(env["cine"], None, MODEL, "cpu", False)
+    widget.submit("Segmenting", request, lambda message: widget.onSegmented(message, env["cine"], request["output"]),
+                  folder, cancellable=True)  # still running when the scene closes
     slicer.mrmlScene.Clear(0)  # File > Close Scene
+    pump(widget)
+    assert not slicer.util.getNodesByClass("vtkMRMLSegmentationNode"), "a closed scene's result reached the next"
+    status = widget.ui.statusLabel.setText.call_args.args[0]
+    assert "cancelled" in status or "not used" in status, status
     parameters = widget._parameterNode
     assert parameters is not closed and slicer.mrmlScene.IsNodePresent(parameters.parameterNode)
     assert parameters.outputSegmentation is None and parameters.qualityTable is None
