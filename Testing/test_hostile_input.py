@@ -79,6 +79,7 @@ WRITERS = textwrap.dedent("""
     from PIL import Image
     from medsegrwkv.errors import MedSegError
     from medsegrwkv.io import write_labelmap
+    from medsegrwkv.io.atomic import write_npz_atomic
     from medsegrwkv.io.montage import save_png_atomic
     from medsegrwkv.io.text import write_text_atomic
     from medsegrwkv.nets.registry import create_model
@@ -99,6 +100,7 @@ WRITERS = textwrap.dedent("""
             np.random.default_rng(1).integers(0, 255, (300, 300, 3)).astype(np.uint8)), p),
         "weights/model.safetensors": lambda p: save_weights(model, {"architecture": "unet2d"}, p.parent),
         "run/checkpoint.pt": lambda p: RunFolder(p.parent).save(model, optimiser, scheduler, {}, {}),
+        "run/validation_logits.npz": lambda p: write_npz_atomic(p, {"logits": np.random.default_rng(2).random((300, 5))}),
     }
     outcome = {}
     for name, write in writers.items():
@@ -113,7 +115,7 @@ WRITERS = textwrap.dedent("""
 
 def test_full_disk_every_writer_refuses_and_keeps_the_old_file(tmp_path: Path) -> None:
     names = ["labels.nii.gz", "labels.nrrd", "report.json", "slices.csv", "strip.png", "weights/model.safetensors",
-             "run/checkpoint.pt"]
+             "run/checkpoint.pt", "run/validation_logits.npz"]
     for name in names:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(OLD)
@@ -136,6 +138,25 @@ def test_roi_ras_that_is_not_a_finite_number(tmp_path: Path, value: str) -> None
     result = run_cli("segment", str(source), "-o", str(tmp_path / "labels.nii.gz"), f"--roi-ras={value},0,0,10,10,10")
     assert_user_error(result, "RAS ROI", "finite")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.nii.gz"]
+
+
+def worker_segment(**fields: Any) -> dict[str, Any]:
+    """The worker's segment op in this process, on a request as the wire would carry it."""
+    from medsegrwkv.engine.ops import Operations
+
+    request = parse_request(json.dumps({"id": 1, "op": "segment", "device": "cpu", **fields}))
+    return Operations().segment(request.fields, lambda fraction, message: None, lambda: False)
+
+
+def test_worker_refuses_a_non_finite_roi_and_a_folder_output(tmp_path: Path) -> None:
+    source = small_study(tmp_path / "study.nii.gz")
+    with pytest.raises(MedSegError, match="finite") as info:  # JSON's NaN reaches the worker as a float
+        worker_segment(input=str(source), output=str(tmp_path / "l.nrrd"), roi_ras=[float("nan"), 0, 0, 9, 9, 9])
+    assert info.value.code == "bad_roi"
+    (tmp_path / "out.nrrd").mkdir()
+    with pytest.raises(MedSegError, match="it is a folder") as info:  # before the (missing) input is read
+        worker_segment(input=str(tmp_path / "missing.nrrd"), output=str(tmp_path / "out.nrrd"))
+    assert info.value.code == "output_not_writable"
 
 
 def copy_weights(tmp_path: Path, name: str = "unet2d") -> Path:
@@ -331,3 +352,116 @@ def test_cli_rejects_before_any_work(tmp_path: Path, case: str) -> None:
         words = ("/proc", "not writable")
     args += ["--model", "no_such_model"]  # had it got that far, the error would name the model
     assert_user_error(run_cli(*args), *words)
+
+
+# -- 7. blank images are not graded ----------------------------------------------------------------------
+def blank_or_ramp(path: Path, kind: str) -> Path:
+    z, y, x = np.mgrid[0:6, 0:96, 0:96]
+    return small_study(path, values=np.zeros((6, 96, 96)) if kind == "blank" else (x + y).astype(float))
+
+
+@pytest.fixture(scope="module")
+def grader():
+    from medsegrwkv.grading.grade import Grader
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+    from medsegrwkv.weights import WeightsStatus, weights_status
+
+    if weights_status(DEFAULT_MODELS["grading"]) is not WeightsStatus.VERIFIED:
+        pytest.skip("the default grader has no verified weights")
+    return Grader.from_pretrained(None, "cpu")
+
+
+def test_blank_study_is_not_graded(tmp_path: Path, grader) -> None:
+    from medsegrwkv.grading.grade import grade_study
+
+    report = grade_study(blank_or_ramp(tmp_path / "blank.nii.gz", "blank"), grader=grader)
+    assert all(s["grade"] is None and s["score"] is None and s["not_graded"].startswith("no signal")
+               for s in report["slices"] + report["positions"])
+    study = report["study"]
+    assert study["grade"] is None and study["score"] is None and study["lv_slices"] == []
+    assert study["ungraded_slices"] == list(range(6)) and "blank" in study["recommendation"]
+    assert "no repeat needed" not in study["recommendation"] and study["recommendation"] in report["warnings"]
+    assert not any(p["lv"] for p in report["positions"])
+
+
+def test_study_without_a_heart_is_not_graded_and_blank_slices_are_named(tmp_path: Path, grader) -> None:
+    from medsegrwkv.grading.grade import grade_study
+
+    ramp = grade_study(blank_or_ramp(tmp_path / "ramp.nii.gz", "ramp"), grader=grader)
+    assert all(s["grade"] is not None for s in ramp["slices"])  # the slices hold an image: graded
+    assert ramp["study"]["grade"] is None and "found no left ventricle" in ramp["study"]["recommendation"]
+
+    values = sitk.GetArrayFromImage(read_study(small_study(tmp_path / "heart.nii.gz")).phases[0])
+    values[2] = 0  # one blank slice in a real study
+    report = grade_study(small_study(tmp_path / "gap.nii.gz", values=values), grader=grader)
+    assert [p["index"] for p in report["positions"] if p["grade"] is None] == [2]
+    assert report["study"]["ungraded_slices"] == [2] and report["study"]["grade"] is not None
+    assert 2 not in report["study"]["nondiagnostic_slices"]
+    assert any("not graded: 2" in w for w in report["warnings"])
+
+
+def test_grade_cli_and_module_show_an_ungraded_study(tmp_path: Path, grader) -> None:
+    sys.path.insert(0, str(REPO / "MedSegRWKV"))
+    from MedSegRWKVLib import quality
+
+    source = blank_or_ramp(tmp_path / "blank.nii.gz", "blank")
+    out, table, strip = tmp_path / "q.json", tmp_path / "q.csv", tmp_path / "q.png"
+    result = run_cli("grade", str(source), "-o", str(out), "--csv", str(table), "--png", str(strip), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "warning: Every slice is blank" in result.stderr and "study: not graded" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["study"]["grade"] is None and table.read_text().count("no signal") == 6 and strip.stat().st_size
+    rows = quality.quality_rows(report)
+    assert [r.cells[1:] for r in rows] == [("-", "not graded: no signal (the slice is blank)", "-")] * 6
+    assert all(r.background == quality.tint(quality.UNGRADED_COLOUR) for r in rows)
+    assert quality.summary_line(report).startswith("Study: not graded. Every slice is blank")
+    assert quality.plot_points(report) == ([], [])
+
+
+# -- 9. results outside what the models saw --------------------------------------------------------------
+def test_input_and_result_warnings() -> None:
+    from medsegrwkv.inference.plausibility import input_warnings, result_warnings
+
+    huge = sitk.Image(2048, 2048, 4, sitk.sitkInt16)
+    huge.SetSpacing((1.4, 1.4, 8.0))
+    assert ["2867 x 2867 mm" in w for w in input_warnings(huge)] == [True]
+    assert input_warnings(read_study(SAMPLE_DICOM).phases[0]) == []
+    def labelmap(array: np.ndarray) -> sitk.Image:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 8.0))  # 0.008 mL per voxel
+        return image
+
+    array = np.zeros((20, 200, 200), np.uint8)
+    assert "no heart was found" in result_warnings(labelmap(array), 0)[0]
+    array[:5, :100, :100] = 3  # 400 mL of LV cavity: a large heart
+    assert result_warnings(labelmap(array), 1) == []
+    array[:, :100, :100] = 3  # 1600 mL: no heart
+    assert result_warnings(labelmap(array), 2) == ["Phase 2: LV cavity 1600.0 mL lie outside the range of real "
+                                                   "hearts; check the result."]
+
+
+def test_reference_labelmaps_raise_no_warning(acdc: Path) -> None:
+    from medsegrwkv.inference.plausibility import input_warnings, result_warnings
+
+    for case in sorted(acdc.glob("patient0[0-2]*/*_gt.nii.gz")):
+        labels = sitk.ReadImage(str(case))
+        assert input_warnings(labels) == [] and result_warnings(labels, 0) == [], case
+
+
+def test_segment_warns_in_cli_and_worker(tmp_path: Path) -> None:
+    source = blank_or_ramp(tmp_path / "blank.nii.gz", "blank")
+    wide = small_study(tmp_path / "wide.nii.gz", spacing=(8.0, 8.0, 8.0))
+    result = run_cli("segment", str(source), "-o", str(tmp_path / "l.nii.gz"), "--device", "cpu")
+    assert result.returncode == 0 and "warning: Phase 0: no heart was found" in result.stderr, result.stderr
+    result = run_cli("segment", str(wide), "-o", str(tmp_path / "w.nii.gz"), "--device", "cpu")
+    assert result.returncode == 0 and "warning: The image covers 768 x 768 mm" in result.stderr, result.stderr
+
+    answer = worker_segment(input=str(source), output=str(tmp_path / "worker.nrrd"))
+    assert answer["warnings"] == ["Phase 0: no heart was found (the labelmap is empty); check that this is a "
+                                  "short-axis cardiac study."]
+
+    sys.path.insert(0, str(REPO / "MedSegRWKV"))
+    from MedSegRWKVLib import panel
+
+    assert panel.with_warnings("Segmented.", answer) == f"Segmented. Warning: {answer['warnings'][0]}"
+    assert panel.with_warnings("Segmented.", {"warnings": []}) == "Segmented."

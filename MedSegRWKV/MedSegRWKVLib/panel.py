@@ -64,6 +64,12 @@ def device_choices(info: Optional[Dict[str, Any]]) -> List[Choice]:
     ]
 
 
+def with_warnings(status: str, result: Dict[str, Any]) -> str:
+    """A status line followed by the worker's warnings (input or result outside what the models saw)."""
+    warnings = result.get("warnings") or []
+    return " ".join([status, *("Warning: " + w for w in warnings)])
+
+
 def phase_text(index: int, count: int, value: str = "", unit: str = "") -> str:
     """What follows the (1-based) phase spin box: 'of 2 (287.1 ms)' for sequence item `index`."""
     if count <= 1:

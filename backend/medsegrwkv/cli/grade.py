@@ -19,7 +19,8 @@ def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         row = {"phase": s["phase"], "index": s["index"], "slice": s["slice"], "expected_score": s["expected_score"],
                "score": s["score"], "grade": s["grade"], "confidence": s["confidence"], "diagnostic": s["diagnostic"],
                "p_diagnostic": s["p_diagnostic"], "lv": s["index"] in lv}
-        row.update({f"p{k}": v for k, v in s["probabilities"].items()})
+        row.update({f"p{k}": (s["probabilities"] or {}).get(str(k)) for k in range(1, 6)})
+        row["not_graded"] = s.get("not_graded", "")
         if "file" in s:
             row["file"] = s["file"]
         rows.append(row)
@@ -47,11 +48,12 @@ def print_table(report: dict[str, Any], file=None) -> None:
     print(f"{'slice (' + axis + ')':>9}  {'LV':<3}{'E[score]':>9}{'score':>6}  {'grade':<9}{'conf':>6}  "
           f"{'diagnostic':<10}{'worst phase':>12}", file=out)
     for p in sorted(report["positions"], key=lambda p: p["index"]):
-        print(f"{p['index']:>9}  {'yes' if p['lv'] else '-':<3}{p['expected_score']:>9.2f}{p['score']:>6}  "
-              f"{p['grade']:<9}{p['confidence']:>6.2f}  {'yes' if p['diagnostic'] else 'NO':<10}"
-              f"{p['worst_phase_score']:>12}", file=out)
+        graded = (f"{p['expected_score']:>9.2f}{p['score']:>6}  {p['grade']:<9}{p['confidence']:>6.2f}  "
+                  f"{'yes' if p['diagnostic'] else 'NO':<10}{p['worst_phase_score']:>12}" if p["grade"] else
+                  f"{'-':>9}{'-':>6}  not graded: {p['not_graded']}")
+        print(f"{p['index']:>9}  {'yes' if p['lv'] else '-':<3}{graded}", file=out)
     study = report["study"]
-    print(f"study: {study['grade']} (score {study['score']}; {study['rule']}; LV slices from "
+    print(f"study: {study['grade'] or 'not graded'} (score {study['score']}; {study['rule']}; LV slices from "
           f"{study['lv_slices_source']})", file=out)
     print(f"recommendation: {study['recommendation']}", file=out)
     print(f"note: {report['caveat']}", file=out)
@@ -59,7 +61,7 @@ def print_table(report: dict[str, Any], file=None) -> None:
 
 # -- grade ------------------------------------------------------------------------------------
 def cmd_grade(args: argparse.Namespace) -> int:
-    from medsegrwkv.cli.main import _check_output, _progress_bar
+    from medsegrwkv.cli.main import _check_output, _print_warnings, _progress_bar
     from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, strip_picture
     from medsegrwkv.io import read_study, select_phases
     from medsegrwkv.io.montage import save_png_atomic
@@ -84,6 +86,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         report, pictures = grade_study_with_pictures(study, phase=args.phase, grader=grader,
                                                      lv_detection=not args.all_slices, progress=progress)
     print(f"{report['description']}; model {report['model']} on {report['device']}", file=sys.stderr)
+    _print_warnings(report["warnings"])
     text = json.dumps(report, indent=2) + "\n"
     picture = strip_picture(report, pictures) if png_path else None
     write_text_atomic(output, text)

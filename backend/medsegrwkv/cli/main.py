@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,17 +22,15 @@ def _check_output(path: Path, suffixes: Sequence[str]) -> None:
     """Fail before any work when the output cannot be written."""
     if not any(path.name.endswith(s) for s in suffixes):
         raise MedSegError(f"The output {path} must end in one of: {', '.join(suffixes)}.", code="bad_output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise MedSegError(f"Cannot write {path}: it is a folder.", code="output_not_writable")
-    if not parent.is_dir():
-        raise MedSegError(f"Cannot write {path}: the folder {parent} does not exist.", code="output_not_writable")
-    try:  # a real file, not os.access: root passes access checks, a read-only file system does not
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise MedSegError(f"Cannot write {path}: the folder {parent} is not writable "
-                          f"({(exc.strerror or str(exc)).lower()}).", code="output_not_writable") from exc
+    from medsegrwkv.io.atomic import check_writable
+
+    check_writable(path)
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    """Results outside what the models saw (medsegrwkv.inference.plausibility), on stderr."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _progress_bar(total: float, desc: str):  # -> tqdm
@@ -45,9 +42,8 @@ def _progress_bar(total: float, desc: str):  # -> tqdm
 
 # -- segment ---------------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
     from medsegrwkv.inference.device import describe_device
+    from medsegrwkv.inference.plausibility import input_warnings, label_volumes_ml, result_warnings
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.io import SUPPORTED_SUFFIXES, read_study, select_phases, write_labelmap
     from medsegrwkv.nets.registry import DEFAULT_MODELS
@@ -69,6 +65,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_pretrained(model, args.device)
     print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
           file=sys.stderr)
+    _print_warnings(input_warnings(study.phases[phases[0]]))
     results = []
     with _progress_bar(100, "segment") as bar:
         for n, p in enumerate(phases):
@@ -79,11 +76,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                              postprocessing=not args.no_postprocess, progress=progress))
     write_labelmap(results, output)
     for p, labels in zip(phases, results):
-        stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(labels)
-        volumes = {v: stats.GetPhysicalSize(v) / 1000.0 if stats.HasLabel(v) else 0.0 for v in (1, 2, 3)}
+        volumes = label_volumes_ml(labels)
         print(f"phase {p}: RV cavity {volumes[1]:.1f} mL, LV myocardium {volumes[2]:.1f} mL, "
               f"LV cavity {volumes[3]:.1f} mL")
+        _print_warnings(result_warnings(labels, p))
     print(f"wrote {output} ({len(results)} phase{'s' if len(results) > 1 else ''})")
     return 0
 

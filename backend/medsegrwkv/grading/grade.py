@@ -6,13 +6,17 @@ same as P(score >= 3) >= 0.5), its CMRxMotion level (mild 4-5, moderate 3, sever
 confidence (the probability of that level) and the diagnostic flag.
 
 Per slice position (a cine study has every position in every phase, all acquired in the same
-breath-hold): the probabilities averaged over the graded phases.
+breath-hold): the probabilities averaged over the phases in which the slice is graded.
 
 Study rule (what a radiologist can act on): the study grade is the worst grade among the slice
 positions that cut the left ventricle (found by the default segmentation model on the first
-graded phase; all positions when it finds none or is switched off), together with the count and
+graded phase; all positions when it has no weights or is switched off), together with the count and
 indices of non-diagnostic positions (score <= 2) among them. Any non-diagnostic LV slice means
 "repeat those slices"; moderate ones are reported but acceptable for diagnosis.
+
+Not graded: a slice with no signal (blank after normalisation) gets no score (`grade` null and a
+`not_graded` reason), because a classifier scores even an empty picture; a study with no gradable
+slice through the left ventricle (all blank, or no left ventricle found) gets no study grade either.
 
 Slice numbering: `index` is the slice's voxel index along the input's slice axis (`slice_axis`:
 0 i, 1 j, 2 k) — what a viewer shows, and what the study lists and the recommendation use;
@@ -37,6 +41,7 @@ from medsegrwkv.errors import MedSegError
 from medsegrwkv.grading.dataset import INPUT_SIZE, volume_to_inputs
 from medsegrwkv.grading.simulator import GRADE_OF_SCORE
 from medsegrwkv.inference.device import describe_device, resolve_device
+from medsegrwkv.inference.plausibility import input_warnings
 from medsegrwkv.nets.registry import DEFAULT_MODELS
 from medsegrwkv.preprocess import prepare_image
 from medsegrwkv.weights import load_model
@@ -48,6 +53,8 @@ LEVEL_SCORES = {"mild": (4, 5), "moderate": (3,), "severe": (1, 2)}
 GRADE_COLOURS = {"mild": (46, 160, 67), "moderate": (240, 170, 30), "severe": (215, 48, 39)}
 STUDY_RULE = ("study grade = worst grade among the slice positions through the left ventricle; a slice is "
               "non-diagnostic when its score is below 3 (1-2, severe)")
+NO_SIGNAL = "no signal (the slice is blank)"
+UNGRADED_COLOUR = (128, 128, 128)
 CAVEAT = ("Grades come from a classifier trained on real slices with simulated respiratory motion; they have "
           "not been validated against radiologists' grades of real motion.")
 
@@ -122,6 +129,12 @@ def describe_probabilities(probs: np.ndarray) -> dict[str, Any]:
     }
 
 
+def ungraded(reason: str) -> dict[str, Any]:
+    """The fields of `describe_probabilities` for a slice that is not graded, and why."""
+    return {"expected_score": None, "score": None, "grade": None, "confidence": None, "diagnostic": None,
+            "p_diagnostic": None, "probabilities": None, "not_graded": reason}
+
+
 def _lv_indices(image: sitk.Image, axis: int, device: torch.device) -> tuple[list[int] | None, str]:
     """Input indices (along `axis`) of the slices whose segmentation holds LV cavity or myocardium."""
     from medsegrwkv.inference.segmenter import Segmenter
@@ -135,13 +148,14 @@ def _lv_indices(image: sitk.Image, axis: int, device: torch.device) -> tuple[lis
     lv = [k for k in range(labels.shape[2 - axis])
           if np.count_nonzero(np.isin(np.take(labels, k, axis=2 - axis), (2, 3))) >= 20]
     if not lv:
-        return None, f"all slices (the segmentation model {name} found no left ventricle)"
+        return [], f"no slice (the segmentation model {name} found no left ventricle)"
     return lv, f"slices with left ventricle in the {name} segmentation of the first graded phase"
 
 
 def _recommendation(lv: list[int], positions: list[dict[str, Any]],
                     through_lv: bool) -> tuple[str, list[int], list[int]]:
     by_index = {p["index"]: p for p in positions}
+    lv = [k for k in lv if by_index[k]["grade"] is not None]
     bad = [k for k in lv if not by_index[k]["diagnostic"]]
     moderate = [k for k in lv if by_index[k]["grade"] == "moderate"]
     n = len(lv)
@@ -158,6 +172,16 @@ def _recommendation(lv: list[int], positions: list[dict[str, Any]],
     else:
         text = f"All {n} {where} have mild or no motion artefacts — no repeat needed."
     return text, bad, moderate
+
+
+def _not_graded(all_blank: bool, no_lv: str | None) -> str:
+    """Why a study has no grade: every slice blank, no left ventricle found (`no_lv` says where the
+    LV slices came from), or blank slices wherever the ventricle is."""
+    if all_blank:
+        return "Every slice is blank (no signal), so the study is not graded; check the input."
+    if no_lv is not None:
+        return f"The study is not graded: {no_lv}; check that this is a short-axis cardiac study."
+    return "The slices through the left ventricle are blank, so the study is not graded."
 
 
 def grade_study(source: str | Path | sitk.Image, model: str | None = None, phase: int | None = None,
@@ -206,6 +230,7 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
 
     slices: list[dict[str, Any]] = []
     per_phase: list[np.ndarray] = []
+    signal: list[np.ndarray] = []  # per phase: which slices hold an image
     pictures: list[np.ndarray] = []
     seconds = {"preprocess": 0.0, "network": 0.0}
     for n, p in enumerate(phases):
@@ -218,17 +243,22 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
         seconds["network"] += time.time() - t1
         per_phase.append(probs)
         pictures.append(prepared)
+        signal.append(np.ptp(prepared.reshape(len(prepared), -1), axis=1) > 0)
         for k, row in enumerate(probs):
-            record = {"phase": int(p), "slice": k, "index": index_of(k), **describe_probabilities(row)}
+            described = describe_probabilities(row) if signal[-1][k] else ungraded(NO_SIGNAL)
+            record = {"phase": int(p), "slice": k, "index": index_of(k), **described}
             if study.files is not None:
                 record["file"] = study.files[p][index_of(k)].name
             slices.append(record)
         progress((n + 1) / len(phases) * (0.8 if lv_detection else 1.0), f"phase {p} graded")
 
-    mean = np.mean(per_phase, axis=0)
-    positions = [{"slice": k, "index": index_of(k), **describe_probabilities(row),
-                  "worst_phase_score": int(min(s["score"] for s in slices if s["slice"] == k))}
-                 for k, row in enumerate(mean)]
+    positions = []
+    for k in range(count):
+        graded = [probs[k] for probs, has in zip(per_phase, signal) if has[k]]
+        scores = [s["score"] for s in slices if s["slice"] == k and s["score"] is not None]
+        positions.append({"slice": k, "index": index_of(k),
+                          **(describe_probabilities(np.mean(graded, axis=0)) if graded else ungraded(NO_SIGNAL)),
+                          "worst_phase_score": min(scores) if scores else None})
     lv: list[int] | None = None
     lv_source = "all slices (LV detection switched off)"
     if lv_detection:
@@ -242,7 +272,15 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     for pos in positions:
         pos["lv"] = pos["index"] in lv
     recommendation, bad, moderate = _recommendation(lv, positions, through_lv)
-    worst = min((p for p in positions if p["lv"]), key=lambda p: (p["score"], p["expected_score"]))
+    gradable = [p for p in positions if p["lv"] and p["grade"] is not None]
+    blank = [p["index"] for p in positions if p["grade"] is None]
+    warnings = input_warnings(study.phases[phases[0]])
+    if not gradable:
+        recommendation = _not_graded(len(blank) == len(positions), lv_source if not lv else None)
+        warnings.append(recommendation)
+    elif blank:
+        warnings.append(f"{len(blank)} slice(s) hold no signal and were not graded: {', '.join(map(str, blank))}.")
+    worst = min(gradable, key=lambda p: (p["score"], p["expected_score"])) if gradable else None
     progress(1.0, "done")
     return {
         "input": str(study.source),
@@ -253,16 +291,18 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
         "phases": [int(p) for p in phases],
         "slice_axis": axis,
         "n_slices": len(positions),
+        "warnings": warnings,
         "slices": slices,
         "positions": positions,
         "study": {
-            "grade": worst["grade"],
-            "score": worst["score"],
+            "grade": worst["grade"] if worst else None,
+            "score": worst["score"] if worst else None,
             "rule": STUDY_RULE,
             "lv_slices": lv,
             "lv_slices_source": lv_source,
             "nondiagnostic_slices": bad,
             "moderate_slices": moderate,
+            "ungraded_slices": blank,
             "recommendation": recommendation,
         },
         "caveat": CAVEAT,
@@ -288,8 +328,8 @@ def strip_picture(report: dict[str, Any], pictures: list[np.ndarray], tile: int 
     canvas = Image.new("RGB", (n_cols * tile, head + len(pictures) * (tile + label)), "black")
     draw = ImageDraw.Draw(canvas)
     study = report["study"]
-    draw.text((4, 3), f"study: {study['grade']} (score {study['score']}); LV slices {study['lv_slices']}; "
-              f"non-diagnostic {study['nondiagnostic_slices']}", fill="white")
+    draw.text((4, 3), f"study: {study['grade'] or 'not graded'} (score {study['score']}); LV slices "
+              f"{study['lv_slices']}; non-diagnostic {study['nondiagnostic_slices']}", fill="white")
     by_key = {(s["phase"], s["slice"]): s for s in report["slices"]}
     for row, (p, volume) in enumerate(zip(report["phases"], pictures)):
         y0 = head + row * (tile + label)
@@ -301,9 +341,9 @@ def strip_picture(report: dict[str, Any], pictures: list[np.ndarray], tile: int 
             img = Image.fromarray(grey.astype(np.uint8)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
                                                                 Image.BILINEAR)
             x0 = k * tile
-            colour = GRADE_COLOURS[record["grade"]]
+            colour = GRADE_COLOURS.get(record["grade"], UNGRADED_COLOUR)
             draw.rectangle([x0, y0, x0 + tile - 1, y0 + tile - 1], outline=colour, width=3)
             canvas.paste(img, (x0 + 3 + (tile - 6 - img.size[0]) // 2, y0 + 3 + (tile - 6 - img.size[1]) // 2))
-            draw.text((x0 + 3, y0 + tile), f"p{p} #{record['index']}: {record['expected_score']:.1f} {record['grade']}",
-                      fill=colour)
+            text = f"{record['expected_score']:.1f} {record['grade']}" if record["grade"] else "blank"
+            draw.text((x0 + 3, y0 + tile), f"p{p} #{record['index']}: {text}", fill=colour)
     return canvas

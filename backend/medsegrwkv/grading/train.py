@@ -28,6 +28,7 @@ from tqdm import tqdm
 from medsegrwkv.training.loop import RunFolder, optimiser_step
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import MedSegError
+from medsegrwkv.io.atomic import write_npz_atomic
 from medsegrwkv.io.text import write_text_atomic
 from medsegrwkv.grading.dataset import (
     GRADER_PREPROCESSING, SimulatedMotionSlices, load_acdc_volumes, load_study_volumes, simulated_validation_set,
@@ -305,8 +306,8 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
                 metrics = {**metrics, "epoch": epoch + 1}
                 save_weights(model, _manifest(cfg, info_now, metrics, metrics["temperature"]), out / "weights")
                 write_model_card(out / "weights")
-                np.savez_compressed(out / "validation_logits.npz", logits=logits, scores=val["scores"],
-                                    patients=val["patients"])
+                write_npz_atomic(out / "validation_logits.npz",
+                                 {"logits": logits, "scores": val["scores"], "patients": val["patients"]})
         else:
             save_weights(model, _manifest(cfg, info_now, None, 1.0), out / "weights")
         run.save(model, optimizer, scheduler, state, record)

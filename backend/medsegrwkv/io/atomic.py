@@ -11,7 +11,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from medsegrwkv.errors import MedSegError
 
@@ -26,6 +28,22 @@ def write_error(path: Path, reason: str) -> MedSegError:
 
 def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any work when `path` cannot be written: it is a folder, or its folder is missing
+    or refuses a new file (tried for real: root passes access checks, a read-only disk does not)."""
+    path = Path(path).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise write_error(path, "it is a folder")
+    if not parent.is_dir():
+        raise write_error(path, f"the folder {parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise write_error(path, f"the folder {parent} is not writable ({_os_reason(exc)})") from exc
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None], verify: Callable[[Path], None],
@@ -69,3 +87,13 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             raise IncompleteWrite(f"{tmp} holds {tmp.stat().st_size} of {len(data)} bytes")
 
     write_atomic(path, lambda tmp: tmp.write_bytes(data), verify)
+
+
+def write_npz_atomic(path: str | Path, arrays: dict[str, Any]) -> None:
+    """Arrays to a compressed .npz, each read back and compared before the rename."""
+    def verify(tmp: Path) -> None:
+        with np.load(tmp) as back:
+            if any(not np.array_equal(back[k], np.asarray(v)) for k, v in arrays.items()):
+                raise IncompleteWrite(f"{tmp} does not hold the arrays that were written")
+
+    write_atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays), verify)
