@@ -729,8 +729,8 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.fillCorrectableSegments()
         volumes = ", ".join(f"{name} {ml:.1f} mL" for name, ml in result["volumes_ml"][0].items() if name != "phase")
         self.ui.progressBar.setValue(100)
-        self.setStatus(f"Segmented with {result['model']} on {result['device']} in {result['seconds']:.1f} s: "
-                       f"{volumes}.")
+        self.setStatus(panel.with_warnings(f"Segmented with {result['model']} on {result['device']} in "
+                                           f"{result['seconds']:.1f} s: {volumes}.", result))
 
     def onOutputChanged(self) -> None:
         self.ui.segmentsTableView.setSegmentationNode(self.nodes()[2])
@@ -923,8 +923,8 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.showQuality(message.result, volume)
         self.ui.progressBar.setValue(100)
-        self.setStatus(f"Graded {message.result['n_slices']} slices with {message.result['model']} on "
-                       f"{message.result['device']}.")
+        self.setStatus(panel.with_warnings(f"Graded {message.result['n_slices']} slices with "
+                                           f"{message.result['model']} on {message.result['device']}.", message.result))
 
     def showQuality(self, result: Dict[str, Any], volume) -> None:
         """Fill the table, summary and plot from a grade result (also used by the self-test)."""
