@@ -68,3 +68,27 @@ def test_compare_reads_metrics_from_the_manifest_and_times_each_model(tmp_path: 
         assert row["gflops"] == pytest.approx(complexity("unet3d")["gflops"]) and row["cpu_ms_per_slice"] > 0
     assert main(["compare", default, "--output", str(tmp_path / "table.txt")]) == 2
     assert main(["compare", DEFAULT_MODELS["grading"], "--output", str(output)]) == 2
+
+
+def test_compare_records_its_table_in_a_weights_folder_and_card(tmp_path: Path) -> None:
+    """`compare --record-in W --title T` stores the rows in W's manifest and card (same title: replaced), keeps
+    the checksum valid, and refuses half the option pair."""
+    import shutil
+
+    from medsegrwkv.weights import load_manifest
+    from medsegrwkv.weights.store import weights_dir
+
+    folder = tmp_path / "weights"
+    shutil.copytree(weights_dir("unet2d"), folder)
+    output = tmp_path / "table.md"
+    for _ in range(2):
+        assert main(["compare", str(folder), "unet2d", "--output", str(output), "--repeats", "1",
+                     "--record-in", str(folder), "--title", "**Matched cycle**"]) == 0
+    stored = [c for c in load_manifest(folder)["comparisons"] if c["title"] == "**Matched cycle**"]
+    assert len(stored) == 1 and [r["name"] for r in stored[0]["rows"]] == ["unet2d", "unet2d"]
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "**Matched cycle**" in card and f"**{stored[0]['rows'][0]['validation']['mean_dice']:.4f}**" in card
+    assert weights_status(folder) is WeightsStatus.VERIFIED
+    assert main(["compare", str(folder), "--output", str(output), "--record-in", str(folder)]) == 2
+    assert main(["compare", str(folder), "--output", str(output), "--record-in", str(tmp_path),
+                 "--title", "x"]) == 2

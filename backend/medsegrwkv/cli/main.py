@@ -135,40 +135,60 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # -- evaluate --------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import csv
-    import tempfile
-
     from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.io.text import write_text_atomic
     from medsegrwkv.nets.registry import DEFAULT_MODELS
     from medsegrwkv.training.acdc import list_cases
     from medsegrwkv.training.evaluation import evaluate_cases
+    from medsegrwkv.training.report import rows_csv, write_report
 
     output = Path(args.output) if args.output else None
     if output:
         _check_output(output, (".csv",))
-    if args.record and (not args.weights or args.split != "val" or args.tta):
-        raise MedSegError("--record needs --weights DIR and --split val, without --tta: it stores the validation "
-                          "metrics in that folder's manifest.", code="bad_argument")
-    cases = list_cases(args.data, args.split)
+    report = Path(args.report) if args.report else None
+    if report and report.exists() and not report.is_dir():
+        raise MedSegError(f"--report {report} is a file; give a folder for the report.", code="bad_output")
+    if report:  # its folder, or the folder it will be made in, must be writable
+        _check_output((report if report.is_dir() else report.parent) / "report.md", (".md",))
+    if args.record and (not args.weights or args.split != "val" or args.tta or args.max_cases):
+        raise MedSegError("--record needs --weights DIR and --split val, without --tta or --max-cases: it stores the "
+                          "validation metrics in that folder's manifest.", code="bad_argument")
+    if args.max_cases is not None and args.max_cases < 1:
+        raise MedSegError("--max-cases must be at least 1.", code="bad_argument")
+    cases = list_cases(args.data, args.split)[: args.max_cases]
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
-    rows, summary = evaluate_cases(segmenter, cases, tta=args.tta)
+    kept: dict[str, tuple] = {}
+    rows, summary = evaluate_cases(segmenter, cases, tta=args.tta, on_prediction=(
+        (lambda case, image, reference, pred: kept.__setitem__(case.name, (image, reference, pred))) if report else None))
     if args.record:
         from medsegrwkv.training.loop import record_validation
         from medsegrwkv.weights.model_card import render_segmentation_card
 
         record_validation(Path(args.weights), summary, len(rows), render_segmentation_card)
     if output:
-        with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".csv.tmp", delete=False, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(f.name, output)
-    print(f"{len(rows)} volumes, model {segmenter.manifest['name']}, split {args.split}")
+        write_text_atomic(output, rows_csv(rows))
+    name = segmenter.manifest["name"]
+    print(f"{len(rows)} volumes, model {name}, split {args.split}")
     print(f"{'structure':<10}{'Dice':>8}{'HD95 (mm)':>11}")
     for s in ("RV", "Myo", "LV", "mean"):
         print(f"{s:<10}{summary[f'{s}_dice']:>8.4f}{summary[f'{s}_hd95']:>11.2f}")
+    if report:
+        worst = write_report(report, rows, summary, kept, segmenter.manifest["labels"],
+                             f"{name} on {args.data} ({args.split}, {len(rows)} volumes)", args.worst)
+        print("worst volumes (lowest structure Dice): " + ", ".join(
+            f"{r['case']} {min(r[f'{n}_dice'] for n in ('RV', 'Myo', 'LV')):.3f}" for r in worst))
+    if args.robustness:
+        from medsegrwkv.training.robustness import evaluate_robustness, render_robustness
+
+        table = evaluate_robustness(segmenter, cases)
+        print(render_robustness(table), end="")
+        if report:
+            write_text_atomic(report / "robustness.md", f"# {name}: other scanners' looks\n\n" + render_robustness(table))
+            write_text_atomic(report / "robustness.csv", rows_csv(table))
     if output:
         print(f"wrote {output}")
+    if report:
+        print(f"wrote the per-case report to {report}")
     if args.record:
         print(f"recorded the validation metrics in {Path(args.weights) / 'manifest.json'}")
     return 0
@@ -182,6 +202,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.threads < 1 or args.repeats < 1:
         raise MedSegError("--threads and --repeats must be at least 1.", code="bad_argument")
+    if bool(args.record_in) != bool(args.title):
+        raise MedSegError("--record-in WEIGHTS and --title TEXT go together: the table is stored under its title.",
+                          code="bad_argument")
+    if args.record_in and not (Path(args.record_in) / "manifest.json").is_file():
+        raise MedSegError(f"--record-in {args.record_in} is not a weights folder (no manifest.json).",
+                          code="bad_argument")
     output = Path(args.output)
     _check_output(output, (".md",))
     threads = torch.get_num_threads()
@@ -192,6 +218,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     write_comparison(rows, output)
     print(render_table(rows))
+    if args.record_in:
+        from medsegrwkv.training.loop import record_comparison
+        from medsegrwkv.weights.model_card import render_segmentation_card
+
+        record_comparison(Path(args.record_in), args.title, rows, render_segmentation_card)
+        print(f"recorded the table in {Path(args.record_in) / 'manifest.json'} and its model card")
     return 0
 
 
@@ -332,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=("all", "train", "val"),
                    help="which patients: all, or the fixed train/validation split (number %% 20 in 13-16 -> val)")
     p.add_argument("--output", help="CSV with one row per volume")
+    p.add_argument("--report", metavar="DIR", help="per-case report folder: cases.csv, report.md ranking the worst "
+                   "volumes, and a PNG of each (reference above, prediction below)")
+    p.add_argument("--worst", type=int, default=5, help="how many worst volumes the report shows (default 5)")
+    p.add_argument("--robustness", action="store_true",
+                   help="also score each volume under other scanners' looks (pixel size 0.75/1.9 mm, lower "
+                   "resolution, wider/tighter field of view, bias field, gamma, noise, Gibbs ringing) and print "
+                   "the Dice drop of each; with --report also robustness.md/.csv")
+    p.add_argument("--max-cases", type=int, help="use only the first N volumes of the split (quick checks)")
     p.add_argument("--record", action="store_true",
                    help="store the validation metrics in the --weights folder's manifest and model card (for "
                    "weights trained without validation); needs --split val")
@@ -378,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="Markdown file to write (the JSON goes beside it)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the timing (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per model; the median is reported")
+    p.add_argument("--record-in", metavar="WEIGHTS_DIR", help="also store the table in this weights folder's "
+                   "manifest and model card (the evidence a default is chosen on); needs --title")
+    p.add_argument("--title", help="the table's title in the model card; a stored table with this title is replaced")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate-clicks", help="how much simulated clicks improve the masks of labelled volumes",

@@ -37,6 +37,19 @@ def record_validation(folder: Path, summary: dict[str, float], volumes: int,
     _write_card(folder, manifest, render_card)
 
 
+def record_comparison(folder: Path, title: str, rows: list[dict[str, Any]],
+                      render_card: Callable[[dict[str, Any], int, float], str]) -> None:
+    """Store `medsegrwkv compare` rows under `title` in a weights folder's manifest (a table with the same
+    title is replaced) and re-render its card, so the card's evidence is made by a command, not by hand."""
+    from medsegrwkv.weights.store import load_manifest, save_manifest
+
+    manifest = load_manifest(folder)
+    kept = [c for c in manifest.get("comparisons", []) if c["title"] != title]
+    manifest["comparisons"] = [*kept, {"title": title, "rows": rows}]
+    save_manifest(folder, manifest)
+    _write_card(folder, manifest, render_card)
+
+
 def _write_card(folder: Path, manifest: dict[str, Any], render_card: Callable[[dict[str, Any], int, float], str]
                 ) -> None:
     from medsegrwkv.io.text import write_text_atomic
