@@ -19,8 +19,8 @@ from medsegrwkv.benchmark.measure import median_ms
 from medsegrwkv.errors import MedSegError
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.complexity import count_gflops, count_parameters, reference_input_shape
-from medsegrwkv.training.metrics import STRUCTURES
 from medsegrwkv.weights import load_model
+from medsegrwkv.weights.model_card import render_table
 
 STUDY = (10, 256, 256)
 
@@ -70,23 +70,6 @@ def _run_history(path: Path) -> dict[str, Any]:
         return {}
     last = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][-1:]
     return {"epochs": last[0]["epoch"], "seconds": last[0]["seconds"]} if last else {}
-
-
-def render_table(rows: list[dict[str, Any]]) -> str:
-    names = list(STRUCTURES.values())
-    header = ["model", "config", "Dice mean", *(f"Dice {n}" for n in names), "HD95 mean (mm)",
-              *(f"HD95 {n}" for n in names), "params", "GFLOPs (256² slice; 3D: crop)", "CPU ms/slice",
-              "best epoch", "training time"]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for r in rows:
-        v = r["validation"]
-        hours = f"{r['wall_time_s'] / 3600:.2f} h" if r.get("wall_time_s") else "-"
-        lines.append(f"| `{r['name']}` | {r['config'] or 'default'} | **{v['mean_dice']:.4f}** | "
-                     + " | ".join(f"{v[f'{n}_dice']:.4f}" for n in names) + f" | {v['mean_hd95']:.2f} | "
-                     + " | ".join(f"{v[f'{n}_hd95']:.2f}" for n in names)
-                     + f" | {r['params'] / 1e6:.2f} M | {r['gflops']:.2f} | {r['cpu_ms_per_slice']:.0f} | "
-                     f"{r['best_epoch']}/{r['epochs']} | {hours} |")
-    return "\n".join(lines) + "\n"
 
 
 def write_comparison(rows: list[dict[str, Any]], output: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
 from medsegrwkv.io.text import write_text_atomic
 
 
@@ -61,23 +62,22 @@ def print_table(report: dict[str, Any], file=None) -> None:
 
 # -- grade ------------------------------------------------------------------------------------
 def cmd_grade(args: argparse.Namespace) -> int:
-    from medsegrwkv.cli.main import _check_output, _print_warnings, _progress_bar
     from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, strip_picture
     from medsegrwkv.io import read_study, select_phases
     from medsegrwkv.io.montage import save_png_atomic
 
     output = Path(args.output)
-    _check_output(output, (".json",))
+    check_output(output, (".json",))
     csv_path = Path(args.csv) if args.csv else None
     png_path = Path(args.png) if args.png else None
     if csv_path:
-        _check_output(csv_path, (".csv",))
+        check_output(csv_path, (".csv",))
     if png_path:
-        _check_output(png_path, (".png",))
+        check_output(png_path, (".png",))
     study = read_study(args.input, series=args.series)  # input errors before the model is loaded
     select_phases(study, args.phase)
     grader = Grader.from_pretrained(args.weights or args.model, args.device)
-    with _progress_bar(100, "grade") as bar:
+    with progress_bar(100, "grade") as bar:
         def progress(fraction: float, message: str) -> None:
             bar.n = round(100 * fraction, 1)
             bar.set_postfix_str(message)
@@ -86,7 +86,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         report, pictures = grade_study_with_pictures(study, phase=args.phase, grader=grader,
                                                      lv_detection=not args.all_slices, progress=progress)
     print(f"{report['description']}; model {report['model']} on {report['device']}", file=sys.stderr)
-    _print_warnings(report["warnings"])
+    print_warnings(report["warnings"])
     text = json.dumps(report, indent=2) + "\n"
     picture = strip_picture(report, pictures) if png_path else None
     write_text_atomic(output, text)

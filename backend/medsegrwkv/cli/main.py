@@ -13,31 +13,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medsegrwkv import __version__
+from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
 from medsegrwkv.errors import MedSegError
 
 EXIT_USER_ERROR = 2
-
-
-def _check_output(path: Path, suffixes: Sequence[str]) -> None:
-    """Fail before any work when the output cannot be written."""
-    if not any(path.name.endswith(s) for s in suffixes):
-        raise MedSegError(f"The output {path} must end in one of: {', '.join(suffixes)}.", code="bad_output")
-    from medsegrwkv.io.atomic import check_writable
-
-    check_writable(path)
-
-
-def _print_warnings(warnings: Sequence[str]) -> None:
-    """Results outside what the models saw (medsegrwkv.inference.plausibility), on stderr."""
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-
-
-def _progress_bar(total: float, desc: str):  # -> tqdm
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
-                file=sys.stderr, disable=None)
 
 
 # -- segment ---------------------------------------------------------------------------------------
@@ -50,7 +29,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from medsegrwkv.preprocess import parse_voxel_roi, roi_from_ras_box
 
     output = Path(args.output)
-    _check_output(output, SUPPORTED_SUFFIXES)
+    check_output(output, SUPPORTED_SUFFIXES)
     if args.roi and args.roi_ras:
         raise MedSegError("Give the ROI either as voxels (--roi) or in RAS mm (--roi-ras), not both.", code="bad_roi")
     roi = parse_voxel_roi(args.roi) if args.roi else None
@@ -65,9 +44,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_pretrained(model, args.device)
     print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
           file=sys.stderr)
-    _print_warnings(input_warnings(study.phases[phases[0]]))
+    print_warnings(input_warnings(study.phases[phases[0]]))
     results = []
-    with _progress_bar(100, "segment") as bar:
+    with progress_bar(100, "segment") as bar:
         for n, p in enumerate(phases):
             def progress(fraction: float, message: str, n: int = n) -> None:
                 bar.n = round(100 * (n + fraction) / len(phases), 1)
@@ -79,7 +58,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         volumes = label_volumes_ml(labels)
         print(f"phase {p}: RV cavity {volumes[1]:.1f} mL, LV myocardium {volumes[2]:.1f} mL, "
               f"LV cavity {volumes[3]:.1f} mL")
-        _print_warnings(result_warnings(labels, p))
+        print_warnings(result_warnings(labels, p))
     print(f"wrote {output} ({len(results)} phase{'s' if len(results) > 1 else ''})")
     return 0
 
@@ -144,12 +123,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     output = Path(args.output) if args.output else None
     if output:
-        _check_output(output, (".csv",))
+        check_output(output, (".csv",))
     report = Path(args.report) if args.report else None
     if report and report.exists() and not report.is_dir():
         raise MedSegError(f"--report {report} is a file; give a folder for the report.", code="bad_output")
     if report:  # its folder, or the folder it will be made in, must be writable
-        _check_output((report if report.is_dir() else report.parent) / "report.md", (".md",))
+        check_output((report if report.is_dir() else report.parent) / "report.md", (".md",))
     if args.record and (not args.weights or args.split != "val" or args.tta or args.max_cases):
         raise MedSegError("--record needs --weights DIR and --split val, without --tta or --max-cases: it stores the "
                           "validation metrics in that folder's manifest.", code="bad_argument")
@@ -209,7 +188,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise MedSegError(f"--record-in {args.record_in} is not a weights folder (no manifest.json).",
                           code="bad_argument")
     output = Path(args.output)
-    _check_output(output, (".md",))
+    check_output(output, (".md",))
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

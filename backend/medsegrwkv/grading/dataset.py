@@ -29,10 +29,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from medsegrwkv.grading.simulator import MotionSimulator
+from medsegrwkv.nets.graders import INPUT_SIZE
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING, normalize_intensity, prepare_image
 from medsegrwkv.training.acdc import Case
 
-INPUT_SIZE = 224
 GRADER_INPUT: dict[str, Any] = {
     "slice_percentiles": [1.0, 99.0],
     "size": [INPUT_SIZE, INPUT_SIZE],

@@ -1,7 +1,8 @@
 """The one place that creates networks (as timm's and MONAI's registries do).
 
 Builders register themselves with `@register_model`; callers use `create_model(name, **overrides)`.
-Nothing else in the project imports model classes.
+Nothing else in the project imports model classes. Python runs `medsegrwkv/nets/__init__.py`, which
+imports every architecture, before this module, so the registry is complete whenever it is used.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ def register_model(
 
 
 def get_spec(name: str) -> ModelSpec:
-    _ensure_loaded()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise MedSegError(f"Unknown model '{name}'; available models: {known}.", code="unknown_model")
@@ -67,7 +67,6 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models(task: str | None = None) -> list[ModelSpec]:
-    _ensure_loaded()
     return [s for n, s in sorted(_REGISTRY.items()) if task is None or s.task == task]
 
 
@@ -97,8 +96,3 @@ def parse_overrides(name: str, items: list[str]) -> dict[str, Any]:
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build an untrained network; weights are loaded by `medsegrwkv.weights`."""
     return get_spec(name).builder(**model_config(name, **overrides))
-
-
-def _ensure_loaded() -> None:
-    # Importing the package registers every builder it defines.
-    import medsegrwkv.nets  # noqa: F401

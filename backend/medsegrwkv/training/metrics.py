@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-STRUCTURES = {1: "RV", 2: "Myo", 3: "LV"}
+from medsegrwkv import STRUCTURES
 
 
 def _onehot(labels: np.ndarray, value: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsegrwkv import STRUCTURES
 from medsegrwkv.nets.complexity import reference_input_label
-from medsegrwkv.training.metrics import STRUCTURES
 
 
 def _init_lines(init: dict[str, Any] | None) -> list[str]:
@@ -21,13 +21,29 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """`medsegrwkv compare` rows as a Markdown table; here because cards embed the same table."""
+    names = list(STRUCTURES.values())
+    header = ["model", "config", "Dice mean", *(f"Dice {n}" for n in names), "HD95 mean (mm)",
+              *(f"HD95 {n}" for n in names), "params", "GFLOPs (256² slice; 3D: crop)", "CPU ms/slice",
+              "best epoch", "training time"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in rows:
+        v = r["validation"]
+        hours = f"{r['wall_time_s'] / 3600:.2f} h" if r.get("wall_time_s") else "-"
+        lines.append(f"| `{r['name']}` | {r['config'] or 'default'} | **{v['mean_dice']:.4f}** | "
+                     + " | ".join(f"{v[f'{n}_dice']:.4f}" for n in names) + f" | {v['mean_hd95']:.2f} | "
+                     + " | ".join(f"{v[f'{n}_hd95']:.2f}" for n in names)
+                     + f" | {r['params'] / 1e6:.2f} M | {r['gflops']:.2f} | {r['cpu_ms_per_slice']:.0f} | "
+                     f"{r['best_epoch']}/{r['epochs']} | {hours} |")
+    return "\n".join(lines) + "\n"
+
+
 def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """Tables of `medsegrwkv compare` rows (this model beside others on the same validation split),
     stored in the manifest as [{"title": ..., "rows": [...]}], so the card shows the evidence for it."""
     if not comparisons:
         return []
-    from medsegrwkv.benchmark.compare import render_table
-
     lines = ["## Compared with other models on the same validation split", ""]
     for comparison in comparisons:
         lines += [comparison["title"], "", render_table(comparison["rows"])]
