@@ -533,11 +533,11 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message.type != "error":
             return False
         self.ui.progressBar.setValue(0)
-        if message.code == "cancelled":
+        if message.code == protocol.ErrorCode.CANCELLED:
             self.setStatus(f"{action} cancelled.")
         else:
             self.setStatus(f"{action} failed: {protocol.error_text(message)}", error=True)
-        if message.code in (protocol.WORKER_DIED, protocol.WORKER_RESTARTED):
+        if message.code in (protocol.ErrorCode.WORKER_DIED, protocol.ErrorCode.WORKER_RESTARTED):
             self.info = None
             logging.error(self.logic.workerLog())
             if action != STARTING:  # a worker that dies while starting is not restarted in a loop
@@ -863,7 +863,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if point is not None:
                     pointList = self.logic.pointList(point.positive)
                     pointList.RemoveNthControlPoint(pointList.GetNumberOfControlPoints() - 1)
-            if message.code == "image_expired":
+            if message.code == protocol.ErrorCode.IMAGE_EXPIRED:
                 self.stopCorrection(protocol.error_text(message))
             return
         mask, others = self.segmentMask(), self.otherSegmentMasks()  # read again: Segment Editor edits are kept

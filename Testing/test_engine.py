@@ -372,7 +372,7 @@ def test_client_restarts_a_worker_killed_mid_request(study_files: Dict[str, Path
         time.sleep(0.05)
     os.kill(first_pid, signal.SIGKILL)
     died = client.wait(request_id, 60)
-    assert died.type == "error" and died.code == protocol.WORKER_DIED
+    assert died.type == "error" and died.code == protocol.ErrorCode.WORKER_DIED
     assert "exit code -9" in died.text and not client.pending and not output.exists()
 
     info = client.wait(client.send(protocol.info_request()), TIMEOUT)  # a new worker starts on demand
@@ -383,7 +383,7 @@ def test_client_restarts_a_worker_killed_mid_request(study_files: Dict[str, Path
         time.sleep(0.05)
     second_pid = client.pid
     failed = [m for m in client.restart("the test asked for it.") if m.final]
-    assert [(m.id, m.code) for m in failed] == [(busy_id, protocol.WORKER_RESTARTED)]
+    assert [(m.id, m.code) for m in failed] == [(busy_id, protocol.ErrorCode.WORKER_RESTARTED)]
     assert client.pid != second_pid and not output.exists()
     assert client.close() == 0
 

@@ -200,6 +200,20 @@ def test_worker_messages_are_parsed() -> None:
             protocol.parse_message(line)
 
 
+def test_module_error_codes_mirror_the_workers() -> None:
+    """Every worker code the module acts on exists in the backend under the same name and value;
+    the client's own codes are not worker codes; every advised code is one the module knows."""
+    from medsegrwkv.errors import ErrorCode
+
+    client_only = {protocol.ErrorCode.WORKER_DIED, protocol.ErrorCode.WORKER_RESTARTED}
+    worker = [code for code in protocol.ErrorCode if code not in client_only]
+    assert {code.name: code.value for code in worker} == {code.name: ErrorCode[code.name].value for code in worker}
+    assert not {code.value for code in client_only} & {code.value for code in ErrorCode}
+    assert set(protocol.ERROR_ADVICE) <= set(protocol.ErrorCode)
+    error = protocol.parse_message(json.dumps({"id": 1, "type": "error", "code": ErrorCode.BUSY, "message": "m"}))
+    assert error.code == protocol.ErrorCode.BUSY and protocol.error_text(error).startswith("m Wait")
+
+
 # -- client against small real processes ------------------------------------------------------------
 def python_worker(code: str) -> List[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
@@ -209,7 +223,7 @@ def test_client_reports_a_worker_that_exits() -> None:
     client = EngineClient(python_worker("import sys; print('about to fail', file=sys.stderr); sys.exit(3)"))
     request_id = client.send(protocol.info_request())
     message = client.wait(request_id, 30)
-    assert message.type == "error" and message.code == protocol.WORKER_DIED
+    assert message.type == "error" and message.code == protocol.ErrorCode.WORKER_DIED
     assert "exit code 3" in message.text and "about to fail" in message.text
     assert not client.pending and not client.running
     # A request sent before the death was noticed: its answer still comes with the next poll.
@@ -222,7 +236,7 @@ def test_client_reports_a_worker_that_exits() -> None:
     while len(seen) < 2 and time.monotonic() < deadline:
         seen.update({m.id: m.code for m in client.poll()})
         time.sleep(0.01)
-    assert seen == {lost: protocol.WORKER_DIED, again: protocol.WORKER_DIED}
+    assert seen == {lost: protocol.ErrorCode.WORKER_DIED, again: protocol.ErrorCode.WORKER_DIED}
 
 
 def test_client_skips_lines_that_are_not_protocol() -> None:
@@ -249,7 +263,7 @@ def test_client_restarts_a_silent_worker() -> None:
     assert client.silent_for() >= 0.3 and client.unresponsive(limit=0.2) and not client.unresponsive()
     first = client.pid
     failed = client.restart("it sent nothing.")
-    assert [(m.id, m.code) for m in failed] == [(request_id, protocol.WORKER_RESTARTED)]
+    assert [(m.id, m.code) for m in failed] == [(request_id, protocol.ErrorCode.WORKER_RESTARTED)]
     assert client.pid != first and client.running and client.silent_for() == 0.0
     assert client.close(timeout=1) == -9  # ignores shutdown, so it is killed
 

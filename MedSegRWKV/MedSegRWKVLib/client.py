@@ -18,7 +18,7 @@ import time
 from typing import IO, Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .protocol import (
-    WORKER_DIED, WORKER_RESTARTED, Message, ProtocolViolation, encode, parse_message,
+    ErrorCode, Message, ProtocolViolation, encode, parse_message,
 )
 
 # A running request that has sent nothing for this long is taken as hung. Progress comes at least
@@ -146,7 +146,7 @@ class EngineClient:
         messages += new
         if ended or (self._proc is not None and self._proc.poll() is not None and self._lines.empty()
                      and self._pending):
-            messages += self._fail_pending(WORKER_DIED, self._death_sentence())
+            messages += self._fail_pending(ErrorCode.WORKER_DIED, self._death_sentence())
         return messages
 
     def _death_sentence(self) -> str:
@@ -158,7 +158,7 @@ class EngineClient:
         detail = f" Its last log line: {last}" if last else ""
         return f"The backend worker stopped unexpectedly (exit code {code}).{detail}"
 
-    def _fail_pending(self, code: str, sentence: str) -> List[Message]:
+    def _fail_pending(self, code: ErrorCode, sentence: str) -> List[Message]:
         failed = [Message("error", request_id, text=sentence, code=code) for request_id in self._pending]
         self._pending.clear()
         return failed
@@ -201,7 +201,7 @@ class EngineClient:
         self.kill()
         messages, self._backlog = self._backlog, []
         messages += self._read_lines(wait_for_end=5.0)[0]
-        messages += self._fail_pending(WORKER_RESTARTED, f"The backend worker was restarted: {reason}")
+        messages += self._fail_pending(ErrorCode.WORKER_RESTARTED, f"The backend worker was restarted: {reason}")
         self.start()
         return messages
 

@@ -9,25 +9,44 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional, Sequence
 
 DEVICES = ("auto", "cuda", "cpu")
 FINAL_TYPES = ("result", "error")
 
-# Codes the client itself gives a request that the worker can no longer answer.
-WORKER_DIED = "worker_died"
-WORKER_RESTARTED = "worker_restarted"
+
+class ErrorCode(str, Enum):
+    """The error codes the module acts on. The worker's mirror medsegrwkv.errors.ErrorCode, which
+    the module cannot import (Slicer's Python may not have torch yet); Testing/test_slicer_lib.py
+    checks that the two agree."""
+
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    IMAGE_EXPIRED = "image_expired"
+    WEIGHTS_MISSING = "weights_missing"
+    NO_CUDA = "no_cuda"
+    OUT_OF_MEMORY = "out_of_memory"
+    MISSING_DEPENDENCY = "missing_dependency"
+    INTERNAL = "internal"
+    # Codes the client itself gives a request that the worker can no longer answer.
+    WORKER_DIED = "worker_died"
+    WORKER_RESTARTED = "worker_restarted"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 # What the user reads for the codes that need more than the worker's sentence.
 ERROR_ADVICE = {
-    "busy": "Wait for the running request to finish or cancel it.",
-    "weights_missing": "Choose a model whose weights are installed.",
-    "no_cuda": "Choose Auto or CPU as the device.",
-    "out_of_memory": "Use a smaller ROI or the CPU.",
-    "missing_dependency": "Use 'Install / update backend' in the About backend section.",
-    "image_expired": "Press 'Start correcting' again.",
-    WORKER_DIED: "The worker is restarted on the next request.",
-    "internal": "This is a bug; the worker log (Python console) has the details.",
+    ErrorCode.BUSY: "Wait for the running request to finish or cancel it.",
+    ErrorCode.WEIGHTS_MISSING: "Choose a model whose weights are installed.",
+    ErrorCode.NO_CUDA: "Choose Auto or CPU as the device.",
+    ErrorCode.OUT_OF_MEMORY: "Use a smaller ROI or the CPU.",
+    ErrorCode.MISSING_DEPENDENCY: "Use 'Install / update backend' in the About backend section.",
+    ErrorCode.IMAGE_EXPIRED: "Press 'Start correcting' again.",
+    ErrorCode.WORKER_DIED: "The worker is restarted on the next request.",
+    ErrorCode.INTERNAL: "This is a bug; the worker log (Python console) has the details.",
 }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from medsegrwkv.benchmark.measure import median_ms
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.complexity import count_gflops, count_parameters, reference_input_shape
 from medsegrwkv.weights import load_model
@@ -42,11 +42,11 @@ def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any
         model, manifest = load_model(folder, cpu)
         if manifest.get("task", "segmentation") != "segmentation":
             raise MedSegError(f"{folder} holds a {manifest['task']} model; compare takes segmentation weights.",
-                              code="wrong_task")
+                              code=ErrorCode.WRONG_TASK)
         validation = manifest.get("metrics", {}).get("validation")
         if not validation:
             raise MedSegError(f"{folder} has no validation metrics in its manifest (trained with --no-validation?).",
-                              code="bad_weights")
+                              code=ErrorCode.BAD_WEIGHTS)
         segmenter = Segmenter(model, manifest, cpu)
         with torch.inference_mode():
             ms, _ = median_ms(lambda: segmenter.predict_probabilities(study), cpu, repeats)

@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 
 def check_output(path: Path, suffixes: Sequence[str]) -> None:
     """Fail before any work when the output cannot be written."""
     if not any(path.name.endswith(s) for s in suffixes):
-        raise MedSegError(f"The output {path} must end in one of: {', '.join(suffixes)}.", code="bad_output")
+        raise MedSegError(f"The output {path} must end in one of: {', '.join(suffixes)}.", code=ErrorCode.BAD_OUTPUT)
     from medsegrwkv.io.atomic import check_writable
 
     check_writable(path)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 LV, MYO = 3, 2
 
@@ -41,7 +41,8 @@ def run_demo(output: Path, model: str | None = None, device: str = "auto") -> di
     output.mkdir(parents=True, exist_ok=True)
     study = read_study(dicom_dir)
     if len(study.phases) != 2:
-        raise MedSegError(f"The bundled sample in {dicom_dir} should hold 2 phases, found {len(study.phases)}.")
+        raise MedSegError(f"The bundled sample in {dicom_dir} should hold 2 phases, found {len(study.phases)}.",
+                          code=ErrorCode.BAD_INPUT)
     segmenter = Segmenter.from_pretrained(model or DEFAULT_MODELS["segmentation"], device)
     print(f"{study.description}; model {segmenter.manifest['name']}", file=sys.stderr)
     predictions = [segmenter.segment(p) for p in study.phases]

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from medsegrwkv import __version__
 from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 EXIT_USER_ERROR = 2
 
@@ -31,7 +31,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     output = Path(args.output)
     check_output(output, SUPPORTED_SUFFIXES)
     if args.roi and args.roi_ras:
-        raise MedSegError("Give the ROI either as voxels (--roi) or in RAS mm (--roi-ras), not both.", code="bad_roi")
+        raise MedSegError("Give the ROI either as voxels (--roi) or in RAS mm (--roi-ras), not both.",
+                          code=ErrorCode.BAD_ROI)
     roi = parse_voxel_roi(args.roi) if args.roi else None
     study = read_study(args.input, series=args.series)
     phases = select_phases(study, args.phase)
@@ -69,7 +70,7 @@ def _floats(text: str, count: int, option: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) != count:
-        raise MedSegError(f"{option} needs {count} comma-separated numbers, got '{text}'.", code="bad_roi")
+        raise MedSegError(f"{option} needs {count} comma-separated numbers, got '{text}'.", code=ErrorCode.BAD_ROI)
     return values
 
 
@@ -126,14 +127,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_output(output, (".csv",))
     report = Path(args.report) if args.report else None
     if report and report.exists() and not report.is_dir():
-        raise MedSegError(f"--report {report} is a file; give a folder for the report.", code="bad_output")
+        raise MedSegError(f"--report {report} is a file; give a folder for the report.", code=ErrorCode.BAD_OUTPUT)
     if report:  # its folder, or the folder it will be made in, must be writable
         check_output((report if report.is_dir() else report.parent) / "report.md", (".md",))
     if args.record and (not args.weights or args.split != "val" or args.tta or args.max_cases):
         raise MedSegError("--record needs --weights DIR and --split val, without --tta or --max-cases: it stores the "
-                          "validation metrics in that folder's manifest.", code="bad_argument")
+                          "validation metrics in that folder's manifest.", code=ErrorCode.BAD_ARGUMENT)
     if args.max_cases is not None and args.max_cases < 1:
-        raise MedSegError("--max-cases must be at least 1.", code="bad_argument")
+        raise MedSegError("--max-cases must be at least 1.", code=ErrorCode.BAD_ARGUMENT)
     cases = list_cases(args.data, args.split)[: args.max_cases]
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     kept: dict[str, tuple] = {}
@@ -180,13 +181,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from medsegrwkv.benchmark.compare import compare_weights, render_table, write_comparison
 
     if args.threads < 1 or args.repeats < 1:
-        raise MedSegError("--threads and --repeats must be at least 1.", code="bad_argument")
+        raise MedSegError("--threads and --repeats must be at least 1.", code=ErrorCode.BAD_ARGUMENT)
     if bool(args.record_in) != bool(args.title):
         raise MedSegError("--record-in WEIGHTS and --title TEXT go together: the table is stored under its title.",
-                          code="bad_argument")
+                          code=ErrorCode.BAD_ARGUMENT)
     if args.record_in and not (Path(args.record_in) / "manifest.json").is_file():
         raise MedSegError(f"--record-in {args.record_in} is not a weights folder (no manifest.json).",
-                          code="bad_argument")
+                          code=ErrorCode.BAD_ARGUMENT)
     output = Path(args.output)
     check_output(output, (".md",))
     threads = torch.get_num_threads()
@@ -250,7 +251,7 @@ def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
         sizes = ()
     if not sizes or min(sizes) < 8:
         raise MedSegError(f"{option} needs comma-separated sizes of at least 8 pixels, got '{text}'.",
-                          code="bad_argument")
+                          code=ErrorCode.BAD_ARGUMENT)
     return sizes
 
 
@@ -263,7 +264,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # an unusable device fails before any work
     if args.repeats is not None and args.repeats < 1:
-        raise MedSegError("--repeats must be at least 1.", code="bad_argument")
+        raise MedSegError("--repeats must be at least 1.", code=ErrorCode.BAD_ARGUMENT)
     base = QUICK if args.quick else FULL
     settings = replace(base, device=args.device, repeats=args.repeats or base.repeats,
                        sizes_2d=_sizes(args.sizes, "--sizes") or base.sizes_2d,

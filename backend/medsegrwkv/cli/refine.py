@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 
 def cmd_train_refine(args: argparse.Namespace) -> int:
@@ -37,7 +37,7 @@ def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
     from medsegrwkv.weights.model_card import click_tables
 
     if args.max_clicks < 1:
-        raise MedSegError("--max-clicks must be at least 1.", code="bad_argument")
+        raise MedSegError("--max-clicks must be at least 1.", code=ErrorCode.BAD_ARGUMENT)
     cases = list_cases(args.data, args.split)[: args.max_cases]
     refiner = Refiner.from_pretrained(args.weights or args.model or DEFAULT_MODELS["refinement"], args.device)
     segmenter = Segmenter.from_pretrained(args.segmenter or DEFAULT_MODELS["segmentation"], refiner.device)

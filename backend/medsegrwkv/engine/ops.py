@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from medsegrwkv import __version__
 from medsegrwkv.engine.protocol import PROTOCOL_VERSION, Json
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 if TYPE_CHECKING:
     from medsegrwkv.interactive import VoxelClick
@@ -45,13 +45,13 @@ def _check_cancel(cancel: CancelFn) -> None:
 
 def _int_list(values: List[Any], count: int, field: str) -> List[int]:
     if len(values) != count or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise MedSegError(f"The field '{field}' must be a list of {count} integers.", code="bad_roi")
+        raise MedSegError(f"The field '{field}' must be a list of {count} integers.", code=ErrorCode.BAD_ROI)
     return list(values)
 
 
 def _float_list(values: List[Any], count: int, field: str) -> List[float]:
     if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise MedSegError(f"The field '{field}' must be a list of {count} numbers.", code="bad_roi")
+        raise MedSegError(f"The field '{field}' must be a list of {count} numbers.", code=ErrorCode.BAD_ROI)
     return [float(v) for v in values]
 
 
@@ -169,10 +169,10 @@ class Operations:
         output = Path(fields["output"])
         if volume_suffix(output) is None:
             raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
-                              code="bad_output")
+                              code=ErrorCode.BAD_OUTPUT)
         if fields["roi"] is not None and fields["roi_ras"] is not None:
             raise MedSegError("Give the ROI either as voxels ('roi') or in RAS mm ('roi_ras'), not both.",
-                              code="bad_roi")
+                              code=ErrorCode.BAD_ROI)
         check_writable(output)
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
@@ -267,7 +267,7 @@ class Operations:
         phases = select_phases(study, fields["phase"])
         if len(phases) != 1:
             raise MedSegError(f"The input holds {len(phases)} cardiac phases; name one with 'phase' to refine it.",
-                              code="bad_phase")
+                              code=ErrorCode.BAD_PHASE)
         prepared = InteractiveImage(study.phases[phases[0]])
         image_id = uuid.uuid4().hex
         self._images[image_id] = prepared
@@ -288,11 +288,12 @@ class Operations:
         image = self._images.get(fields["image_id"])
         if image is None:
             raise MedSegError(f"The image id {fields['image_id']!r} is unknown or has expired (the worker keeps the "
-                              f"{MAX_CACHED_IMAGES} most recent images); send load_image again.", code="image_expired")
+                              f"{MAX_CACHED_IMAGES} most recent images); send load_image again.",
+                              code=ErrorCode.IMAGE_EXPIRED)
         self._images.move_to_end(fields["image_id"])
         clicks = [_voxel_click(p) for p in fields["points"]]
         if not clicks:
-            raise MedSegError("A refine request needs at least one point.", code="bad_click")
+            raise MedSegError("A refine request needs at least one point.", code=ErrorCode.BAD_CLICK)
         mask = decode_mask(fields["mask"])
         refiner = self._get("refiner", fields["model"] or DEFAULT_MODELS["refinement"], fields["device"], progress)
         refined, changed, axis = image.refine(refiner, mask, clicks, fields["label"])
@@ -314,7 +315,7 @@ def _voxel_click(point: Any) -> "VoxelClick":
     positive = point.get("positive") if isinstance(point, dict) else None
     if not (isinstance(ijk, list) and len(ijk) == 3 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
                                                              for c in ijk) and isinstance(positive, bool)):
-        raise MedSegError('Each point must be {"ijk": [i, j, k], "positive": true or false}.', code="bad_click")
+        raise MedSegError('Each point must be {"ijk": [i, j, k], "positive": true or false}.', code=ErrorCode.BAD_CLICK)
     return VoxelClick((float(ijk[0]), float(ijk[1]), float(ijk[2])), positive)
 
 
@@ -333,7 +334,7 @@ def _reported_phases(fields: Json, phases: list[int]) -> list[int]:
         return phases
     if len(phases) != 1 or fields["cine_phase"] < 0:
         raise MedSegError(f"'cine_phase' must be a phase number (0 or more) for an input of one phase; "
-                          f"this request covers {len(phases)} phases.", code="bad_phase")
+                          f"this request covers {len(phases)} phases.", code=ErrorCode.BAD_PHASE)
     return [fields["cine_phase"]]
 
 

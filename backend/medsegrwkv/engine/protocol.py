@@ -17,20 +17,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 if TYPE_CHECKING:
     import numpy as np
 
 PROTOCOL_VERSION = 1
-
-# Error codes the worker itself produces; a MedSegError from the backend adds its own code
-# (bad_input, bad_roi, weights_missing, unknown_model, no_cuda, out_of_memory, ...).
-BAD_REQUEST = "bad_request"  # not JSON, not an object, no id/op, or a field of the wrong type
-UNKNOWN_OP = "unknown_op"
-BUSY = "busy"  # another request is running; this one was not started (no queue)
-CANCELLED = "cancelled"
-INTERNAL = "internal"  # a bug: the traceback is in the worker's stderr
 
 Json = Dict[str, Any]
 
@@ -85,7 +77,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
 class ProtocolError(Exception):
     """A request that cannot be run; becomes an `error` answer."""
 
-    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -114,37 +106,42 @@ def parse_request(line: str) -> Request:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ProtocolError(BAD_REQUEST, f"The request is not valid JSON ({exc.msg} at column {exc.colno}).") from exc
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"The request is not valid JSON ({exc.msg} at column {exc.colno}).") from exc
     except RecursionError as exc:  # a few KB of "[[[[..." exhaust the parser's stack
-        raise ProtocolError(BAD_REQUEST, "The request nests arrays or objects too deeply to be read.") from exc
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            "The request nests arrays or objects too deeply to be read.") from exc
     except ValueError as exc:  # an integer with more digits than Python converts (sys.get_int_max_str_digits)
-        raise ProtocolError(BAD_REQUEST, "The request holds a number with too many digits to be read.") from exc
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            "The request holds a number with too many digits to be read.") from exc
     if not isinstance(data, dict):
-        raise ProtocolError(BAD_REQUEST, "A request must be a JSON object with an 'id' and an 'op'.")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "A request must be a JSON object with an 'id' and an 'op'.")
     request_id = data.get("id")
     if not _valid_id(request_id):
-        raise ProtocolError(BAD_REQUEST, "A request needs an 'id' that is a string or an integer.")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "A request needs an 'id' that is a string or an integer.")
     op = data.get("op")
     if not isinstance(op, str):
-        raise ProtocolError(BAD_REQUEST, "A request needs an 'op' naming the operation.", request_id)
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "A request needs an 'op' naming the operation.", request_id)
     if op not in SCHEMAS:
         known = ", ".join(SCHEMAS)
-        raise ProtocolError(UNKNOWN_OP, f"Unknown op '{op}'; the worker knows: {known}.", request_id)
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"Unknown op '{op}'; the worker knows: {known}.", request_id)
     fields: Json = {}
     schema = SCHEMAS[op]
     for name, (types, required, default) in schema.items():
         if name not in data or (data[name] is None and not required):
             if required:
-                raise ProtocolError(BAD_REQUEST, f"The {op} request needs the field '{name}'.", request_id)
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"The {op} request needs the field '{name}'.", request_id)
             fields[name] = default
             continue
         if not _check_type(data[name], types):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ProtocolError(BAD_REQUEST, f"The field '{name}' of a {op} request must be {wanted}.", request_id)
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"The field '{name}' of a {op} request must be {wanted}.", request_id)
         fields[name] = data[name]
     unknown = sorted(set(data) - set(schema) - {"id", "op"})
     if unknown:
-        raise ProtocolError(BAD_REQUEST, f"The {op} request has unknown field(s): {', '.join(unknown)}.", request_id)
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"The {op} request has unknown field(s): {', '.join(unknown)}.", request_id)
     return Request(request_id, op, fields)
 
 
@@ -157,7 +154,7 @@ def result_message(request_id: Any, result: Json) -> Json:
     return {"id": request_id, "type": "result", "result": result}
 
 
-def error_message(request_id: Optional[Any], code: str, message: str) -> Json:
+def error_message(request_id: Optional[Any], code: ErrorCode, message: str) -> Json:
     return {"id": request_id, "type": "error", "code": code, "message": message}
 
 
@@ -176,13 +173,13 @@ def decode_mask(data: Json, field: str = "mask") -> "np.ndarray":
     if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)
             and isinstance(bits, str)):
         raise MedSegError(f"The field '{field}' must be {{\"shape\": [positive integers], "
-                          "\"bits\": base64 text}.", code="bad_mask")
+                          "\"bits\": base64 text}.", code=ErrorCode.BAD_MASK)
     try:
         packed = np.frombuffer(base64.b64decode(bits, validate=True), dtype=np.uint8)
     except ValueError as exc:
-        raise MedSegError(f"The field '{field}' has bits that are not base64.", code="bad_mask") from exc
+        raise MedSegError(f"The field '{field}' has bits that are not base64.", code=ErrorCode.BAD_MASK) from exc
     count = int(np.prod(shape))
     if packed.size != (count + 7) // 8:
         raise MedSegError(f"The field '{field}' holds {packed.size} bytes; shape {shape} needs "
-                          f"{(count + 7) // 8}.", code="bad_mask")
+                          f"{(count + 7) // 8}.", code=ErrorCode.BAD_MASK)
     return np.unpackbits(packed, count=count).astype(bool).reshape(shape)

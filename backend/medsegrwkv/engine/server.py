@@ -29,10 +29,10 @@ from typing import IO, Callable, Dict, Optional
 
 from medsegrwkv.engine.ops import Operations
 from medsegrwkv.engine.protocol import (
-    BAD_REQUEST, BUSY, INTERNAL, Json, ProtocolError, Request, error_message,
+    Json, ProtocolError, Request, error_message,
     parse_request, progress_message, result_message,
 )
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 log = logging.getLogger("medsegrwkv.engine")
 Handler = Callable[[Json, Callable[[float, str], None], Callable[[], bool]], Json]
@@ -90,7 +90,7 @@ class Engine:
                 self._running = request
                 self._cancel.clear()
         if running is not None:
-            self.send(error_message(request.id, BUSY, f"The worker is busy with request {running.id!r} "
+            self.send(error_message(request.id, ErrorCode.BUSY, f"The worker is busy with request {running.id!r} "
                                     f"({running.op}); wait for its answer or cancel it, then send this again."))
             return True
         self._jobs.put(request)
@@ -135,11 +135,13 @@ class Engine:
         except MedSegError as exc:
             answer = error_message(request.id, exc.code, exc.message)
         except MemoryError:
-            answer = error_message(request.id, "out_of_memory", "The worker ran out of memory; use a smaller ROI "
+            answer = error_message(request.id, ErrorCode.OUT_OF_MEMORY,
+                                   "The worker ran out of memory; use a smaller ROI "
                                    "or close other programs, then try again.")
         except Exception as exc:  # a bug: say so in one sentence, keep the traceback in the log
             log.error("request %r (%s) failed:\n%s", request.id, request.op, traceback.format_exc())
-            answer = error_message(request.id, INTERNAL, f"Internal error in {request.op} ({type(exc).__name__}: "
+            answer = error_message(request.id, ErrorCode.INTERNAL,
+                                   f"Internal error in {request.op} ({type(exc).__name__}: "
                                    f"{exc}); the worker log has the details.")
         with self._state_lock:  # free the slot before answering, so the client may send the next request at once
             self._running = None
@@ -156,13 +158,13 @@ class Engine:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                self.send(error_message(None, BAD_REQUEST, "The request is not valid UTF-8 text."))
+                self.send(error_message(None, ErrorCode.BAD_REQUEST, "The request is not valid UTF-8 text."))
                 continue
             try:
                 keep_going = self.handle_line(line)
             except Exception as exc:  # a bug in reading one line must not end the worker
                 log.error("reading a request failed:\n%s", traceback.format_exc())
-                self.send(error_message(None, INTERNAL, f"Internal error while reading a request "
+                self.send(error_message(None, ErrorCode.INTERNAL, f"Internal error while reading a request "
                                         f"({type(exc).__name__}); the worker log has the details."))
                 continue
             if not keep_going:

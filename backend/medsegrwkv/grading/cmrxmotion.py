@@ -30,7 +30,7 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import Dataset
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.grading.dataset import INPUT_SIZE, _augment, _gamma, score_mask, slice_to_input
 from medsegrwkv.preprocess import prepare_image
 
@@ -54,7 +54,7 @@ def map_segmentation_labels(labels: np.ndarray) -> np.ndarray:
     array = np.asarray(labels)
     unknown = np.setdiff1d(np.unique(array), list(CMRX_TO_ACDC_LABELS))
     if unknown.size:
-        raise MedSegError(f"CMRxMotion labelmaps hold 0-3 only, found {unknown.tolist()}.", code="bad_labels")
+        raise MedSegError(f"CMRxMotion labelmaps hold 0-3 only, found {unknown.tolist()}.", code=ErrorCode.BAD_LABELS)
     lut = np.zeros(4, dtype=np.uint8)
     for source, target in CMRX_TO_ACDC_LABELS.items():
         lut[source] = target
@@ -76,15 +76,15 @@ def _column(header: list[str], candidates: tuple[str, ...], fallback: int) -> in
 def read_quality_csv(path: Path, scale: str = "auto") -> tuple[list[tuple[str, int | None, int]], str]:
     """Rows (volume name, slice or None, label) and the scale they are on."""
     if scale not in SCALES:
-        raise MedSegError(f"Unknown label scale '{scale}'; choose one of {', '.join(SCALES)}.", code="bad_data")
+        raise MedSegError(f"Unknown label scale '{scale}'; choose one of {', '.join(SCALES)}.", code=ErrorCode.BAD_DATA)
     try:
         with open(path, newline="") as f:
             table = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as exc:
-        raise MedSegError(f"Cannot read the quality labels {path} ({exc}).", code="bad_data") from exc
+        raise MedSegError(f"Cannot read the quality labels {path} ({exc}).", code=ErrorCode.BAD_DATA) from exc
     if len(table) < 2:
         raise MedSegError(f"{path} has no label rows (a header row and one row per volume or slice are needed).",
-                          code="bad_data")
+                          code=ErrorCode.BAD_DATA)
     header, rows = table[0], table[1:]
     name_col = _column(header, _NAME_COLUMNS, 0)
     label_col = _column(header, _LABEL_COLUMNS, len(header) - 1)
@@ -96,7 +96,8 @@ def read_quality_csv(path: Path, scale: str = "auto") -> tuple[list[tuple[str, i
             label = int(float(row[label_col]))
             z = int(row[slice_col]) if slice_col is not None else None
         except (ValueError, IndexError) as exc:
-            raise MedSegError(f"{path}, line {n}: the label or slice is not a number.", code="bad_data") from exc
+            raise MedSegError(f"{path}, line {n}: the label or slice is not a number.",
+                              code=ErrorCode.BAD_DATA) from exc
         parsed.append((_strip(row[name_col]), z, label))
     labels = {p[2] for p in parsed}
     if scale == "auto":
@@ -106,7 +107,7 @@ def read_quality_csv(path: Path, scale: str = "auto") -> tuple[list[tuple[str, i
     bad = sorted(labels - set(allowed))
     if bad:
         raise MedSegError(f"{path} holds labels {bad} outside the {scale} scale "
-                          f"({min(allowed)}-{max(allowed)}).", code="bad_data")
+                          f"({min(allowed)}-{max(allowed)}).", code=ErrorCode.BAD_DATA)
     return parsed, scale
 
 
@@ -115,12 +116,12 @@ def load_cmrxmotion(root: str | Path, labels_csv: str | Path | None = None, scal
     CSV in `root`, IQA.csv preferred)."""
     base = Path(root)
     if not base.is_dir():
-        raise MedSegError(f"The CMRxMotion folder {base} does not exist.", code="bad_data")
+        raise MedSegError(f"The CMRxMotion folder {base} does not exist.", code=ErrorCode.BAD_DATA)
     if labels_csv is None:
         found = sorted(base.rglob("IQA.csv")) or sorted(base.rglob("*.csv"))
         if len(found) != 1:
             what = "no CSV" if not found else f"{len(found)} CSV files"
-            raise MedSegError(f"{base} holds {what}; name the quality-label CSV explicitly.", code="bad_data")
+            raise MedSegError(f"{base} holds {what}; name the quality-label CSV explicitly.", code=ErrorCode.BAD_DATA)
         labels_csv = found[0]
     rows, scale = read_quality_csv(Path(labels_csv), scale)
     images = {}
@@ -132,7 +133,7 @@ def load_cmrxmotion(root: str | Path, labels_csv: str | Path | None = None, scal
     for name, z, label in rows:
         if name not in images:
             raise MedSegError(f"The label CSV names '{name}', but no {name}.nii.gz exists under {base}.",
-                              code="bad_data")
+                              code=ErrorCode.BAD_DATA)
         scores = (label,) if scale == "likert5" else CMRX_LEVEL_SCORES[label]
         volumes.setdefault(name, {})[z] = scores
     return [GradedVolume(name, name.split("-")[0], images[name], slices) for name, slices in sorted(volumes.items())]
@@ -149,9 +150,11 @@ class CMRxMotionSlices(Dataset):
             try:
                 image = sitk.ReadImage(str(volume.image), sitk.sitkFloat32)
             except RuntimeError as exc:
-                raise MedSegError(f"Cannot read {volume.image}: it is damaged or not a NIfTI file.") from exc
+                raise MedSegError(f"Cannot read {volume.image}: it is damaged or not a NIfTI file.",
+                                  code=ErrorCode.BAD_INPUT) from exc
             if image.GetDimension() != 3:
-                raise MedSegError(f"{volume.image} is {image.GetDimension()}D; CMRxMotion volumes are 3D stacks.")
+                raise MedSegError(f"{volume.image} is {image.GetDimension()}D; CMRxMotion volumes are 3D stacks.",
+                                  code=ErrorCode.BAD_INPUT)
             array = prepare_image(image).array
             self.arrays.append(array)
             for z, scores in volume.slices.items():
@@ -159,7 +162,7 @@ class CMRxMotionSlices(Dataset):
                     self.items += [(v, k, scores) for k in range(array.shape[0])]
                 elif not 0 <= z < array.shape[0]:
                     raise MedSegError(f"Slice {z} of {volume.name} does not exist ({array.shape[0]} slices).",
-                                      code="bad_data")
+                                      code=ErrorCode.BAD_DATA)
                 else:
                     self.items.append((v, z, scores))
         self.seed, self.size, self.augment, self.epoch = seed, size, augment, 0

@@ -37,7 +37,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn as nn
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.grading.dataset import INPUT_SIZE, volume_to_inputs
 from medsegrwkv.grading.simulator import GRADE_OF_SCORE
 from medsegrwkv.inference.device import describe_device, resolve_device
@@ -85,7 +85,7 @@ class Grader:
         model, manifest = load_model(name_or_dir or DEFAULT_MODELS["grading"], dev)
         if manifest.get("task") != "grading":
             raise MedSegError(f"Model '{name_or_dir}' is a {manifest.get('task', 'segmentation')} model, not a "
-                              "grading model (see `medsegrwkv models`).", code="wrong_task")
+                              "grading model (see `medsegrwkv models`).", code=ErrorCode.WRONG_TASK)
         return cls(model, manifest, dev)
 
     @torch.no_grad()
@@ -103,7 +103,7 @@ class Grader:
                 out.append(torch.softmax(logits, 1).cpu().numpy())
         except torch.OutOfMemoryError as exc:
             raise MedSegError(f"The {self.device.type.upper()} ran out of memory while grading; use --device cpu.",
-                              code="out_of_memory") from exc
+                              code=ErrorCode.OUT_OF_MEMORY) from exc
         return np.concatenate(out) if out else np.zeros((0, 5), dtype=np.float32)
 
     def grade_volume(self, image: sitk.Image, cancel: CancelFn = _never) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +214,8 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
         study = source
     elif isinstance(source, sitk.Image):
         if source.GetDimension() != 3:
-            raise MedSegError(f"A {source.GetDimension()}D image was given; a short-axis stack (3D) is needed.")
+            raise MedSegError(f"A {source.GetDimension()}D image was given; a short-axis stack (3D) is needed.",
+                              code=ErrorCode.BAD_INPUT)
         study = Study(Path("<image>"), [source], None, f"3D image ({'x'.join(map(str, source.GetSize()))})")
     else:
         study = read_study(source, series=series)

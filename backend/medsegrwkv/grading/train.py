@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from medsegrwkv.training.loop import RunFolder, optimiser_step
 from medsegrwkv.training.schedule import warmup_cosine
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.io.atomic import write_npz_atomic
 from medsegrwkv.io.text import write_text_atomic
 from medsegrwkv.grading.dataset import (
@@ -196,7 +196,7 @@ def write_model_card(weights_dir: Path) -> Path:
 
     manifest = load_manifest(weights_dir)
     if manifest is None:
-        raise MedSegError(f"{weights_dir} holds no weights manifest.", code="weights_missing")
+        raise MedSegError(f"{weights_dir} holds no weights manifest.", code=ErrorCode.WEIGHTS_MISSING)
     path = Path(weights_dir) / "MODEL_CARD.md"
     write_text_atomic(path, model_card(manifest))
     return path
@@ -207,7 +207,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
     spec = get_spec(cfg.model)
     if spec.task != "grading":
         raise MedSegError(f"Model '{cfg.model}' is a {spec.task} model; `train grade` trains grading models "
-                          "(see `medsegrwkv models`).", code="wrong_task")
+                          "(see `medsegrwkv models`).", code=ErrorCode.WRONG_TASK)
     device = resolve_device(cfg.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
     if cfg.sunnybrook is not None:
         if not Path(cfg.sunnybrook).exists():
             raise MedSegError(f"The Sunnybrook study {cfg.sunnybrook} does not exist; pass --sunnybrook none to "
-                              "train without it.", code="bad_data")
+                              "train without it.", code=ErrorCode.BAD_DATA)
         volumes += load_study_volumes(Path(cfg.sunnybrook), Path(cfg.sunnybrook).name, cfg.sunnybrook_phases)
     datasets: list[Any] = [SimulatedMotionSlices(volumes, seed=cfg.seed)]
     n_real = 0
@@ -243,7 +243,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
     if cfg.init:
         model, _ = load_model(cfg.init, device)
         if model.__class__ is not create_model(cfg.model).__class__:
-            raise MedSegError(f"--init weights {cfg.init} are not a {cfg.model} model.", code="bad_weights")
+            raise MedSegError(f"--init weights {cfg.init} are not a {cfg.model} model.", code=ErrorCode.BAD_WEIGHTS)
         model.train()
     else:
         model = create_model(cfg.model).to(device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -25,11 +25,11 @@ def resolve_device(choice: str = "auto") -> torch.device:
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
             raise MedSegError("CUDA was requested but no CUDA GPU is available; use --device cpu or auto.",
-                              code="no_cuda")
+                              code=ErrorCode.NO_CUDA)
         return torch.device(choice)
     if choice == "cpu":
         return torch.device("cpu")
-    raise MedSegError(f"Unknown device '{choice}'; choose auto, cpu or cuda.", code="bad_device")
+    raise MedSegError(f"Unknown device '{choice}'; choose auto, cpu or cuda.", code=ErrorCode.BAD_DEVICE)
 
 
 def describe_device(device: torch.device) -> str:

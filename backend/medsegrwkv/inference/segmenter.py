@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.inference.postprocess import postprocess
 from medsegrwkv.nets.registry import ModelSpec, get_spec
@@ -33,7 +33,7 @@ CancelFn = Callable[[], bool]
 
 class Cancelled(MedSegError):
     def __init__(self) -> None:
-        super().__init__("The request was cancelled.", code="cancelled")
+        super().__init__("The request was cancelled.", code=ErrorCode.CANCELLED)
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -61,7 +61,7 @@ class Segmenter:
         model, manifest = load_model(name_or_dir, dev)
         if manifest.get("task", "segmentation") != "segmentation":
             raise MedSegError(f"Model '{name_or_dir}' is a {manifest['task']} model, not a segmentation model.",
-                              code="wrong_task")
+                              code=ErrorCode.WRONG_TASK)
         return cls(model, manifest, dev)
 
     # -- network ------------------------------------------------------------------------------
@@ -123,7 +123,8 @@ class Segmenter:
             return predict(volume, tta, progress, cancel)
         except torch.OutOfMemoryError as exc:
             raise MedSegError(f"The {self.device.type.upper()} ran out of memory for a volume of "
-                              f"{volume.shape}; use a smaller ROI or --device cpu.", code="out_of_memory") from exc
+                              f"{volume.shape}; use a smaller ROI or --device cpu.",
+                              code=ErrorCode.OUT_OF_MEMORY) from exc
 
     # -- whole volumes ------------------------------------------------------------------------
     def segment(self, image: sitk.Image, roi: Roi | None = None, tta: bool = False, postprocessing: bool = True,

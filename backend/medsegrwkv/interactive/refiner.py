@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.interactive.clicks import Click, changes_near_clicks, click_maps
 from medsegrwkv.nets.registry import get_spec
@@ -54,7 +54,7 @@ class Refiner:
         model, manifest = load_model(name_or_dir, dev)
         if manifest.get("task") != "refinement":
             raise MedSegError(f"Model '{name_or_dir}' is a {manifest.get('task', 'segmentation')} model, "
-                              "not a click-refinement model.", code="wrong_task")
+                              "not a click-refinement model.", code=ErrorCode.WRONG_TASK)
         return cls(model, manifest, dev)
 
     @torch.no_grad()
@@ -88,7 +88,8 @@ class InteractiveImage:
 
     def __init__(self, image: sitk.Image, preprocessing: dict[str, Any] | None = None) -> None:
         if image.GetDimension() != 3:
-            raise MedSegError("Click refinement needs one 3D volume (a single cardiac phase).", code="bad_input")
+            raise MedSegError("Click refinement needs one 3D volume (a single cardiac phase).",
+                              code=ErrorCode.BAD_INPUT)
         self.image = image
         self.prepared = prepare_image(image, preprocessing)
         self.shape = tuple(reversed(image.GetSize()))  # numpy (k, j, i) order of the input
@@ -98,7 +99,7 @@ class InteractiveImage:
         size = self.image.GetSize()
         if not all(-0.5 <= c <= s - 0.5 for c, s in zip(click.ijk, size)):
             raise MedSegError(f"The click at voxel {tuple(round(c, 1) for c in click.ijk)} lies outside the "
-                              f"image (size {size}).", code="bad_click")
+                              f"image (size {size}).", code=ErrorCode.BAD_CLICK)
         point = self.image.TransformContinuousIndexToPhysicalPoint([float(c) for c in click.ijk])
         x, y, z = self.prepared.network_grid.TransformPhysicalPointToContinuousIndex(point)
         depth = self.prepared.network_grid.GetSize()[2]
@@ -115,10 +116,10 @@ class InteractiveImage:
         Returns (new mask, changed indices along the input's slice axis, that axis: 0 i, 1 j, 2 k)."""
         if label not in STRUCTURES:
             raise MedSegError(f"Label {label} is not a structure clicks can correct (use one of {STRUCTURES}).",
-                              code="unknown_segment")
+                              code=ErrorCode.UNKNOWN_SEGMENT)
         if mask.shape != self.shape:
             raise MedSegError(f"The mask has shape {mask.shape}, the image {self.shape} (k, j, i); send the "
-                              "segment's mask on the image's own grid.", code="bad_mask")
+                              "segment's mask on the image's own grid.", code=ErrorCode.BAD_MASK)
         by_slice: dict[int, list[Click]] = {}
         for click in clicks:
             z, on_grid = self.grid_click(click)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MedSegError
+from ..errors import ErrorCode, MedSegError
 from .contours import Contour, PhaseReference, read_sunnybrook_contours, sunnybrook_reference
 from .itk_messages import route_itk_messages
 from .volumes import (
@@ -33,7 +33,7 @@ def sample_data_dir() -> Path:
             return candidate
     raise MedSegError(
         f"The sample data ({SAMPLE_CASE}) was not found in {candidates[0]} or {candidates[1]}; "
-        "reinstall MedSegRWKV from a full checkout."
+        "reinstall MedSegRWKV from a full checkout.", code=ErrorCode.BAD_INPUT
     )
 
 

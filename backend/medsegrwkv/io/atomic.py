@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 
 class IncompleteWrite(Exception):
@@ -23,7 +23,7 @@ class IncompleteWrite(Exception):
 
 
 def write_error(path: Path, reason: str) -> MedSegError:
-    return MedSegError(f"Cannot write {path}: {reason}.", code="output_not_writable")
+    return MedSegError(f"Cannot write {path}: {reason}.", code=ErrorCode.OUTPUT_NOT_WRITABLE)
 
 
 def _os_reason(exc: OSError) -> str:

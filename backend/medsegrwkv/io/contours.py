@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import MedSegError
+from ..errors import ErrorCode, MedSegError
 from .volumes import Study
 
 _NAME = re.compile(r"IM-\d+-(\d+)-([io])contour-manual\.txt", re.IGNORECASE)
@@ -50,11 +50,12 @@ def _read_points(path: Path) -> np.ndarray:
         points = np.loadtxt(path, dtype=float, ndmin=2)
     except ValueError as exc:
         raise MedSegError(
-            f"{path} is not a valid contour file: each line must hold two numbers, x and y."
+            f"{path} is not a valid contour file: each line must hold two numbers, x and y.", code=ErrorCode.BAD_INPUT
         ) from exc
     if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3 or not np.isfinite(points).all():
         raise MedSegError(
-            f"{path} is not a valid contour file: it needs at least 3 points of two numbers, x and y."
+            f"{path} is not a valid contour file: it needs at least 3 points of two numbers, x and y.",
+            code=ErrorCode.BAD_INPUT
         )
     return points
 
@@ -63,7 +64,7 @@ def read_sunnybrook_contours(contour_dir: str | Path, dicom_dir: str | Path) -> 
     """All endo- and epicardial contours under `contour_dir` (papillary-muscle contours are skipped)."""
     contour_dir, dicom_dir = Path(contour_dir), Path(dicom_dir)
     if not contour_dir.is_dir():
-        raise MedSegError(f"The contour folder {contour_dir} does not exist.")
+        raise MedSegError(f"The contour folder {contour_dir} does not exist.", code=ErrorCode.BAD_INPUT)
     contours = []
     for path in sorted(contour_dir.rglob("*.txt")):
         match = _NAME.fullmatch(path.name)
@@ -72,12 +73,13 @@ def read_sunnybrook_contours(contour_dir: str | Path, dicom_dir: str | Path) -> 
         number = int(match[1])
         dicom_file = dicom_dir / f"{number}.dcm"
         if not dicom_file.is_file():
-            raise MedSegError(f"The contour file {path} was drawn on {dicom_file}, which does not exist.")
+            raise MedSegError(f"The contour file {path} was drawn on {dicom_file}, which does not exist.",
+                              code=ErrorCode.BAD_INPUT)
         contours.append(Contour(number, match[2].lower(), _read_points(path), dicom_file))
     if not contours:
         raise MedSegError(
             f"The folder {contour_dir} contains no Sunnybrook contour files "
-            "(IM-0001-NNNN-icontour-manual.txt)."
+            "(IM-0001-NNNN-icontour-manual.txt).", code=ErrorCode.BAD_INPUT
         )
     return sorted(contours, key=lambda c: (c.image_number, c.kind))
 
@@ -109,7 +111,8 @@ def sunnybrook_reference(
     contours; a phase with endocardium only (ES in Sunnybrook) references label 3 alone."""
     if study.files is None:
         raise MedSegError(
-            f"Sunnybrook contours need the study read from its DICOM folder, not {study.source}."
+            f"Sunnybrook contours need the study read from its DICOM folder, not {study.source}.",
+            code=ErrorCode.BAD_INPUT
         )
     where = {f.resolve(): (p, k) for p, files in enumerate(study.files) for k, f in enumerate(files)}
     masks: dict[int, dict[int, dict[str, np.ndarray]]] = {}
@@ -117,13 +120,15 @@ def sunnybrook_reference(
         location = where.get(contour.dicom_file.resolve())
         if location is None:
             raise MedSegError(
-                f"The contoured image {contour.dicom_file} is not part of the study {study.source}."
+                f"The contoured image {contour.dicom_file} is not part of the study {study.source}.",
+                code=ErrorCode.BAD_INPUT
             )
         phase, k = location
         columns, rows = study.phases[phase].GetSize()[:2]
         mask = contour_mask(contour.points, (rows, columns))
         if not mask.any():
-            raise MedSegError(f"The {contour.kind}-contour of {contour.dicom_file} lies outside the image.")
+            raise MedSegError(f"The {contour.kind}-contour of {contour.dicom_file} lies outside the image.",
+                              code=ErrorCode.BAD_INPUT)
         slice_masks = masks.setdefault(phase, {}).setdefault(k, {})
         slice_masks[contour.kind] = slice_masks.get(contour.kind, False) | mask
 

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from ..errors import MedSegError
+from ..errors import ErrorCode, MedSegError
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +115,19 @@ def _choose_series(groups: dict[str, list[_Header]], series: str | None, folder:
             return next(iter(groups.values()))
         raise MedSegError(
             f"The folder {folder} holds {len(groups)} DICOM series, choose one with --series "
-            f"(series number or UID): {_listing(groups)}."
+            f"(series number or UID): {_listing(groups)}.", code=ErrorCode.BAD_INPUT
         )
     chosen = [uid for uid, hs in groups.items() if series.strip() in (uid, hs[0].series_number)]
     if len(chosen) == 1:
         return groups[chosen[0]]
     if not chosen:
         raise MedSegError(
-            f"No DICOM series in {folder} matches '{series}'; the folder holds: {_listing(groups)}."
+            f"No DICOM series in {folder} matches '{series}'; the folder holds: {_listing(groups)}.",
+            code=ErrorCode.BAD_INPUT
         )
     raise MedSegError(
         f"Several DICOM series in {folder} have series number {series}, choose one by its UID "
-        f"with --series: {_listing({uid: groups[uid] for uid in chosen})}."
+        f"with --series: {_listing({uid: groups[uid] for uid in chosen})}.", code=ErrorCode.BAD_INPUT
     )
 
 
@@ -192,7 +193,7 @@ def _read_phase(paths: list[Path], spacing_z: float, what: str) -> sitk.Image:
         bad = next((p for p in paths if not _readable(p)), paths[0])
         raise MedSegError(
             f"Cannot read the DICOM image {bad} of {what}: the file is damaged or its encoding is "
-            "not supported."
+            "not supported.", code=ErrorCode.BAD_INPUT
         ) from exc
     # ITK derives the slice distance from the first and last file; set it from the header
     # positions so the result never depends on the ITK version.
@@ -212,7 +213,7 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
     """Read one DICOM series found anywhere under `folder`, split into cardiac phases."""
     headers = [h for p in sorted(folder.rglob("*")) if p.is_file() and (h := read_header(p))]
     if not headers:
-        raise MedSegError(f"The folder {folder} contains no DICOM images.")
+        raise MedSegError(f"The folder {folder} contains no DICOM images.", code=ErrorCode.BAD_INPUT)
     groups: dict[str, list[_Header]] = {}
     for h in sorted(headers, key=lambda h: (_number(h.series_number, np.inf), h.series_uid)):
         groups.setdefault(h.series_uid, []).append(h)
@@ -222,21 +223,23 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
     if any(h.frames > 1 for h in headers):
         raise MedSegError(
             f"The {what} is stored as multi-frame (enhanced) files, which are not supported; "
-            "export it with one file per image."
+            "export it with one file per image.", code=ErrorCode.BAD_INPUT
         )
     unplaced = next((h for h in headers if h.position is None or h.orientation is None), None)
     if unplaced is not None:
         raise MedSegError(
             f"The DICOM file {unplaced.path} has no image position or orientation, so the slices "
-            f"of the {what} cannot be placed in space."
+            f"of the {what} cannot be placed in space.", code=ErrorCode.BAD_INPUT
         )
     headers = _drop_duplicates(headers, what)
     orientation = headers[0].orientation
     if any(not np.allclose(h.orientation, orientation, atol=1e-3) for h in headers):
-        raise MedSegError(f"The {what} mixes image orientations; a short-axis stack has one orientation.")
+        raise MedSegError(f"The {what} mixes image orientations; a short-axis stack has one orientation.",
+                          code=ErrorCode.BAD_INPUT)
     if len({h.size for h in headers}) > 1:
         raise MedSegError(
-            f"The {what} mixes image sizes; all its images must have the same rows and columns."
+            f"The {what} mixes image sizes; all its images must have the same rows and columns.",
+            code=ErrorCode.BAD_INPUT
         )
 
     normal = np.cross(orientation[:3], orientation[3:])  # type: ignore[index]
@@ -244,13 +247,14 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
     if len(positions) < 2:
         raise MedSegError(
             f"The {what} has a single slice position, so it is a 2D image; a short-axis stack (3D) "
-            "or cine (4D) is needed."
+            "or cine (4D) is needed.", code=ErrorCode.BAD_INPUT
         )
     counts = sorted({len(g) for g in positions})
     if len(counts) > 1:
         raise MedSegError(
             f"The slice positions of the {what} hold different numbers of images ({counts[0]} to "
-            f"{counts[-1]}), so it cannot be split into cardiac phases; the series may be incomplete."
+            f"{counts[-1]}), so it cannot be split into cardiac phases; the series may be incomplete.",
+            code=ErrorCode.BAD_INPUT
         )
     timed = all(h.trigger_time is not None for h in headers)
     for group in positions:

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import MedSegError
+from ..errors import ErrorCode, MedSegError
 from .atomic import IncompleteWrite, write_atomic, write_error
 from .dicom import is_dicom_file, read_dicom_folder
 
@@ -51,12 +51,12 @@ def _check_voxels(image: sitk.Image, source: Path) -> None:
     if components != 1:
         raise MedSegError(
             f"{source} has {components} values per voxel (e.g. colour or vector data); a grey-value "
-            "image is needed."
+            "image is needed.", code=ErrorCode.BAD_INPUT
         )
     if image.GetPixelID() in _FLOAT_TYPES:
         bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
         if bad:
-            raise MedSegError(f"{source} contains {bad} voxels that are NaN or infinite.")
+            raise MedSegError(f"{source} contains {bad} voxels that are NaN or infinite.", code=ErrorCode.BAD_INPUT)
 
 
 def _split_4d(image: sitk.Image, source: Path) -> list[sitk.Image]:
@@ -71,7 +71,8 @@ def _split_4d(image: sitk.Image, source: Path) -> list[sitk.Image]:
         try:
             phase.SetDirection(direction.ravel().tolist())
         except RuntimeError as exc:
-            raise MedSegError(f"{source} has a degenerate spatial orientation in its 4D header.") from exc
+            raise MedSegError(f"{source} has a degenerate spatial orientation in its 4D header.",
+                              code=ErrorCode.BAD_INPUT) from exc
         phases.append(phase)
     return phases
 
@@ -103,20 +104,22 @@ def _read_file(path: Path) -> Study:
     if suffix is None:
         if is_dicom_file(path):
             raise MedSegError(
-                f"{path} is a single DICOM image (2D); pass the folder that holds the whole series."
+                f"{path} is a single DICOM image (2D); pass the folder that holds the whole series.",
+                code=ErrorCode.BAD_INPUT
             )
         raise MedSegError(
             f"{path} is not a supported file type; use NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
-            "MetaImage (.mha, .mhd) or a DICOM folder."
+            "MetaImage (.mha, .mhd) or a DICOM folder.", code=ErrorCode.BAD_INPUT
         )
     fmt = _FORMATS[suffix]
     problem = _nifti_problem(path) if fmt == "NIfTI" else None  # first: ITK's C library prints what it fixes
     if problem:
-        raise MedSegError(f"Cannot read {path}: {problem}.")
+        raise MedSegError(f"Cannot read {path}: {problem}.", code=ErrorCode.BAD_INPUT)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise MedSegError(f"Cannot read {path}: it is damaged, truncated or not a valid {fmt} file.") from exc
+        raise MedSegError(f"Cannot read {path}: it is damaged, truncated or not a valid {fmt} file.",
+                          code=ErrorCode.BAD_INPUT) from exc
     _check_voxels(image, path)
     size = "x".join(str(n) for n in image.GetSize()[:3])
     dim = image.GetDimension()
@@ -126,22 +129,24 @@ def _read_file(path: Path) -> Study:
         phases = _split_4d(image, path)
         return Study(path, phases, None, f"{fmt} cine '{path.name}' ({size} x {len(phases)} phases)")
     if dim == 2:
-        raise MedSegError(f"{path} is a 2D image; a short-axis stack (3D) or cine (4D) is needed.")
-    raise MedSegError(f"{path} has {dim} dimensions; a short-axis stack (3D) or cine (4D) is needed.")
+        raise MedSegError(f"{path} is a 2D image; a short-axis stack (3D) or cine (4D) is needed.",
+                          code=ErrorCode.BAD_INPUT)
+    raise MedSegError(f"{path} has {dim} dimensions; a short-axis stack (3D) or cine (4D) is needed.",
+                      code=ErrorCode.BAD_INPUT)
 
 
 def read_study(path: str | Path, series: str | None = None) -> Study:
     """Read a NIfTI/NRRD/MetaImage file or a DICOM folder; `series` picks a series in a folder."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise MedSegError(f"{path} does not exist.")
+        raise MedSegError(f"{path} does not exist.", code=ErrorCode.BAD_INPUT)
     if path.is_dir():
         cine = read_dicom_folder(path, series)
         for image in cine.phases:
             _check_voxels(image, path)
         return Study(path, cine.phases, cine.trigger_times, cine.description, cine.files)
     if series is not None:
-        raise MedSegError(f"--series only applies to DICOM folders, but {path} is a file.")
+        raise MedSegError(f"--series only applies to DICOM folders, but {path} is a file.", code=ErrorCode.BAD_INPUT)
     return _read_file(path)
 
 
@@ -152,7 +157,8 @@ def select_phases(study: Study, phase: int | None) -> list[int]:
         return list(range(count))
     if not 0 <= phase < count:
         raise MedSegError(
-            f"Phase {phase} does not exist: {study.source} has {count} phase(s), numbered 0 to {count - 1}."
+            f"Phase {phase} does not exist: {study.source} has {count} phase(s), numbered 0 to {count - 1}.",
+            code=ErrorCode.BAD_INPUT
         )
     return [phase]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.nets.registry import register_model
 
 INPUT_SIZE = 224  # every grader sees 224x224 (Swin's window layout needs it)
@@ -24,7 +24,7 @@ def _timm_model(arch: str, in_channels: int, num_classes: int, input_size: int, 
         import timm
     except ImportError as exc:  # timm is the optional "grading" dependency of the backend
         raise MedSegError("Motion grading needs the timm package; install it with "
-                          "`pip install medsegrwkv`.", code="missing_dependency") from exc
+                          "`pip install medsegrwkv`.", code=ErrorCode.MISSING_DEPENDENCY) from exc
     kwargs = {"pretrained": False, "in_chans": in_channels, "num_classes": num_classes, "drop_rate": drop_rate}
     if arch.startswith("swin"):
         kwargs["img_size"] = input_size

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def register_model(
 def get_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
-        raise MedSegError(f"Unknown model '{name}'; available models: {known}.", code="unknown_model")
+        raise MedSegError(f"Unknown model '{name}'; available models: {known}.", code=ErrorCode.UNKNOWN_MODEL)
     return _REGISTRY[name]
 
 
@@ -81,7 +81,7 @@ def parse_overrides(name: str, items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise MedSegError(f"'{item}' is not KEY=VALUE.", code="bad_override")
+            raise MedSegError(f"'{item}' is not KEY=VALUE.", code=ErrorCode.BAD_OVERRIDE)
         try:
             overrides[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -89,7 +89,7 @@ def parse_overrides(name: str, items: list[str]) -> dict[str, Any]:
     try:
         create_model(name, **overrides)
     except (TypeError, ValueError) as error:
-        raise MedSegError(f"Model '{name}' does not accept {overrides}: {error}", code="bad_override") from None
+        raise MedSegError(f"Model '{name}' does not accept {overrides}: {error}", code=ErrorCode.BAD_OVERRIDE) from None
     return overrides
 
 

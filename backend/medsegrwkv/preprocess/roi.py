@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,11 @@ class Roi:
         """The part inside an image of `size`; an empty or fully outside box is an error."""
         if any(b <= a for a, b in zip(self.start, self.stop)):
             raise MedSegError(f"The ROI {self} is empty: each stop index must exceed its start index.",
-                              code="bad_roi")
+                              code=ErrorCode.BAD_ROI)
         start = tuple(max(0, a) for a in self.start)
         stop = tuple(min(n, b) for b, n in zip(self.stop, size))
         if any(b <= a for a, b in zip(start, stop)):
-            raise MedSegError(f"The ROI {self} lies outside the image (size {tuple(size)}).", code="bad_roi")
+            raise MedSegError(f"The ROI {self} lies outside the image (size {tuple(size)}).", code=ErrorCode.BAD_ROI)
         return Roi(start, stop)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -41,7 +41,7 @@ def parse_voxel_roi(text: str) -> Roi:
     except ValueError:
         values = []
     if len(values) != 6:
-        raise MedSegError(f"The ROI '{text}' must be six integers i0,j0,k0,i1,j1,k1.", code="bad_roi")
+        raise MedSegError(f"The ROI '{text}' must be six integers i0,j0,k0,i1,j1,k1.", code=ErrorCode.BAD_ROI)
     return Roi(tuple(values[:3]), tuple(values[3:]))  # type: ignore[arg-type]
 
 
@@ -50,11 +50,11 @@ def roi_from_ras_box(image: sitk.Image, ras_min: tuple[float, float, float],
     """The voxel box covering a box given in RAS millimetres (as Slicer's markups ROI gives it)."""
     if not np.isfinite([*ras_min, *ras_max]).all():
         raise MedSegError(f"The RAS ROI {(*ras_min, *ras_max)} holds a value that is not a finite number.",
-                          code="bad_roi")
+                          code=ErrorCode.BAD_ROI)
     corners = itertools.product(*zip(ras_min, ras_max))
     indices = np.array([image.TransformPhysicalPointToContinuousIndex((-r, -a, s)) for r, a, s in corners])
     if not np.isfinite(indices).all():
-        raise MedSegError(f"The RAS ROI {(*ras_min, *ras_max)} lies outside the image.", code="bad_roi")
+        raise MedSegError(f"The RAS ROI {(*ras_min, *ras_max)} lies outside the image.", code=ErrorCode.BAD_ROI)
     start = tuple(int(math.floor(v + 0.5)) for v in indices.min(axis=0))
     stop = tuple(int(math.floor(v + 0.5)) + 1 for v in indices.max(axis=0))
     return Roi(start, stop).clipped(image.GetSize())  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 
 VALIDATION_RESIDUES = (13, 14, 15, 16)
 _IMAGE = re.compile(r"^(patient(\d+))_frame(\d+)\.nii(\.gz)?$")
@@ -42,9 +42,9 @@ def list_cases(root: str | Path, split: str = "all") -> list[Case]:
     """All labelled frames under `root`; `split` is all, train or val."""
     base = Path(root)
     if not base.is_dir():
-        raise MedSegError(f"The data folder {base} does not exist.", code="bad_data")
+        raise MedSegError(f"The data folder {base} does not exist.", code=ErrorCode.BAD_DATA)
     if split not in ("all", "train", "val"):
-        raise MedSegError(f"Unknown split '{split}'; choose all, train or val.", code="bad_data")
+        raise MedSegError(f"Unknown split '{split}'; choose all, train or val.", code=ErrorCode.BAD_DATA)
     cases = []
     for image in sorted(base.glob("patient*/patient*_frame*.nii*")):
         match = _IMAGE.match(image.name)
@@ -59,7 +59,7 @@ def list_cases(root: str | Path, split: str = "all") -> list[Case]:
         cases.append(Case(match.group(1), number, int(match.group(3)), image, label, group))
     if not cases:
         raise MedSegError(f"No labelled ACDC-layout frames (patientNNN/patientNNN_frameXX.nii.gz with _gt) "
-                          f"were found in {base}.", code="bad_data")
+                          f"were found in {base}.", code=ErrorCode.BAD_DATA)
     if split == "val":
         return [c for c in cases if is_validation(c.number)]
     if split == "train":

@@ -23,7 +23,7 @@ from monai.data import DataLoader
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.interactive.clicks import Click, changes_near_clicks, next_click
 from medsegrwkv.interactive.refiner import STRUCTURES, Refiner, refinement_input
@@ -156,13 +156,13 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
     """Train (or resume) the refinement network; returns {"best", "best_epoch", "steps", "loss", "model"}."""
     if get_spec(cfg.model).task != "refinement":
         raise MedSegError(f"Model '{cfg.model}' is not a refinement model (see `medsegrwkv models`).",
-                          code="wrong_task")
+                          code=ErrorCode.WRONG_TASK)
     device = resolve_device(cfg.device)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     segmenter_net, seg_manifest = load_model(cfg.init, device)
     if seg_manifest.get("task", "segmentation") != "segmentation":
-        raise MedSegError(f"--init {cfg.init} is not a segmentation model.", code="wrong_task")
+        raise MedSegError(f"--init {cfg.init} is not a segmentation model.", code=ErrorCode.WRONG_TASK)
     for p in segmenter_net.parameters():
         p.requires_grad_(False)
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]

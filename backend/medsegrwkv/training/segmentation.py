@@ -25,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from medsegrwkv.training.schedule import warmup_cosine
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import training_autocast
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config
@@ -102,7 +102,8 @@ def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, 
     wanted = json.loads(json.dumps(model_config(cfg.model, **cfg.overrides)))  # tuples as the manifest's lists
     if manifest["architecture"] != cfg.model or manifest.get("config", {}) != wanted:
         raise MedSegError(f"--init weights {cfg.init} are a {manifest['architecture']} model with config "
-                          f"{manifest.get('config')}, not {cfg.model} with config {wanted}.", code="bad_weights")
+                          f"{manifest.get('config')}, not {cfg.model} with config {wanted}.",
+                          code=ErrorCode.BAD_WEIGHTS)
     model.load_state_dict(start.state_dict())
     training, validation = manifest.get("training", {}), manifest.get("metrics", {}).get("validation", {})
     return {"weights": cfg.init, "sha256": manifest.get("sha256"), "epochs_completed": training.get("epochs_completed"),
@@ -123,7 +124,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     if spec.task != "segmentation":
         raise MedSegError(f"Model '{cfg.model}' is a {spec.task} model; `train` trains segmentation models.",
-                          code="wrong_task")
+                          code=ErrorCode.WRONG_TASK)
     _seed_everything(cfg.seed + ctx.rank)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = create_model(cfg.model, **cfg.overrides)

@@ -21,7 +21,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from medsegrwkv.errors import MedSegError
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.io.atomic import IncompleteWrite, write_atomic
 from medsegrwkv.nets.registry import create_model, get_spec
 
@@ -59,10 +59,10 @@ def load_manifest(name_or_dir: str | Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise MedSegError(f"The weights manifest {path} cannot be read ({exc}).", code="bad_weights") from exc
+        raise MedSegError(f"The weights manifest {path} cannot be read ({exc}).", code=ErrorCode.BAD_WEIGHTS) from exc
     if not isinstance(manifest, dict):
         raise MedSegError(f"The weights manifest {path} must be a JSON object, not a {type(manifest).__name__}.",
-                          code="bad_weights")
+                          code=ErrorCode.BAD_WEIGHTS)
     return manifest
 
 
@@ -108,29 +108,30 @@ def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> t
     manifest = load_manifest(folder)
     if manifest is None or not (folder / TENSORS).is_file():
         raise MedSegError(f"Model '{name_or_dir}' has no installed weights; train it or choose another model "
-                          "(see `medsegrwkv models`).", code="weights_missing")
+                          "(see `medsegrwkv models`).", code=ErrorCode.WEIGHTS_MISSING)
     if sha256_file(folder / TENSORS) != manifest.get("sha256"):
         raise MedSegError(f"The weights in {folder / TENSORS} do not match the checksum in their manifest; "
-                          "the file is corrupt or was altered.", code="checksum_mismatch")
+                          "the file is corrupt or was altered.", code=ErrorCode.CHECKSUM_MISMATCH)
     check_manifest(manifest, folder)
     try:
         model = create_model(manifest["architecture"], **manifest.get("config", {}))
     except (TypeError, ValueError, KeyError, ArithmeticError, AssertionError, RuntimeError) as exc:
         raise MedSegError(f"The manifest in {folder} has a config that architecture '{manifest['architecture']}' "
-                          f"cannot be built with ({exc}).", code="bad_weights") from exc
+                          f"cannot be built with ({exc}).", code=ErrorCode.BAD_WEIGHTS) from exc
     try:
         tensors = load_file(str(folder / TENSORS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MedSegError(f"The weights file {folder / TENSORS} is damaged and cannot be read ({exc}).",
-                          code="bad_weights") from exc
+                          code=ErrorCode.BAD_WEIGHTS) from exc
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in tensors.values()):
-        raise MedSegError(f"The weights file {folder / TENSORS} holds NaN or infinite values.", code="bad_weights")
+        raise MedSegError(f"The weights file {folder / TENSORS} holds NaN or infinite values.",
+                          code=ErrorCode.BAD_WEIGHTS)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise MedSegError(f"The weights in {folder} do not fit architecture '{manifest['architecture']}'.",
-                          code="bad_weights") from exc
+                          code=ErrorCode.BAD_WEIGHTS) from exc
     return model.to(device).eval(), manifest
 
 
@@ -143,7 +144,7 @@ def check_manifest(manifest: dict[str, Any], folder: Path) -> None:
     """What the loader and the preprocessing rely on, so that a hand-edited manifest is one sentence,
     not a traceback deep inside resampling (a zero spacing divides by zero there)."""
     def bad(what: str) -> MedSegError:
-        return MedSegError(f"The weights manifest in {folder} is invalid: {what}.", code="bad_weights")
+        return MedSegError(f"The weights manifest in {folder} is invalid: {what}.", code=ErrorCode.BAD_WEIGHTS)
 
     if not isinstance(manifest.get("architecture"), str):
         raise bad("'architecture' must name a registered model")
