@@ -1,5 +1,5 @@
 """`medsegrwkv engine` driven over real pipes as a subprocess, as the Slicer module drives it
-(DESIGN.md §3): every op, progress, cancel mid-study, busy rejection, malformed and unknown
+(docs/design.md §3): every op, progress, cancel mid-study, busy rejection, malformed and unknown
 requests, stdin closing, and the Lib's client restarting a worker that was killed mid-request.
 """
 

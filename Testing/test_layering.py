@@ -1,4 +1,4 @@
-"""The backend's import layering (docs/design.md, "Layout"): imports go down the layers, never up,
+"""The backend's import layering (docs/design.md §2): imports go down the layers, never up,
 and no modules import each other, counting imports inside functions. Read from the source with
 `ast`, so a lazy import that would only fail at run time is caught here.
 """
@@ -108,7 +108,7 @@ def test_no_import_cycles_between_modules_or_subpackages():
 def test_the_checker_sees_cycles_and_lazy_imports():
     """The checks above would catch a cycle made by an import inside a function."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    source = "import os\ndef f():\n    from medsegrwkv.cli.main import main\n    from . import x\n    from .x import y\n"
+    source = "import os\ndef f():\n    from medsegrwkv.cli.main import main\n    from . import x\n    from .x import y"
     known = {"medsegrwkv.cli.main", "medsegrwkv.nets.x", "medsegrwkv.nets.mod"}
     assert imported_modules(source, "medsegrwkv.nets.mod", "medsegrwkv.nets", known) == {
         "medsegrwkv.cli.main", "medsegrwkv.nets.x"}

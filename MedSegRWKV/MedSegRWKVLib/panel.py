@@ -1,5 +1,5 @@
 """What the panel's choosers offer and what its labels say, from the worker's `models` and `info`
-results. Models without verified weights are listed but cannot be chosen (DESIGN.md §6: never
+results. Models without verified weights are listed but cannot be chosen (docs/design.md §6: never
 silently random)."""
 
 from __future__ import annotations

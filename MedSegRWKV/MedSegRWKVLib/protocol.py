@@ -1,4 +1,4 @@
-"""The module's side of the worker protocol (DESIGN.md §3; the worker's side is
+"""The module's side of the worker protocol (docs/design.md §3; the worker's side is
 backend/medsegrwkv/engine/protocol.py): building requests and reading answers.
 
 Requests are checked here before they are sent, so a mistake in the module shows up as a

@@ -10,7 +10,7 @@ from enum import Enum
 
 
 class ErrorCode(str, Enum):
-    """The machine-readable codes of the worker's `error` answers (docs/design.md, "Protocol").
+    """The machine-readable codes of the worker's `error` answers (docs/design.md §3).
 
     A `str` so that JSON carries the plain code and `code == "bad_roi"` holds. The Slicer module
     mirrors the codes it acts on in MedSegRWKVLib/protocol.py (Testing/test_slicer_lib.py checks).

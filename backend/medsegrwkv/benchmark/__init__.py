@@ -1,4 +1,4 @@
-"""`medsegrwkv benchmark`: every model's size, cost, speed and memory in one run (DESIGN.md §7).
+"""`medsegrwkv benchmark`: every model's size, cost, speed and memory in one run (docs/design.md §7).
 
 `report.run_benchmark` starts one fresh process per model (`measure.py`), collects the numbers,
 adds ratios to the default model and fitted scaling exponents, and writes benchmark.json and

@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve requests (info, models, segment, grade, cancel, shutdown) as JSON lines "
                        "on stdin, answering with progress, result and error lines on stdout; logs go to stderr. "
                        "One request runs at a time (others get the error 'busy'); models stay loaded between "
-                       "requests; ends on 'shutdown' or when stdin closes. See docs/DESIGN.md section 3.")
+                       "requests; ends on 'shutdown' or when stdin closes. See docs/design.md section 3.")
     p.set_defaults(func=cmd_engine)
     return parser
 

@@ -1,4 +1,4 @@
-"""The worker's wire format (DESIGN.md §3): one JSON object per line, UTF-8, both directions.
+"""The worker's wire format (docs/design.md §3): one JSON object per line, UTF-8, both directions.
 
 Request:  {"id": 7, "op": "segment", ...fields}      id: a string or an integer chosen by the client
 Answers:  {"id": 7, "type": "progress", "fraction": 0.4, "message": "phase 0: slice 8/12"}  (any number)

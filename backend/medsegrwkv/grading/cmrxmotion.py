@@ -5,7 +5,7 @@ Layout (as the CMRxMotion challenge releases it): a folder of NIfTI volumes, e.g
 image-quality labels, `IQA.csv`, one row per volume (`Image,Label`: P001-1-ED,1) or per slice
 (with a `slice` column, 0-based along the volume's slice axis).
 
-Label conventions, mapped explicitly (DESIGN.md §4):
+Label conventions, mapped explicitly (docs/design.md §4):
 - quality: CMRxMotion's IQA labels are 3 levels, 1 mild, 2 intermediate, 3 severe; they are the
   Likert scores {4, 5}, {3} and {1, 2}, and train the 5-score grader with a set-valued loss
   (-log P(score in the set)). A CSV on the 5-point scale (5 excellent ... 1 non-diagnostic)

@@ -1,6 +1,6 @@
 """Respiratory motion in a segmented cine acquisition, simulated per 2D slice in k-space.
 
-Physics (DESIGN.md §5.3). A segmented cine slice is filled over `segments` heartbeats: each
+Physics (docs/design.md §5.3). A segmented cine slice is filled over `segments` heartbeats: each
 heartbeat acquires one block of phase-encoding (ky) lines for every cardiac phase. If the patient
 breathes, every heartbeat sees the heart at a different position, so different ky lines encode
 differently displaced anatomy; the inconsistency shows as ghosts and blurring along the

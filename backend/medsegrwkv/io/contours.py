@@ -20,7 +20,7 @@ from .volumes import Study
 
 _NAME = re.compile(r"IM-\d+-(\d+)-([io])contour-manual\.txt", re.IGNORECASE)
 ENDOCARDIUM, EPICARDIUM = "i", "o"
-LV_MYOCARDIUM, LV_CAVITY = 2, 3  # ACDC labels (DESIGN.md §4)
+LV_MYOCARDIUM, LV_CAVITY = 2, 3  # ACDC labels (docs/design.md §4)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,7 @@
 """Reading studies (volume files or DICOM folders) as cardiac phases, and writing results atomically.
 
 Every later stage works on one 3D phase at a time, so a study is always a list of 3D images with
-full geometry; labelmaps are written back in that geometry (DESIGN.md §4). Every failure the user
+full geometry; labelmaps are written back in that geometry (docs/design.md §4). Every failure the user
 can cause becomes a MedSegError, and a failed write leaves nothing behind.
 """
 

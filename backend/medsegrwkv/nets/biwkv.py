@@ -1,4 +1,4 @@
-"""Bi-WKV, the bidirectional linear attention of Vision-RWKV, in pure PyTorch (DESIGN.md §5.1).
+"""Bi-WKV, the bidirectional linear attention of Vision-RWKV, in pure PyTorch (docs/design.md §5.1).
 
 For a sequence of T tokens and each channel, with w' = w/T and u' = u/T,
 

@@ -1,4 +1,4 @@
-"""MedSegRWKV: a U-shaped network of Vision-RWKV blocks with a dynamic scan (DESIGN.md §5.1).
+"""MedSegRWKV: a U-shaped network of Vision-RWKV blocks with a dynamic scan (docs/design.md §5.1).
 
 Encoder: a convolutional stem (full, 1/2 resolution; its features are the fine skips), then
 four stages at 1/4 .. 1/32. Each stage has one global block, which scans the whole map along a

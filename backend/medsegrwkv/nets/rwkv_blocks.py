@@ -1,4 +1,4 @@
-"""Vision-RWKV blocks whose Q-Shift and Bi-WKV follow a scan path (DESIGN.md §5.1).
+"""Vision-RWKV blocks whose Q-Shift and Bi-WKV follow a scan path (docs/design.md §5.1).
 
 A block holds K candidate paths. With K = 1 it is a plain VRWKV block scanned along that path;
 with K > 1 it takes per-sample path weights (from `PathGate`) and outputs the weighted mix of

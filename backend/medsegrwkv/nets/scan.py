@@ -1,4 +1,4 @@
-"""Scan paths over token grids, and the window split of the local blocks (DESIGN.md §5.1).
+"""Scan paths over token grids, and the window split of the local blocks (docs/design.md §5.1).
 
 A path is a permutation of the row-major tokens of a grid. Snake (boustrophedon) paths reverse
 the faster axes at every step of the slower ones, so consecutive tokens are always grid

@@ -1,4 +1,4 @@
-"""Mamba's selective scan (S6) in pure PyTorch, for VM-UNet's SS2D (DESIGN.md §5.2).
+"""Mamba's selective scan (S6) in pure PyTorch, for VM-UNet's SS2D (docs/design.md §5.2).
 
 Per channel d and state n, with Δ = softplus(delta + delta_bias):
 

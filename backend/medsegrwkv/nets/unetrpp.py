@@ -1,4 +1,4 @@
-"""UNETR++ (Shaker et al., 2024; Amshaker/unetr_plus_plus), the 3D attention peer of DESIGN.md
+"""UNETR++ (Shaker et al., 2024; Amshaker/unetr_plus_plus), the 3D attention peer of docs/design.md
 §5.2, written here from the paper's description in its ACDC configuration.
 
 Encoder: a (1,4,4) patch stem and three 2x2x2 downsamplings (each conv + GroupNorm) to 32, 64,

@@ -1,5 +1,5 @@
 """VM-UNet (Ruan & Xiang, 2024; JCruan519/VM-UNet): a U-shaped network of Visual State Space
-blocks, the Mamba peer of DESIGN.md §5.2, written here from the paper's description.
+blocks, the Mamba peer of docs/design.md §5.2, written here from the paper's description.
 
 Patch embedding (4x4, C channels, LayerNorm) -> encoder stages at 1/4 .. 1/32 of C, 2C, 4C, 8C
 channels, each a run of VSS blocks followed by patch merging (2x2 neighbours concatenated, norm,

@@ -1,4 +1,4 @@
-"""Weights format (DESIGN.md §6).
+"""Weights format (docs/design.md §6).
 
 A weights folder holds `model.safetensors` (no pickle: loading an untrusted checkpoint must not
 run code) and `manifest.json`: architecture and config, labels with names/colours/terminology,
