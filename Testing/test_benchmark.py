@@ -92,3 +92,10 @@ def test_compare_records_its_table_in_a_weights_folder_and_card(tmp_path: Path) 
     assert main(["compare", str(folder), "--output", str(output), "--record-in", str(folder)]) == 2
     assert main(["compare", str(folder), "--output", str(output), "--record-in", str(tmp_path),
                  "--title", "x"]) == 2
+
+
+def test_complexity_is_counted_once_per_model_and_config(monkeypatch):
+    first = complexity("unet2d")
+    monkeypatch.setattr("medsegrwkv.nets.complexity.create_model", lambda *a, **k: pytest.fail("counted again"))
+    again = complexity("unet2d", {})
+    assert again == first and again is not first and again["flops_input"] is not first["flops_input"]

@@ -108,7 +108,7 @@ def test_cuda_matches_reference(T: int) -> None:
 
 def test_rejects_bad_shapes() -> None:
     w, u, k, v = (t.detach() for t in _inputs(7, 1.0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"v \(2, 6, 7\)"):
         biwkv(w, u, k, v[:, :-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"w \(6,\)"):
         biwkv(w[:-1], u, k, v)

@@ -120,5 +120,5 @@ def test_cmrxmotion_per_slice_likert_csv_and_bad_labels(cmrx_folder: Path, tmp_p
 def test_cmrxmotion_segmentation_labels_are_mapped_to_acdc():
     cmrx = np.array([[0, 1, 2, 3]])  # background, LV, MYO, RV
     assert map_segmentation_labels(cmrx).tolist() == [[0, 3, 2, 1]]  # ACDC: LV cavity 3, myocardium 2, RV 1
-    with pytest.raises(MedSegError):
+    with pytest.raises(MedSegError, match=r"0-3 only, found \[4\]"):
         map_segmentation_labels(np.array([4]))

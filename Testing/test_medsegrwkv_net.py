@@ -104,7 +104,7 @@ def test_windows_round_trip() -> None:
     assert torch.equal(from_windows(w, (4, 2)), x)
     x3 = torch.randn(1, 4, 6, 8, 3)
     assert torch.equal(from_windows(to_windows(x3, (2, 3, 2)), (2, 3, 2)), x3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not split into"):
         to_windows(x, (3, 2))
 
 
@@ -200,7 +200,7 @@ def test_3d_builds_and_trains() -> None:
 
 
 def test_rejects_unknown_scan() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not 'zigzag'"):
         create_model("medsegrwkv-t", scan="zigzag")
 
 

@@ -61,8 +61,8 @@ def test_inplane_resampling_there_and_back_keeps_a_disc():
 def test_roi_parsing_clipping_and_ras_box():
     assert parse_voxel_roi("1,2,3,4,5,6") == Roi((1, 2, 3), (4, 5, 6))
     assert Roi((-5, 0, 0), (10, 500, 3)).clipped((40, 30, 6)) == Roi((0, 0, 0), (10, 30, 3))
-    for bad in (Roi((5, 0, 0), (5, 10, 3)), Roi((50, 0, 0), (60, 10, 3))):
-        with pytest.raises(MedSegError):
+    for bad, problem in ((Roi((5, 0, 0), (5, 10, 3)), "is empty"), (Roi((50, 0, 0), (60, 10, 3)), "lies outside")):
+        with pytest.raises(MedSegError, match=problem):
             bad.clipped((40, 30, 6))
     image = _image()
     image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # in-plane rotated 90 degrees
@@ -90,5 +90,5 @@ def test_3d_sliding_window_path_keeps_geometry_reports_progress_and_cancels():
     labels = segmenter.segment(image, progress=lambda f, m: events.append(f))
     assert labels.GetSize() == image.GetSize() and labels.GetSpacing() == image.GetSpacing()
     assert len(events) > 2 and events == sorted(events)
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="cancelled"):
         segmenter.segment(image, cancel=lambda: len(events) > 3)

@@ -134,7 +134,7 @@ def test_slice_centre_world_lands_on_the_slice(sample: sitk.Image) -> None:
         point = geometry.slice_centre_world(matrix, sample.GetSize(), 2, index)
         lps = (-point[0], -point[1], point[2])
         assert np.allclose(sample.TransformPhysicalPointToContinuousIndex(lps), (127.5, 127.5, index))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is outside"):
         geometry.slice_centre_world(matrix, sample.GetSize(), 2, sample.GetSize()[2])
 
 
@@ -194,9 +194,11 @@ def test_worker_messages_are_parsed() -> None:
     error = protocol.parse_message(json.dumps(error_message(4, "no_cuda", "CUDA was requested but none is there.")))
     assert error.final and error.code == "no_cuda"
     assert protocol.error_text(error) == "CUDA was requested but none is there. Choose Auto or CPU as the device."
-    for line in ("garbage", "[]", '{"id": 1}', '{"id": 1, "type": "progress"}', '{"id": 1, "type": "result"}',
-                 '{"id": 1, "type": "chat"}'):
-        with pytest.raises(protocol.ProtocolViolation):
+    for line, problem in (("garbage", "not JSON"), ("[]", "not a worker message"), ('{"id": 1}', "not a worker"),
+                          ('{"id": 1, "type": "progress"}', "progress without a fraction"),
+                          ('{"id": 1, "type": "result"}', "result without an object"),
+                          ('{"id": 1, "type": "chat"}', "unknown message type")):
+        with pytest.raises(protocol.ProtocolViolation, match=problem):
             protocol.parse_message(line)
 
 
@@ -426,7 +428,7 @@ def test_setup_plans() -> None:
     assert plan.blocked and not plan.ready and "reinstall the MedSegRWKV extension" in plan.message
     assert dependencies.plan_setup("2.3", "0.1.0", None, pytorch_utils=False).ready  # installed some other way
     assert dependencies.version_at_least("2.1", "2.1.0") and not dependencies.version_at_least("2.0.9", "2.1")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a version"):
         dependencies.parse_version("unknown")
 
 

@@ -48,7 +48,8 @@ def test_two_ddp_processes_stay_in_sync(tmp_path, acdc):
         shutil.copytree(acdc / patient, data / patient)
     out = tmp_path / "ddp"
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: the rendezvous takes a free port, so parallel runs on one machine do not collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(worker), str(data), str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

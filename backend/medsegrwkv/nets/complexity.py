@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import torch
@@ -53,8 +54,17 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
+_COUNTED: dict[tuple[str, str], dict[str, Any]] = {}
+
+
 def complexity(name: str, config: dict[str, Any] | None = None) -> dict[str, float | int | list[int]]:
-    """Size of `name` built with `config` (a manifest's config: the overrides it was trained with)."""
-    model = create_model(name, **(config or {}))
-    shape = reference_input_shape(name, config)
-    return {"params": count_parameters(model), "gflops": count_gflops(model, shape), "flops_input": list(shape)}
+    """Size of `name` built with `config` (a manifest's config: the overrides it was trained with).
+    Counted once per process and config: counting builds the network and traces it (up to seconds
+    each), and `medsegrwkv models` asks for every model."""
+    key = (name, json.dumps(config or {}, sort_keys=True, default=repr))
+    if key not in _COUNTED:
+        model = create_model(name, **(config or {}))
+        shape = reference_input_shape(name, config)
+        _COUNTED[key] = {"params": count_parameters(model), "gflops": count_gflops(model, shape),
+                         "flops_input": list(shape)}
+    return copy.deepcopy(_COUNTED[key])
