@@ -4,7 +4,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-quick install clean-venv
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest Testing -q -p no:cacheprovider
+
+# The same without the slow tier (pytest.ini, Testing/conftest.py): a few minutes, for each edit.
+test-quick: $(STAMP)
+	$(VENV)/bin/python -m pytest Testing -q -p no:cacheprovider -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

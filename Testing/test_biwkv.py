@@ -97,7 +97,7 @@ def test_autocast_computes_in_float32(dtype: torch.dtype) -> None:
     assert ((out.float() - expected).norm() / expected.norm()).item() < 2 * eps
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 2, 7, 64, 513, 4096])
 def test_cuda_matches_reference(T: int) -> None:
     """Same bounds on CUDA, whose cumulative sums accumulate in float32 (the CPU's in float64)."""

@@ -29,7 +29,8 @@ from medsegrwkv.io import (
 )
 from medsegrwkv.io.contours import contour_mask
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from conftest import DATA, require
+
 SUNNYBROOK = DATA / "sunnybrook" / "SCD0000101"
 CONTOURS = DATA / "sunnybrook" / "SCD0000101_contours"
 ACDC = DATA / "acdc" / "patient001"
@@ -38,9 +39,7 @@ ED, ES = 18, 7  # contoured phases of SCD0000101 (0-based): t = 19 and t = 8 of 
 
 @pytest.fixture(scope="module")
 def data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"real data not found at {DATA.resolve()} (see the data README)")
-    return DATA
+    return require(DATA)
 
 
 @pytest.fixture(scope="module")

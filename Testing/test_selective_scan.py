@@ -78,8 +78,8 @@ def test_mismatched_shapes_are_rejected() -> None:
         selective_scan_chunked(u, delta, A, B[..., :5], C)
 
 
-@pytest.mark.skipif(mamba_selective_scan is None or not torch.cuda.is_available(),
-                    reason="mamba_ssm's CUDA kernel is not installed or no CUDA GPU")
+@pytest.mark.gpu
+@pytest.mark.skipif(mamba_selective_scan is None, reason="mamba_ssm's CUDA kernel is not installed")
 def test_mamba_kernel_and_pure_pytorch_paths_agree() -> None:
     u, delta, A, B, C, D, bias = (t.detach() for t in _inputs(300, 4, 1.0, channels=64, states=16, device="cuda"))
     kernel = selective_scan(u, delta, A, B, C, D, bias, True)
