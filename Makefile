@@ -19,10 +19,12 @@ demo: $(STAMP)
 	$(VENV)/bin/medsegrwkv demo --output outputs/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest Testing -q -p no:cacheprovider
 
 # The same without the slow tier (pytest.ini, Testing/conftest.py): a few minutes, for each edit.
 test-quick: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest Testing -q -p no:cacheprovider -m "not slow"
 
 clean-venv:

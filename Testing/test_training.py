@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from medsegrwkv.training.acdc import is_validation, list_cases
 from medsegrwkv.training.segmentation import TrainConfig, train_segmentation
