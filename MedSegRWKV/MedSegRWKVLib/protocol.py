@@ -17,8 +17,8 @@ FINAL_TYPES = ("result", "error")
 
 
 class ErrorCode(str, Enum):
-    """The error codes the module acts on. The worker's mirror medsegrwkv.errors.ErrorCode, which
-    the module cannot import (Slicer's Python may not have torch yet); Testing/test_slicer_lib.py
+    """The error codes the module acts on. Those the worker sends mirror medsegrwkv.errors.ErrorCode,
+    which the module cannot import (Slicer's Python may not have torch yet); Testing/test_slicer_lib.py
     checks that the two agree."""
 
     BUSY = "busy"
