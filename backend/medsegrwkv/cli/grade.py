@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
-from medsegrwkv.io.text import write_text_atomic
+from medsegrwkv.io.text import rows_csv, write_text_atomic
 
 
 def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -29,14 +28,7 @@ def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def csv_text(report: dict[str, Any]) -> str:
-    import io
-
-    rows = slice_rows(report)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return rows_csv(slice_rows(report))
 
 
 def print_table(report: dict[str, Any], file=None) -> None:

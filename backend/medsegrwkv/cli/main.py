@@ -120,7 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medsegrwkv.nets.registry import DEFAULT_MODELS
     from medsegrwkv.training.acdc import list_cases
     from medsegrwkv.training.evaluation import evaluate_cases
-    from medsegrwkv.training.report import rows_csv, write_report
+    from medsegrwkv.io.text import rows_csv
+    from medsegrwkv.training.report import worst_structure_dice, write_report
 
     output = Path(args.output) if args.output else None
     if output:
@@ -156,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         worst = write_report(report, rows, summary, kept, segmenter.manifest["labels"],
                              f"{name} on {args.data} ({args.split}, {len(rows)} volumes)", args.worst)
         print("worst volumes (lowest structure Dice): " + ", ".join(
-            f"{r['case']} {min(r[f'{n}_dice'] for n in ('RV', 'Myo', 'LV')):.3f}" for r in worst))
+            f"{r['case']} {worst_structure_dice(r):.3f}" for r in worst))
     if args.robustness:
         from medsegrwkv.training.robustness import evaluate_robustness, render_robustness
 

@@ -12,6 +12,14 @@ from medsegrwkv.training.acdc import Case
 from medsegrwkv.training.metrics import STRUCTURES, structure_metrics, summarize
 
 
+def score_volume(segmenter: Segmenter, image: sitk.Image, reference: sitk.Image, tta: bool = False
+                 ) -> tuple[sitk.Image, dict[str, dict[str, float]]]:
+    """The deployed pipeline's labelmap for `image` and its Dice/HD95 against `reference` (same grid)."""
+    pred = segmenter.segment(image, tta=tta)
+    return pred, structure_metrics(sitk.GetArrayViewFromImage(pred), sitk.GetArrayViewFromImage(reference),
+                                   tuple(reversed(reference.GetSpacing())))
+
+
 def evaluate_cases(segmenter: Segmenter, cases: Iterable[Case], tta: bool = False, show_progress: bool = True,
                    on_case: Callable[[int, int], None] | None = None,
                    on_prediction: Callable[[Case, sitk.Image, sitk.Image, sitk.Image], None] | None = None,
@@ -23,11 +31,9 @@ def evaluate_cases(segmenter: Segmenter, cases: Iterable[Case], tta: bool = Fals
     for i, case in enumerate(tqdm(cases, desc="evaluate", unit="vol", disable=not show_progress)):
         image = sitk.ReadImage(str(case.image), sitk.sitkFloat32)
         reference = sitk.ReadImage(str(case.label))
-        pred = segmenter.segment(image, tta=tta)
+        pred, m = score_volume(segmenter, image, reference, tta)
         if on_prediction:
             on_prediction(case, image, reference, pred)
-        m = structure_metrics(sitk.GetArrayViewFromImage(pred), sitk.GetArrayViewFromImage(reference),
-                              tuple(reversed(reference.GetSpacing())))
         metrics.append(m)
         row: dict[str, Any] = {"case": case.name, "group": case.group or ""}
         for name in STRUCTURES.values():

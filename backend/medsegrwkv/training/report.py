@@ -7,8 +7,6 @@ the reference on the top row and the prediction below (`worst/<case>.png`).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -16,20 +14,12 @@ from typing import Any
 import SimpleITK as sitk
 
 from medsegrwkv.io.montage import overlay_rows, save_png_atomic
-from medsegrwkv.io.text import write_text_atomic
+from medsegrwkv.io.text import rows_csv, write_text_atomic
 from medsegrwkv.training.metrics import STRUCTURES
 
 
 def worst_structure_dice(row: dict[str, Any]) -> float:
     return min(row[f"{name}_dice"] for name in STRUCTURES.values())
-
-
-def rows_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def write_report(folder: Path, rows: list[dict[str, Any]], summary: dict[str, float],

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.training.acdc import Case
-from medsegrwkv.training.metrics import STRUCTURES, structure_metrics, summarize
+from medsegrwkv.training.evaluation import score_volume
+from medsegrwkv.training.metrics import STRUCTURES, summarize
 
 Pair = tuple[sitk.Image, sitk.Image]  # (image float32, reference labels)
 
@@ -141,12 +142,6 @@ def get_perturbation(name: str) -> Perturbation:
     raise KeyError(name)
 
 
-def _score(segmenter: Segmenter, image: sitk.Image, reference: sitk.Image) -> dict[str, dict[str, float]]:
-    pred = segmenter.segment(image)
-    return structure_metrics(sitk.GetArrayViewFromImage(pred), sitk.GetArrayViewFromImage(reference),
-                             tuple(reversed(reference.GetSpacing())))
-
-
 def evaluate_robustness(segmenter: Segmenter, cases: Iterable[Case], perturbations: Iterable[Perturbation] = PERTURBATIONS,
                         show_progress: bool = True) -> list[dict[str, Any]]:
     """One row per look ("clean" first): mean Dice per structure and the drop from clean, in points of
@@ -159,7 +154,7 @@ def evaluate_robustness(segmenter: Segmenter, cases: Iterable[Case], perturbatio
         reference = sitk.ReadImage(str(case.label))
         for p in looks:
             pair = (image, reference) if p is None else p.apply(image, reference)
-            scores["clean" if p is None else p.name].append(_score(segmenter, *pair))
+            scores["clean" if p is None else p.name].append(score_volume(segmenter, *pair)[1])
             bar.update()
     bar.close()
     clean = summarize(scores["clean"])
