@@ -28,6 +28,7 @@ SLOW: dict[str, set[str] | None] = {
                        "test_compare_records_its_table_in_a_weights_folder_and_card"},
     "test_cli": None,
     "test_engine": None,
+    "test_function": {"test_cli_segments_the_bundled_cine_and_reports_its_function"},
     "test_grading_cli": None,
     "test_grading_train": None,
     "test_hostile_input": {

@@ -283,3 +283,33 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
 def is_dicom_file(path: Path) -> bool:
     """Whether `path` is a DICOM image, to tell a user who passed one file to pass its folder."""
     return read_header(path) is not None
+
+
+def _body_value(value: object, low: float, high: float) -> float | None:
+    number = _number(value)
+    return number if number is not None and np.isfinite(number) and low <= number <= high else None
+
+
+def patient_size_weight(files: list[Path] | list[list[Path]]) -> tuple[float | None, float | None]:
+    """Height (cm, from PatientSize in metres) and weight (kg, from PatientWeight) of a DICOM study.
+
+    The first file that gives a plausible value wins; a missing, empty, garbled or implausible
+    value (height outside 0.3-2.5 m, weight outside 1-400 kg) is None, never an error.
+    """
+    flat = [f for item in files for f in (item if isinstance(item, (list, tuple)) else [item])]
+    height = weight = None
+    for path in flat[:16]:  # one study has one patient; a few files suffice when the first are sparse
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientSize", "PatientWeight"])
+        except Exception:
+            continue
+        metres = _body_value(ds.get("PatientSize"), 0.3, 2.5)
+        if height is None and metres is not None:
+            height = round(100.0 * metres, 2)
+        if weight is None:
+            weight = _body_value(ds.get("PatientWeight"), 1.0, 400.0)
+        if height is not None and weight is not None:
+            break
+    return height, weight

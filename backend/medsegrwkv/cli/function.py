@@ -1,0 +1,220 @@
+"""`medsegrwkv function` (cardiac function of a whole cine) and `medsegrwkv evaluate-function`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
+from medsegrwkv.errors import ErrorCode, MedSegError
+from medsegrwkv.io.text import rows_csv, write_text_atomic
+
+
+def _bar_progress(bar: Any):
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction, 1)
+        bar.set_postfix_str(message)
+        bar.refresh()
+
+    return progress
+
+
+def read_label_phases(paths: list[str], study: Any) -> list[Any]:
+    """The labelmaps given with --labels (one 4D file, or one 3D file per phase), checked against the study."""
+    from medsegrwkv.function import check_labels_match
+    from medsegrwkv.io import read_study
+
+    phases = [image for path in paths for image in read_study(path).phases]
+    if len(phases) != len(study.phases):
+        raise MedSegError(f"The labelmap{'s' if len(paths) > 1 else ''} {', '.join(paths)} hold{'' if len(paths) > 1 else 's'} "
+                          f"{len(phases)} phase(s) but the study {study.source} has {len(study.phases)}.",
+                          code=ErrorCode.BAD_LABELS)
+    for p, (image, labels) in enumerate(zip(study.phases, phases)):
+        check_labels_match(image, labels, f"The labelmap of phase {p}")
+    return phases
+
+
+def segment_phases(study: Any, args: argparse.Namespace) -> tuple[list[Any], list[dict[str, Any]], str, list[str]]:
+    """Every phase segmented by the chosen model: labelmaps, the manifest's labels, the model name, warnings."""
+    from medsegrwkv.inference.device import describe_device
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+    segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
+    print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
+          file=sys.stderr)
+    count = len(study.phases)
+    labelmaps = []
+    with progress_bar(100, "function") as bar:
+        report = _bar_progress(bar)
+        for p, image in enumerate(study.phases):
+            def progress(fraction: float, message: str, p: int = p) -> None:
+                report((p + fraction) / count, f"phase {p} {message}")
+
+            labelmaps.append(segmenter.segment(image, progress=progress))
+    return labelmaps, segmenter.manifest["labels"], segmenter.manifest["name"], []
+
+
+def print_summary(data: dict[str, Any], file=None) -> None:
+    out = file or sys.stdout
+    print(f"{'phase':>5}  {'time ms':>8}  {'LV mL':>8}  {'RV mL':>8}  {'Myo mL':>8}", file=out)
+    for row in data["curve"]:
+        mark = " ED" if row["phase"] == data["ed_phase"] else " ES" if row["phase"] == data["es_phase"] else ""
+        cells = [f"{row[k]:>8.1f}" if row[k] is not None else f"{'-':>8}" for k in ("time_ms", "lv_ml", "rv_ml", "myo_ml")]
+        print(f"{row['phase']:>5}  " + "  ".join(cells) + mark, file=out)
+    for name in ("lv", "rv"):
+        v = data[name]
+        if not v:
+            continue
+        line = (f"{name.upper()}: EDV {v['edv_ml']:.1f} mL, ESV {v['esv_ml']:.1f} mL, SV {v['sv_ml']:.1f} mL, "
+                f"EF {v['ef_percent']:.1f}%" if v["ef_percent"] is not None else f"{name.upper()}: EF n/a")
+        if v.get("mass_g") is not None:
+            line += f", mass {v['mass_g']:.1f} g"
+        if v.get("edv_ml_m2") is not None:
+            line += f"; EDVi {v['edv_ml_m2']:.1f} mL/m2"
+        print(line, file=out)
+    if data["bsa_m2"] is not None:
+        print(f"BSA {data['bsa_m2']:.2f} m2 (Mosteller)", file=out)
+
+
+def cmd_function(args: argparse.Namespace) -> int:
+    from medsegrwkv.function import compute_function, default_labels
+    from medsegrwkv.function.cardiac import pick_phase
+    from medsegrwkv.io import read_study
+
+    output = Path(args.output)
+    check_output(output, (".json",))
+    csv_path = Path(args.csv) if args.csv else None
+    png_path = Path(args.png) if args.png else None
+    if csv_path:
+        check_output(csv_path, (".csv",))
+    if png_path:
+        check_output(png_path, (".png",))
+        from medsegrwkv.function.plots import require_matplotlib
+
+        require_matplotlib()  # before any work: Slicer's Python may lack it
+    if (args.height_cm is None) != (args.weight_kg is None):
+        raise MedSegError("Give both --height-cm and --weight-kg (for the body surface area), or neither.",
+                          code=ErrorCode.BAD_ARGUMENT)
+    study = read_study(args.input, series=args.series)
+    if len(study.phases) < 2:
+        raise MedSegError(f"Cardiac function needs at least two cardiac phases (ED and ES); {study.source} has "
+                          f"{len(study.phases)}.", code=ErrorCode.BAD_PHASE)
+    for given, name in ((args.ed, "ED"), (args.es, "ES")):
+        pick_phase(given, name, len(study.phases))  # before the model runs
+    height, weight, body_source = args.height_cm, args.weight_kg, "given"
+    if height is None and study.files:
+        from medsegrwkv.io.dicom import patient_size_weight
+
+        height, weight = patient_size_weight(study.files)
+        if height is None or weight is None:
+            height = weight = None
+        body_source = "DICOM PatientSize and PatientWeight"
+    if args.labels:
+        labelmaps, labels, model, warnings = read_label_phases(args.labels, study), default_labels(), None, []
+        print(f"{study.description}; labels from {', '.join(args.labels)}", file=sys.stderr)
+    else:
+        labelmaps, labels, model, warnings = segment_phases(study, args)
+    function = compute_function(labelmaps, labels, trigger_times_ms=study.trigger_times, ed=args.ed, es=args.es,
+                                height_cm=height, weight_kg=weight)
+    data = function.to_json()
+    data["warnings"] = warnings + data["warnings"]
+    report = {"source": str(study.source), "description": study.description, "model": model,
+              "labels_from": list(args.labels) if args.labels else None,
+              "body_size_from": body_source if height is not None else None, **data}
+    print_warnings(report["warnings"])
+    write_text_atomic(output, json.dumps(report, indent=2) + "\n")
+    written = [output]
+    if csv_path:
+        write_text_atomic(csv_path, rows_csv(function.curve()))
+        written.append(csv_path)
+    if png_path:
+        from medsegrwkv.function.plots import save_curve_png
+
+        save_curve_png(function, png_path, title=Path(study.source).name)
+        written.append(png_path)
+    print_summary(report)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_evaluate_function(args: argparse.Namespace) -> int:
+    from medsegrwkv.function.plots import require_matplotlib
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.io.atomic import check_writable
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+    from medsegrwkv.training.function_validation import (
+        patient_studies,
+        report_markdown,
+        sunnybrook_function,
+        validate_function,
+        write_validation,
+    )
+
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise MedSegError(f"The output {output} must be a folder.", code=ErrorCode.BAD_OUTPUT)
+    require_matplotlib()
+    patient_studies(args.data, args.split)  # data errors before the model is loaded
+    output.mkdir(parents=True, exist_ok=True)
+    check_writable(output / "function_validation.json")
+    segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
+    with progress_bar(100, "evaluate-function") as bar:
+        report = validate_function(args.data, segmenter, args.split, progress=_bar_progress(bar))
+    if args.sunnybrook:
+        contours = args.contours or str(Path(args.sunnybrook).parent / "contours")
+        with progress_bar(100, "sunnybrook") as bar:
+            report["sunnybrook"] = sunnybrook_function(args.sunnybrook, contours, segmenter,
+                                                       progress=_bar_progress(bar))
+    paths = write_validation(report, output)
+    print(report_markdown(report))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_function_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("function", help="cardiac function of a whole cine: volume curves, EDV, ESV, SV, EF, LV mass",
+                       description="Segment every phase of a cine short-axis study (or read its labelmaps with "
+                       "--labels) and report the LV cavity, RV cavity and myocardium volume over the cycle, ED and "
+                       "ES (largest and smallest LV cavity), LV and RV EDV, ESV, SV and EF, LV mass at ED and, with "
+                       "height and weight, BSA (Mosteller) and indexed values. Volumes by Simpson's rule of discs. "
+                       "STUDY is read like `segment` reads it.")
+    p.add_argument("input", metavar="STUDY", help="4D NIfTI/NRRD/MHA file or DICOM cine folder")
+    p.add_argument("-o", "--output", required=True, help="JSON report to write (function.json)")
+    p.add_argument("--csv", help="also write the volume curve, one row per phase, to this CSV file")
+    p.add_argument("--png", help="also draw the volume curves to this PNG (needs matplotlib)")
+    p.add_argument("--labels", nargs="+", metavar="LABELMAP",
+                   help="use these labelmaps instead of a model: one 4D file, or one 3D file per phase "
+                   "(ACDC labels: 1 RV cavity, 2 LV myocardium, 3 LV cavity), on the study's voxel grid")
+    p.add_argument("--ed", type=int, help="the end-diastolic phase (0-based; default: largest LV cavity)")
+    p.add_argument("--es", type=int, help="the end-systolic phase (0-based; default: smallest LV cavity)")
+    p.add_argument("--height-cm", type=float, help="patient height in cm (with --weight-kg: BSA and indexed values; "
+                   "a DICOM study's PatientSize is used otherwise)")
+    p.add_argument("--weight-kg", type=float, help="patient weight in kg")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
+    p.add_argument("--model", help="registered segmentation model (default: the default model; see `models`)")
+    p.add_argument("--weights", metavar="DIR", help="a weights folder, e.g. from `train`; overrides --model")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_function)
+
+    e = sub.add_parser("evaluate-function", help="validate cardiac function against ground truth (ACDC split)",
+                       description="For every patient of the split, the ED and ES frames as a two-phase study: "
+                       "LV EDV, ESV, EF, mass and RV EDV, ESV, EF from the model against the ground truth, "
+                       "summarised as Pearson r, bias, limits of agreement and MAE (the ACDC challenge's clinical "
+                       "metrics). Writes function_validation.json, .md and a Bland-Altman .png into --output.")
+    e.add_argument("--data", required=True, help="ACDC-layout folder (patientNNN/ with Info.cfg)")
+    e.add_argument("--split", default="val", choices=("all", "train", "val"), help="default val")
+    e.add_argument("--model", help="registered segmentation model (default: the default model)")
+    e.add_argument("--weights", metavar="DIR", help="a weights folder; overrides --model")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    e.add_argument("--output", default="outputs/function_validation", help="folder for the three files")
+    e.add_argument("--sunnybrook", metavar="DICOM_DIR",
+                   help="also compare with a Sunnybrook cine's expert contours (its DICOM folder)")
+    e.add_argument("--contours", metavar="DIR", help="the Sunnybrook contour folder (i-contours, o-contours); "
+                   "default: 'contours' beside DICOM_DIR")
+    e.set_defaults(func=cmd_evaluate_function)
