@@ -14,6 +14,7 @@ from medsegrwkv.io.text import rows_csv, write_text_atomic
 
 def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     lv = set(report["study"]["lv_slices"])
+    volume_level = {v["phase"]: v["cmrxmotion_level"] for v in report.get("volumes", [])}
     rows = []
     for s in report["slices"]:
         row = {"phase": s["phase"], "index": s["index"], "slice": s["slice"], "expected_score": s["expected_score"],
@@ -21,6 +22,7 @@ def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                "p_diagnostic": s["p_diagnostic"], "lv": s["index"] in lv}
         row.update({f"p{k}": (s["probabilities"] or {}).get(str(k)) for k in range(1, 6)})
         row["not_graded"] = s.get("not_graded", "")
+        row["volume_cmrxmotion_level"] = volume_level.get(s["phase"])  # the row's phase (volume), VOLUME_RULE
         if "file" in s:
             row["file"] = s["file"]
         rows.append(row)
@@ -49,6 +51,11 @@ def print_table(report: dict[str, Any], file=None) -> None:
     print(f"study: {study['grade'] or 'not graded'} (score {study['score']}; {study['rule']}; LV slices from "
           f"{study['lv_slices_source']})", file=out)
     print(f"recommendation: {study['recommendation']}", file=out)
+    levels = [f"phase {v['phase']}: {v['cmrxmotion_level']}" for v in report.get("volumes", [])
+              if v["cmrxmotion_level"] is not None]
+    if levels:
+        print(f"CMRxMotion level per volume (1 mild, 2 intermediate, 3 severe; worst LV slice): {', '.join(levels)}",
+              file=out)
     print(f"note: {report['caveat']}", file=out)
 
 
@@ -116,6 +123,79 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_grade)
 
 
+# -- evaluate-grades ----------------------------------------------------------------------------
+def cmd_evaluate_grades(args: argparse.Namespace) -> int:
+    """`evaluate-grades`: the grader on TorchIO's artefacts (--torchio) and/or a CMRxMotion-layout folder."""
+    from medsegrwkv.errors import ErrorCode, MedSegError
+
+    if not args.torchio and not args.cmrxmotion:
+        raise MedSegError("Say what to evaluate: --torchio (ACDC validation slices with TorchIO's motion and "
+                          "ghosting) and/or --cmrxmotion DIR (volumes with an IQA.csv).", code=ErrorCode.BAD_INPUT)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            raise MedSegError(f"--output {output} is a file; give a folder.", code=ErrorCode.BAD_OUTPUT)
+        output.mkdir(parents=True, exist_ok=True)
+    model = args.weights or args.model
+    results: dict[str, Any] = {}
+    if args.torchio:
+        from medsegrwkv.grading.external_evaluation import evaluate_torchio, report_lines, simulator_validation
+
+        report = evaluate_torchio(args.data, model, args.device, args.split, args.max_cases)
+        if args.simulator:
+            sim = simulator_validation(args.data, model, args.device, args.max_cases, show_progress=True)
+            report["own_simulator"] = {k: sim[k] for k in ("samples", "accuracy", "kappa", "kappa_linear",
+                                                           "accuracy_3level", "kappa_3level", "ece", "recall")}
+        print("\n".join(report_lines(report)))
+        if "own_simulator" in report:
+            o = report["own_simulator"]
+            print(f"  own simulator: acc {o['accuracy']:.3f}  linear kappa {o['kappa_linear']:.3f}  "
+                  f"acc3 {o['accuracy_3level']:.3f}  kappa3 {o['kappa_3level']:.3f}")
+        results["torchio"] = report
+        if output is not None:
+            write_text_atomic(output / "torchio.json", json.dumps(report, indent=2) + "\n")
+            print(f"wrote {output / 'torchio.json'}")
+    if args.cmrxmotion:
+        from medsegrwkv.grading.cmrxmotion import evaluate_cmrxmotion
+
+        report = evaluate_cmrxmotion(args.cmrxmotion, model, args.device, lv_detection=not args.all_slices,
+                                     labels_csv=args.labels)
+        m = report["metrics"]
+        print(f"CMRxMotion-form evaluation of {report['model']} on {m['volumes']} volumes: accuracy "
+              f"{m['accuracy']:.3f}, linear-weighted kappa {m['kappa_linear']:.3f}, kappa {m['kappa']:.3f} "
+              "(best published challenge test results: accuracy 0.725, kappa 0.631)")
+        results["cmrxmotion"] = report
+        if output is not None:
+            write_text_atomic(output / "cmrxmotion.json", json.dumps(report, indent=2) + "\n")
+            write_text_atomic(output / "cmrxmotion.csv", rows_csv(report["volumes"]))
+            print(f"wrote {output / 'cmrxmotion.json'} and {output / 'cmrxmotion.csv'}")
+    return 0
+
+
+def add_evaluate_grades_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate-grades", help="evaluate the motion grader outside its own simulator",
+                       description="--torchio: grade the ACDC validation slices clean and with TorchIO's RandomMotion "
+                       "and RandomGhosting at 3 strengths (Spearman with strength, 3-level accuracy and linear kappa, "
+                       "clean slices graded below 4 per slice position). --cmrxmotion DIR: grade every volume of a "
+                       "folder with an IQA.csv (Image,Label: 1 mild, 2 intermediate, 3 severe) and score it as the "
+                       "CMRxMotion challenge does (accuracy, Cohen's kappa). See docs/grading.md.")
+    p.add_argument("--torchio", action="store_true", help="evaluate on TorchIO-corrupted ACDC validation slices")
+    p.add_argument("--cmrxmotion", metavar="DIR", help="a CMRxMotion-layout folder (NIfTI volumes and IQA.csv)")
+    p.add_argument("--labels", metavar="CSV", help="the quality-label CSV (default: the one CSV in --cmrxmotion)")
+    p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder for --torchio")
+    p.add_argument("--split", default="val", help="ACDC split for --torchio (default val: the 20 validation patients)")
+    p.add_argument("--max-cases", type=int, help="first N volumes of the split only (smoke tests)")
+    p.add_argument("--simulator", action="store_true",
+                   help="with --torchio, also the project's own simulated validation set, for comparison")
+    p.add_argument("--all-slices", action="store_true",
+                   help="--cmrxmotion: a volume's level from all its slices, not only those through the LV")
+    p.add_argument("--model", help="registered grading model (default: the default grader)")
+    p.add_argument("--weights", metavar="DIR", help="a grader weights folder; overrides --model")
+    p.add_argument("--output", metavar="DIR", help="folder for torchio.json, cmrxmotion.json and cmrxmotion.csv")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_evaluate_grades)
+
+
 # -- train grade --------------------------------------------------------------------------------
 def add_train_grade_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("grade (motion-artefact grader) options")
@@ -125,6 +205,12 @@ def add_train_grade_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-minutes", type=float, help="stop at the first epoch end after this much training time")
     g.add_argument("--max-val-cases", type=int, help="use only the first N validation volumes (smoke tests)")
     g.add_argument("--cmrxmotion", help="real graded data in the CMRxMotion layout to mix into training")
+    g.add_argument("--clean-fraction", type=float, default=0.15,
+                   help="share of samples that are the untouched slice, labelled 5 (default 0.15)")
+    g.add_argument("--position-balance", type=float, default=0.5,
+                   help="0 uniform slice sampling ... 1 apical/mid/basal/beyond-heart slices equally often (default 0.5)")
+    g.add_argument("--no-nuisance", action="store_true",
+                   help="no coil-shading, resolution and noise augmentation of the slices")
 
 
 def cmd_train_grade(args: argparse.Namespace) -> int:
@@ -138,7 +224,8 @@ def cmd_train_grade(args: argparse.Namespace) -> int:
         val_per_slice=args.val_per_slice, max_steps=args.max_steps, max_cases=args.max_cases,
         max_val_cases=args.max_val_cases, max_minutes=args.max_minutes,
         cmrxmotion=Path(args.cmrxmotion) if args.cmrxmotion else None, init=args.init,
-        validate=not args.no_validation)
+        validate=not args.no_validation, clean_fraction=args.clean_fraction, position_balance=args.position_balance,
+        nuisance=not args.no_nuisance)
     result = train_grader(cfg)
     best = result["best"] or {}
     summary = {k: best.get(k) for k in ("accuracy", "kappa", "kappa_linear", "accuracy_3level", "kappa_3level",

@@ -183,3 +183,54 @@ class CMRxMotionSlices(Dataset):
         if self.augment:
             x = _gamma(x, rng)
         return {"image": torch.from_numpy(x[None]), "mask": torch.from_numpy(score_mask(scores))}
+
+
+# -- evaluation in the challenge's form ----------------------------------------------------------
+BEST_PUBLISHED = {"accuracy": 0.725, "kappa": 0.631,
+                  "source": "best CMRxMotion 2022 task 1 test results (3 levels, per volume)"}
+
+
+def volume_level(scores: tuple[int, ...]) -> int:
+    """CMRxMotion level (1 mild, 2 intermediate, 3 severe) of a label's Likert score set: its worst score."""
+    worst = min(scores)
+    return 1 if worst >= 4 else 2 if worst == 3 else 3
+
+
+def evaluate_cmrxmotion(root: str | Path, model: str | None = None, device: str = "cpu", lv_detection: bool = True,
+                        labels_csv: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Grade every labelled volume of a CMRxMotion-layout folder and score the per-volume levels as the
+    challenge does: accuracy and Cohen's kappa (unweighted, and linear-weighted) on the 3 levels.
+
+    A volume's true level is its label (per-slice labels: the worst); its predicted level is
+    `grade`'s per-volume level (`grade.VOLUME_RULE`: the worst graded slice through the LV, or
+    through the whole volume with `lv_detection=False`).
+    """
+    from tqdm import tqdm
+
+    from medsegrwkv.grading.grade import Grader, grade_study
+    from medsegrwkv.grading.metrics import cohen_kappa
+
+    volumes = load_cmrxmotion(root, labels_csv)
+    grader = Grader.from_pretrained(model, device)
+    rows = []
+    for volume in tqdm(volumes, desc="grade volumes", unit="vol", disable=not show_progress):
+        truth = max(volume_level(scores) for scores in volume.slices.values())
+        report = grade_study(volume.image, grader=grader, lv_detection=lv_detection)
+        v = report["volumes"][0]
+        rows.append({"Image": volume.name, "Label": truth, "Predicted": v["cmrxmotion_level"],
+                     "worst_score": v["score"], "worst_index": v["worst_index"],
+                     "graded_lv_slices": v["graded_lv_slices"]})
+    graded = [r for r in rows if r["Predicted"] is not None]
+    truth = [r["Label"] for r in graded]
+    pred = [r["Predicted"] for r in graded]
+    metrics = {
+        "volumes": len(rows), "graded_volumes": len(graded),
+        "accuracy": float(np.mean([t == p for t, p in zip(truth, pred)])) if graded else float("nan"),
+        "kappa": cohen_kappa(truth, pred, (1, 2, 3)),
+        "kappa_linear": cohen_kappa(truth, pred, (1, 2, 3), "linear"),
+        "confusion": [[sum(1 for t, p in zip(truth, pred) if t == a and p == b) for b in (1, 2, 3)] for a in (1, 2, 3)],
+    }
+    return {"model": grader.manifest.get("name"), "folder": str(root), "lv_detection": lv_detection,
+            "rule": "predicted level = the worst graded slice of the volume" + (" through the LV" if lv_detection
+                                                                                else ""),
+            "metrics": metrics, "best_published": BEST_PUBLISHED, "volumes": rows}

@@ -71,15 +71,55 @@ class Volume:
     patient: str
     array: np.ndarray  # prepared (z, y, x) at 1.5625 mm, volume-normalised
     spacing: tuple[float, float]  # (y, x) mm
+    positions: list[str | None] | None = None  # per slice: apical/mid/basal/beyond (None: blank); see slice_positions
 
 
-def load_acdc_volumes(cases: list[Case], show_progress: bool = True) -> list[Volume]:
+POSITIONS = ("apical", "mid", "basal", "beyond")
+
+
+def slice_positions(labels: np.ndarray, signal: np.ndarray) -> list[str | None]:
+    """Position of every slice of a (z, y, x) labelmap: `apical`, `mid` or `basal` third of the slices
+    holding LV cavity or myocardium (>= 20 pixels; the apex is the end whose third has the smaller mean
+    LV area, so the file's slice order does not matter), `beyond` for slices with signal and no LV,
+    None for blank slices. Without labels (`labels` None) the thirds of the slices with signal."""
+    if labels is None:
+        z = np.flatnonzero(signal)
+        out: list[str | None] = [None] * len(signal)
+        for name, part in zip(("apical", "mid", "basal"), np.array_split(z, 3)):
+            for k in part:
+                out[int(k)] = name
+        return out
+    lv_area = np.isin(labels, (2, 3)).reshape(len(labels), -1).sum(1)
+    lv = np.flatnonzero(lv_area >= 20)
+    out = [("beyond" if signal[z] else None) for z in range(len(labels))]
+    if lv.size == 0:
+        return out
+    thirds = np.array_split(lv, 3)
+    apex_first = bool(lv_area[thirds[0]].mean() <= lv_area[thirds[-1]].mean()) if thirds[-1].size else True
+    for name, part in zip(("apical", "mid", "basal") if apex_first else ("basal", "mid", "apical"), thirds):
+        for k in part:
+            out[int(k)] = name
+    return out
+
+
+def load_acdc_volumes(cases: list[Case], show_progress: bool = True, positions: bool = False) -> list[Volume]:
+    """Prepared ACDC volumes; `positions` also reads the labels for each slice's position."""
+    from medsegrwkv.preprocess.pipeline import prepare_labels
+
     volumes = []
     for case in tqdm(cases, desc="load ACDC", unit="vol", disable=not show_progress):
         prepared = prepare_image(sitk.ReadImage(str(case.image), sitk.sitkFloat32))
         spacing = prepared.network_grid.GetSpacing()
-        volumes.append(Volume(case.name, case.patient, prepared.array, (spacing[1], spacing[0])))
+        where = None
+        if positions:
+            labels = prepare_labels(sitk.ReadImage(str(case.label)), prepared)
+            where = slice_positions(labels, _signal(prepared.array))
+        volumes.append(Volume(case.name, case.patient, prepared.array, (spacing[1], spacing[0]), where))
     return volumes
+
+
+def _signal(array: np.ndarray) -> np.ndarray:
+    return np.ptp(array.reshape(len(array), -1), axis=1) > 0
 
 
 def load_study_volumes(path: Path, name: str, phases: int = 4) -> list[Volume]:
@@ -92,7 +132,8 @@ def load_study_volumes(path: Path, name: str, phases: int = 4) -> list[Volume]:
     for p in picks:
         prepared = prepare_image(study.phases[int(p)])
         spacing = prepared.network_grid.GetSpacing()
-        volumes.append(Volume(f"{name}_phase{int(p):02d}", name, prepared.array, (spacing[1], spacing[0])))
+        volumes.append(Volume(f"{name}_phase{int(p):02d}", name, prepared.array, (spacing[1], spacing[0]),
+                              slice_positions(None, _signal(prepared.array))))
     return volumes
 
 
@@ -112,6 +153,51 @@ def _gamma(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def intensity_nuisance(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Receive-coil shading that is not an artefact (applied to the slice before any motion).
+
+    Half the time a smooth multiplicative bias field exp(sum c_ij u^i v^j), i + j <= 3 (as
+    TorchIO's RandomBiasField, coefficients uniform in +-0.3); 40 % of the time a surface-coil
+    brightening 1 + g exp(-r^2 / 2 s^2) about a point near the image border (g 0.5-2.5, s 20-45 %
+    of the field of view), the bright chest wall of phased-array coils. Both may occur together.
+    """
+    h, w = x.shape
+    v, u = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    gain = np.ones_like(x, dtype=np.float32)
+    if rng.random() < 0.5:
+        field = np.zeros_like(gain)
+        for i in range(4):
+            for j in range(4 - i):
+                if i + j:
+                    field += rng.uniform(-0.3, 0.3) * u ** i * v ** j
+        gain *= np.exp(field).astype(np.float32)
+    if rng.random() < 0.4:
+        angle = rng.uniform(0, 2 * np.pi)
+        cy, cx = 0.9 * np.sin(angle), 0.9 * np.cos(angle)
+        sigma = rng.uniform(0.4, 0.9)
+        gain *= (1 + rng.uniform(0.5, 2.5) * np.exp(-((v - cy) ** 2 + (u - cx) ** 2) / (2 * sigma ** 2))).astype(
+            np.float32)
+    return (x * gain).astype(np.float32)
+
+
+def acquisition_nuisance(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Clean-image differences between scanners that are not motion: 25 % a lower acquired resolution
+    (k-space kept to 60-100 % per axis, zero-filled back), 30 % Gaussian noise (sigma up to 3 % of the
+    99th percentile; magnitude images carry it as Rician noise)."""
+    if rng.random() < 0.25:
+        k = np.fft.fftshift(np.fft.fft2(x))
+        h, w = x.shape
+        fy, fx = rng.uniform(0.6, 1.0, 2)
+        keep = np.zeros_like(k, dtype=bool)
+        hy, hx = max(1, int(h * fy / 2)), max(1, int(w * fx / 2))
+        keep[h // 2 - hy:h // 2 + hy, w // 2 - hx:w // 2 + hx] = True
+        x = np.abs(np.fft.ifft2(np.fft.ifftshift(np.where(keep, k, 0)))).astype(np.float32)
+    if rng.random() < 0.3:
+        sigma = rng.uniform(0.0, 0.03) * max(float(np.percentile(x, 99)), 1e-6)
+        x = np.hypot(x + rng.normal(0, sigma, x.shape), rng.normal(0, sigma, x.shape)).astype(np.float32)
+    return x
+
+
 def score_mask(scores: Sequence[int]) -> np.ndarray:
     """Boolean mask over scores 1..5: the label set a sample is compatible with."""
     mask = np.zeros(5, dtype=bool)
@@ -124,15 +210,31 @@ class SimulatedMotionSlices(Dataset):
     """Clean slices turned into graded samples on the fly (see the module docstring)."""
 
     def __init__(self, volumes: list[Volume], seed: int = 0, size: int = INPUT_SIZE, augment: bool = True,
-                 min_foreground: float = 0.02) -> None:
+                 min_foreground: float = 0.02, clean_fraction: float = 0.0, nuisance: bool = False) -> None:
         self.volumes = volumes
         self.items = [(v, z) for v, vol in enumerate(volumes) for z in range(vol.array.shape[0])
                       if (vol.array[z] > 0.05).mean() >= min_foreground]  # skip empty slices
         self.seed = seed
         self.size = size
         self.augment = augment
+        self.clean_fraction = clean_fraction  # share of samples that are the clean slice, labelled 5
+        self.nuisance = nuisance  # coil shading, resolution and noise on every sample (augment only)
         self.epoch = 0
         self.simulators = {vol.spacing: MotionSimulator(vol.spacing) for vol in volumes}
+
+    def positions(self) -> list[str]:
+        """Each item's slice position (`slice_positions`; `mid` where the volume has none)."""
+        out = []
+        for v, z in self.items:
+            where = self.volumes[v].positions
+            out.append((where[z] if where is not None else None) or "mid")
+        return out
+
+    def position_weights(self) -> np.ndarray:
+        """Sampling weights that give every position (apical/mid/basal/beyond) the same share."""
+        where = np.array(self.positions())
+        counts = {p: int((where == p).sum()) for p in np.unique(where)}
+        return np.array([1.0 / counts[p] for p in where]) / len(counts)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -144,13 +246,16 @@ class SimulatedMotionSlices(Dataset):
         v, z = self.items[index]
         volume = self.volumes[v]
         clean = volume.array[z]
-        score = int(rng.integers(1, 6)) if score is None else score
+        exact_clean = score is None and self.clean_fraction > 0 and rng.random() < self.clean_fraction
+        score = 5 if exact_clean else int(rng.integers(1, 6)) if score is None else score
         spacing = volume.spacing
         if self.augment:
             clean, transposed = _augment(clean, rng)
             spacing = spacing[::-1] if transposed else spacing
+            if self.nuisance:
+                clean = acquisition_nuisance(intensity_nuisance(clean, rng), rng)
         simulator = self.simulators.get(tuple(spacing)) or MotionSimulator(tuple(spacing))
-        corrupted, _ = simulator.sample(clean, score, rng)
+        corrupted = clean if exact_clean else simulator.sample(clean, score, rng)[0]
         x = slice_to_input(corrupted, self.size)
         if self.augment:
             x = _gamma(x, rng)

@@ -51,6 +51,9 @@ CancelFn = Callable[[], bool]
 SCORES = np.arange(1, 6)
 LEVEL_SCORES = {"mild": (4, 5), "moderate": (3,), "severe": (1, 2)}
 GRADE_COLOURS = {"mild": (46, 160, 67), "moderate": (240, 170, 30), "severe": (215, 48, 39)}
+CMRXMOTION_LEVEL = {"mild": 1, "moderate": 2, "severe": 3}  # CMRxMotion's IQA labels: 1 mild, 2 intermediate, 3 severe
+VOLUME_RULE = ("per phase (volume): the worst grade among its graded slices through the left ventricle (all slices "
+               "without LV detection), as CMRxMotion's level 1 mild (4-5), 2 intermediate (3), 3 severe (1-2)")
 STUDY_RULE = ("study grade = worst grade among the slice positions through the left ventricle; a slice is "
               "non-diagnostic when its score is below 3 (1-2, severe)")
 NO_SIGNAL = "no signal (the slice is blank)"
@@ -282,6 +285,7 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     elif blank:
         warnings.append(f"{len(blank)} slice(s) hold no signal and were not graded: {', '.join(map(str, blank))}.")
     worst = min(gradable, key=lambda p: (p["score"], p["expected_score"])) if gradable else None
+    volumes = volume_levels(slices, lv)
     progress(1.0, "done")
     return {
         "input": str(study.source),
@@ -295,9 +299,12 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
         "warnings": warnings,
         "slices": slices,
         "positions": positions,
+        "volumes": volumes,
         "study": {
             "grade": worst["grade"] if worst else None,
             "score": worst["score"] if worst else None,
+            "cmrxmotion_level": CMRXMOTION_LEVEL[worst["grade"]] if worst else None,
+            "volume_rule": VOLUME_RULE,
             "rule": STUDY_RULE,
             "lv_slices": lv,
             "lv_slices_source": lv_source,
@@ -309,6 +316,20 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
         "caveat": CAVEAT,
         "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(time.time() - started, 3)},
     }, pictures
+
+
+def volume_levels(slices: list[dict[str, Any]], lv: list[int]) -> list[dict[str, Any]]:
+    """One entry per graded phase (a CMRxMotion volume): the worst grade among its graded LV slices
+    (`VOLUME_RULE`), its score, slice index and CMRxMotion level; None when no LV slice was graded."""
+    out = []
+    for phase in sorted({s["phase"] for s in slices}):
+        graded = [s for s in slices if s["phase"] == phase and s["index"] in lv and s["score"] is not None]
+        worst = min(graded, key=lambda s: (s["score"], s["expected_score"])) if graded else None
+        out.append({"phase": phase, "grade": worst["grade"] if worst else None,
+                    "score": worst["score"] if worst else None, "worst_index": worst["index"] if worst else None,
+                    "cmrxmotion_level": CMRXMOTION_LEVEL[worst["grade"]] if worst else None,
+                    "graded_lv_slices": len(graded)})
+    return out
 
 
 def _slice_layout(image: sitk.Image) -> tuple[int, bool]:

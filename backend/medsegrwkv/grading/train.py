@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from medsegrwkv.training.loop import RunFolder, optimiser_step
@@ -76,6 +76,10 @@ class GradeTrainConfig:
     cmrxmotion: Path | None = None  # real graded data (CMRxMotion layout) mixed into training
     init: str | None = None  # start from these weights (a registered name or a folder): fine-tuning
     validate: bool = True
+    # Against mistaking anatomy for motion (issue 21; docs/grading.md "Anatomy is not motion"):
+    clean_fraction: float = 0.15  # share of samples that are the untouched slice, labelled 5
+    position_balance: float = 0.5  # mix of uniform (0) and position-balanced (1) slice sampling
+    nuisance: bool = True  # coil shading, resolution and noise augmentation on every sample
 
 
 def _set_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -202,6 +206,46 @@ def write_model_card(weights_dir: Path) -> Path:
     return path
 
 
+CLEAN_MILD_TARGET = 0.9  # share of clean slices of every position that should be graded mild (4-5)
+
+
+def clean_validation_set(volumes: list[Any]) -> dict[str, Any]:
+    """The untouched validation slices (every non-blank one) with their positions."""
+    from medsegrwkv.grading.dataset import slice_to_input
+
+    images, positions = [], []
+    for volume in volumes:
+        for z, where in enumerate(volume.positions or [None] * len(volume.array)):
+            if where is not None:
+                images.append(slice_to_input(volume.array[z]).astype(np.float16))
+                positions.append(where)
+    return {"images": torch.from_numpy(np.stack(images)[:, None]), "positions": np.array(positions)}
+
+
+def clean_metrics(logits: np.ndarray, positions: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:
+    """Share of clean slices graded mild (median score >= 4), overall and per position."""
+    from medsegrwkv.grading.metrics import softmax
+
+    score = (np.cumsum(softmax(logits, temperature), axis=1) < 0.5).sum(1) + 1
+    by_position = {str(p): float((score[positions == p] >= 4).mean()) for p in np.unique(positions)}
+    return {"slices": int(len(score)), "mild_rate": float((score >= 4).mean()),
+            "mild_rate_by_position": by_position, "min_position_mild_rate": min(by_position.values())}
+
+
+def _better(new: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Epoch selection: the highest linear kappa among epochs whose clean slices of every position are
+    graded mild at least CLEAN_MILD_TARGET of the time; before any epoch reaches that, the highest
+    worst-position clean mild rate. Without clean metrics, the highest linear kappa."""
+    if "clean" not in new or "clean" not in best:
+        return new["kappa_linear"] > best["kappa_linear"]
+    a, b = new["clean"]["min_position_mild_rate"], best["clean"]["min_position_mild_rate"]
+    if (a >= CLEAN_MILD_TARGET) != (b >= CLEAN_MILD_TARGET):
+        return a >= CLEAN_MILD_TARGET
+    if a >= CLEAN_MILD_TARGET:
+        return new["kappa_linear"] > best["kappa_linear"]
+    return a > b or (a == b and new["kappa_linear"] > best["kappa_linear"])
+
+
 def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and return the best validation metrics and where the weights are."""
     spec = get_spec(cfg.model)
@@ -214,13 +258,14 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
     torch.manual_seed(cfg.seed)
 
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
-    volumes = load_acdc_volumes(train_cases, show_progress)
+    volumes = load_acdc_volumes(train_cases, show_progress, positions=True)
     if cfg.sunnybrook is not None:
         if not Path(cfg.sunnybrook).exists():
             raise MedSegError(f"The Sunnybrook study {cfg.sunnybrook} does not exist; pass --sunnybrook none to "
                               "train without it.", code=ErrorCode.BAD_DATA)
         volumes += load_study_volumes(Path(cfg.sunnybrook), Path(cfg.sunnybrook).name, cfg.sunnybrook_phases)
-    datasets: list[Any] = [SimulatedMotionSlices(volumes, seed=cfg.seed)]
+    datasets: list[Any] = [SimulatedMotionSlices(volumes, seed=cfg.seed, clean_fraction=cfg.clean_fraction,
+                                                 nuisance=cfg.nuisance)]
     n_real = 0
     if cfg.cmrxmotion is not None:
         from medsegrwkv.grading.cmrxmotion import CMRxMotionSlices, load_cmrxmotion
@@ -229,16 +274,26 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
         n_real = len(real)
         datasets.append(real)
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                        drop_last=len(dataset) >= cfg.batch_size, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = None
+    if cfg.position_balance > 0:
+        weights = (1 - cfg.position_balance) / len(datasets[0]) + cfg.position_balance * datasets[0].position_weights()
+        if len(datasets) > 1:  # real graded slices keep their uniform share
+            weights = np.concatenate([weights * len(datasets[0]), np.ones(len(datasets[1]))]) / len(dataset)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(dataset), replacement=True,
+                                        generator=generator)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size, persistent_workers=False,
+                        generator=generator if sampler is None else None)
 
     val: dict[str, Any] | None = None
     val_cases = []
+    clean_val: dict[str, Any] | None = None
     if cfg.validate:
         val_cases = list_cases(cfg.data, "val")[: cfg.max_val_cases]
-        val = simulated_validation_set(load_acdc_volumes(val_cases, show_progress), cfg.val_per_slice,
-                                       cfg.val_seed, show_progress=show_progress)
+        val_volumes = load_acdc_volumes(val_cases, show_progress, positions=True)
+        val = simulated_validation_set(val_volumes, cfg.val_per_slice, cfg.val_seed, show_progress=show_progress)
+        clean_val = clean_validation_set(val_volumes)
 
     if cfg.init:
         model, _ = load_model(cfg.init, device)
@@ -260,6 +315,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
         "validation": f"every non-empty validation slice at {cfg.val_per_slice} simulated scores, seed {cfg.val_seed}",
         "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
         "device": str(device), "init": cfg.init, "epochs_planned": cfg.epochs, "max_minutes": cfg.max_minutes,
+        "clean_fraction": cfg.clean_fraction, "position_balance": cfg.position_balance, "nuisance": cfg.nuisance,
     }
     started = time.time() - state["seconds"]
     stop = False
@@ -299,9 +355,14 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
         if val is not None:
             logits = predict_logits(model, val["images"], device)
             metrics = grading_metrics(logits, val["scores"], val["patients"])
+            if clean_val is not None:
+                metrics["clean"] = clean_metrics(predict_logits(model, clean_val["images"], device),
+                                                 clean_val["positions"], metrics["temperature"])
             record["validation"] = {k: metrics[k] for k in ("accuracy", "kappa", "kappa_linear", "kappa_3level",
                                                               "ece", "ece_temperature_scaled", "temperature")}
-            if state["best"] is None or metrics["kappa_linear"] > state["best"]["kappa_linear"]:
+            if "clean" in metrics:
+                record["validation"]["clean_mild_rate_by_position"] = metrics["clean"]["mild_rate_by_position"]
+            if state["best"] is None or _better(metrics, state["best"]):
                 state["best"], state["best_epoch"] = metrics, epoch + 1
                 metrics = {**metrics, "epoch": epoch + 1}
                 save_weights(model, _manifest(cfg, info_now, metrics, metrics["temperature"]), out / "weights")
