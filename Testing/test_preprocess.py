@@ -8,7 +8,8 @@ import SimpleITK as sitk
 import torch
 
 from medsegrwkv.errors import MedSegError
-from medsegrwkv.inference.segmenter import Cancelled, Segmenter
+from medsegrwkv.inference.segmenter import Segmenter
+from medsegrwkv.progress import Cancelled
 from medsegrwkv.nets import create_model, model_config
 from medsegrwkv.preprocess import (
     Roi, from_canonical, normalize_intensity, parse_voxel_roi, resample_inplane, resample_probabilities,

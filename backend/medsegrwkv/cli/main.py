@@ -22,45 +22,37 @@ EXIT_USER_ERROR = 2
 # -- segment ---------------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
     from medsegrwkv.inference.device import describe_device
-    from medsegrwkv.inference.plausibility import input_warnings, label_volumes_ml, result_warnings
     from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.inference.study import resolve_roi, segment_study
     from medsegrwkv.io import SUPPORTED_SUFFIXES, read_study, select_phases, write_labelmap
     from medsegrwkv.nets.registry import DEFAULT_MODELS
-    from medsegrwkv.preprocess import parse_voxel_roi, roi_from_ras_box
+    from medsegrwkv.preprocess import parse_voxel_roi
 
     output = Path(args.output)
     check_output(output, SUPPORTED_SUFFIXES)
     if args.roi and args.roi_ras:
         raise MedSegError("Give the ROI either as voxels (--roi) or in RAS mm (--roi-ras), not both.",
                           code=ErrorCode.BAD_ROI)
-    roi = parse_voxel_roi(args.roi) if args.roi else None
+    voxels = parse_voxel_roi(args.roi) if args.roi else None
     study = read_study(args.input, series=args.series)
     phases = select_phases(study, args.phase)
-    if args.roi_ras:
-        values = _floats(args.roi_ras, 6, "--roi-ras")
-        roi = roi_from_ras_box(study.phases[phases[0]], tuple(values[:3]), tuple(values[3:]))
-    if roi is not None:
-        roi = roi.clipped(study.phases[phases[0]].GetSize())
-    model = args.weights or args.model or DEFAULT_MODELS["segmentation"]
-    segmenter = Segmenter.from_pretrained(model, args.device)
+    roi = resolve_roi(study.phases[phases[0]], voxels=[*voxels.start, *voxels.stop] if voxels else None,
+                      ras=_floats(args.roi_ras, 6, "--roi-ras") if args.roi_ras else None)
+    segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
           file=sys.stderr)
-    print_warnings(input_warnings(study.phases[phases[0]]))
-    results = []
     with progress_bar(100, "segment") as bar:
-        for n, p in enumerate(phases):
-            def progress(fraction: float, message: str, n: int = n) -> None:
-                bar.n = round(100 * (n + fraction) / len(phases), 1)
-                bar.set_postfix_str(f"phase {p} {message}")
-            results.append(segmenter.segment(study.phases[p], roi=roi, tta=args.tta,
-                                             postprocessing=not args.no_postprocess, progress=progress))
-    write_labelmap(results, output)
-    for p, labels in zip(phases, results):
-        volumes = label_volumes_ml(labels)
-        print(f"phase {p}: RV cavity {volumes[1]:.1f} mL, LV myocardium {volumes[2]:.1f} mL, "
-              f"LV cavity {volumes[3]:.1f} mL")
-        print_warnings(result_warnings(labels, p))
-    print(f"wrote {output} ({len(results)} phase{'s' if len(results) > 1 else ''})")
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction, 1)
+            bar.set_postfix_str(message)
+
+        result = segment_study(study, phases, segmenter, roi=roi, tta=args.tta,
+                               postprocessing=not args.no_postprocess, progress=progress)
+    write_labelmap(result.labels, output)
+    for row in result.volume_rows():
+        print(f"phase {row.pop('phase')}: " + ", ".join(f"{name} {ml:.1f} mL" for name, ml in row.items()))
+    print_warnings(result.warnings)
+    print(f"wrote {output} ({len(result.labels)} phase{'s' if len(result.labels) > 1 else ''})")
     return 0
 
 

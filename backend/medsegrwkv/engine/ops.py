@@ -14,17 +14,16 @@ import time
 from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from medsegrwkv import __version__
 from medsegrwkv.engine.protocol import PROTOCOL_VERSION, Json
 from medsegrwkv.errors import ErrorCode, MedSegError
+from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel
 
 if TYPE_CHECKING:
     from medsegrwkv.interactive import VoxelClick
 
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
 MAX_LOADED_MODELS = 3  # segmenters + graders + refiners kept on the device at once
 MAX_CACHED_IMAGES = 4  # prepared images for click refinement; the oldest is dropped ("expired")
 
@@ -34,25 +33,6 @@ def _version(dist: str) -> Optional[str]:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _check_cancel(cancel: CancelFn) -> None:
-    if cancel():
-        from medsegrwkv.inference.segmenter import Cancelled
-
-        raise Cancelled()
-
-
-def _int_list(values: List[Any], count: int, field: str) -> List[int]:
-    if len(values) != count or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise MedSegError(f"The field '{field}' must be a list of {count} integers.", code=ErrorCode.BAD_ROI)
-    return list(values)
-
-
-def _float_list(values: List[Any], count: int, field: str) -> List[float]:
-    if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise MedSegError(f"The field '{field}' must be a list of {count} numbers.", code=ErrorCode.BAD_ROI)
-    return [float(v) for v in values]
 
 
 class Operations:
@@ -133,7 +113,7 @@ class Operations:
         specs = list_models(fields["task"])
         rows = []
         for n, spec in enumerate(specs):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             if spec.name not in self._params:  # building the network: once per process
                 self._params[spec.name] = count_parameters(create_model(spec.name))
             manifest = load_manifest(spec.name) or {}
@@ -156,73 +136,40 @@ class Operations:
     # -- segment ---------------------------------------------------------------------------------
     def segment(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
         """Segment one phase or every phase of a study and write the labelmap atomically."""
-        import SimpleITK as sitk
-
         from medsegrwkv.inference.device import describe_device
-        from medsegrwkv.inference.plausibility import input_warnings, result_warnings
+        from medsegrwkv.inference.study import resolve_roi, segment_study
         from medsegrwkv.io import read_study, select_phases, volume_suffix, write_labelmap
         from medsegrwkv.io.atomic import check_writable
         from medsegrwkv.nets.registry import DEFAULT_MODELS
-        from medsegrwkv.preprocess import Roi, roi_from_ras_box
 
         started = time.time()
         output = Path(fields["output"])
         if volume_suffix(output) is None:
             raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
                               code=ErrorCode.BAD_OUTPUT)
-        if fields["roi"] is not None and fields["roi_ras"] is not None:
-            raise MedSegError("Give the ROI either as voxels ('roi') or in RAS mm ('roi_ras'), not both.",
-                              code=ErrorCode.BAD_ROI)
         check_writable(output)
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
         phases = select_phases(study, fields["phase"])
-        reported = _reported_phases(fields, phases)
-        first = study.phases[phases[0]]
-        roi = None
-        if fields["roi"] is not None:
-            box = _int_list(fields["roi"], 6, "roi")
-            roi = Roi(tuple(box[:3]), tuple(box[3:])).clipped(first.GetSize())  # type: ignore[arg-type]
-        elif fields["roi_ras"] is not None:
-            corners = _float_list(fields["roi_ras"], 6, "roi_ras")
-            roi = roi_from_ras_box(first, tuple(corners[:3]), tuple(corners[3:]))  # type: ignore[arg-type]
-        name = fields["model"] or DEFAULT_MODELS["segmentation"]
-        segmenter = self._get("segmenter", name, fields["device"], progress)
-        network_started = time.time()
-        results = []
-        for n, (p, shown) in enumerate(zip(phases, reported)):
-            _check_cancel(cancel)
-
-            def phase_progress(fraction: float, message: str, n: int = n, shown: int = shown) -> None:
-                progress((n + fraction) / len(phases), f"phase {shown}: {message}")
-
-            results.append(segmenter.segment(study.phases[p], roi=roi, tta=fields["tta"],
-                                             postprocessing=fields["postprocess"], progress=phase_progress,
-                                             cancel=cancel))
-        slices = len(phases) * first.GetSize()[_slice_axis(first)]
-        device = str(segmenter.device.type)
-        self._seconds_per_slice[(segmenter.manifest["name"], device)] = (time.time() - network_started) / slices
-        _check_cancel(cancel)
+        roi = resolve_roi(study.phases[phases[0]], voxels=fields["roi"], ras=fields["roi_ras"])
+        segmenter = self._get("segmenter", fields["model"] or DEFAULT_MODELS["segmentation"], fields["device"],
+                              progress)
+        result = segment_study(study, phases, segmenter, roi=roi, tta=fields["tta"],
+                               postprocessing=fields["postprocess"], reported=_reported_phases(fields, phases),
+                               progress=progress, cancel=cancel)
+        self._seconds_per_slice[(result.model, result.device.type)] = result.seconds_per_slice
+        check_cancel(cancel)
         progress(1.0, "writing the labelmap")
-        write_labelmap(results, output)
-        volumes = []
-        for p, labels in zip(reported, results):
-            stats = sitk.LabelShapeStatisticsImageFilter()
-            stats.Execute(labels)
-            volumes.append({"phase": p, **{label["name"]: round(stats.GetPhysicalSize(label["value"]) / 1000.0, 2)
-                                           if stats.HasLabel(label["value"]) else 0.0
-                                           for label in segmenter.manifest["labels"]}})
-        warnings = input_warnings(first) + [warning for entry, labels in zip(volumes, results)
-                                            for warning in result_warnings(labels, entry["phase"])]
+        write_labelmap(result.labels, output)
         return {
             "output": str(output),
-            "model": segmenter.manifest["name"],
-            "device": describe_device(segmenter.device),
-            "phases": reported,
-            "roi": [*roi.start, *roi.stop] if roi is not None else None,
-            "labels": segmenter.manifest["labels"],
-            "volumes_ml": volumes,
-            "warnings": warnings,
+            "model": result.model,
+            "device": describe_device(result.device),
+            "phases": result.phases,
+            "roi": [*result.roi.start, *result.roi.stop] if result.roi is not None else None,
+            "labels": result.label_names,
+            "volumes_ml": result.volume_rows(),
+            "warnings": result.warnings,
             "seconds": round(time.time() - started, 3),
         }
 
@@ -238,20 +185,13 @@ class Operations:
         study = read_study(fields["input"], series=fields["series"])
         phases = select_phases(study, fields["phase"])
         reported = dict(zip(phases, _reported_phases(fields, phases)))
-        first = study.phases[phases[0]]
         grader = self._get("grader", fields["model"] or DEFAULT_MODELS["grading"], fields["device"], progress)
-        report = grade_study(fields["input"], phase=fields["phase"], series=fields["series"],
-                             lv_detection=fields["lv_detection"], grader=grader, progress=progress, cancel=cancel)
-        # The grader numbers slices along the canonical slice axis (medsegrwkv.preprocess.orientation),
-        # which may run against the input's index order; the module needs the input's index.
-        axis, reversed_order = _slice_axis(first), _slices_reversed(first)
-        count = first.GetSize()[axis]
-        for record in report["slices"] + report["positions"]:
-            record["index"] = count - 1 - record["slice"] if reversed_order else record["slice"]
+        report = grade_study(study, phase=fields["phase"], lv_detection=fields["lv_detection"], grader=grader,
+                             progress=progress, cancel=cancel)
         for record in report["slices"]:
             record["phase"] = reported[record["phase"]]
         report["phases"] = [reported[p] for p in report["phases"]]
-        report["index_axis"] = axis
+        report["index_axis"] = report["slice_axis"]  # the input's index axis, as refine and load_image name it
         return report
 
     # -- click refinement ------------------------------------------------------------------------
@@ -261,6 +201,7 @@ class Operations:
 
         from medsegrwkv.interactive import InteractiveImage
         from medsegrwkv.io import read_study, select_phases
+        from medsegrwkv.preprocess import slice_layout
 
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
@@ -275,7 +216,7 @@ class Operations:
             self._images.popitem(last=False)
         size = prepared.image.GetSize()
         return {"image_id": image_id, "size": list(size), "phase": _reported_phases(fields, phases)[0],
-                "slice_axis": _slice_axis(prepared.image), "cached_images": len(self._images)}
+                "slice_axis": slice_layout(prepared.image)[0], "cached_images": len(self._images)}
 
     def refine(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
         """Refine one structure on the slices that hold the points; answer those slices' new masks."""
@@ -319,14 +260,6 @@ def _voxel_click(point: Any) -> "VoxelClick":
     return VoxelClick((float(ijk[0]), float(ijk[1]), float(ijk[2])), positive)
 
 
-def _layout(image: Any) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
-    import numpy as np
-
-    from medsegrwkv.preprocess.orientation import canonical_layout
-
-    return canonical_layout(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing())
-
-
 def _reported_phases(fields: Json, phases: list[int]) -> list[int]:
     """The phase numbers an answer reports: the input's own, or the client's `cine_phase` when it
     sent one phase of its cine as a single volume (the file alone would make every phase 0)."""
@@ -336,13 +269,3 @@ def _reported_phases(fields: Json, phases: list[int]) -> list[int]:
         raise MedSegError(f"'cine_phase' must be a phase number (0 or more) for an input of one phase; "
                           f"this request covers {len(phases)} phases.", code=ErrorCode.BAD_PHASE)
     return [fields["cine_phase"]]
-
-
-def _slice_axis(image: Any) -> int:
-    """The input's index axis (0 i, 1 j, 2 k) that runs across short-axis slices."""
-    return int(_layout(image)[0][2])
-
-
-def _slices_reversed(image: Any) -> bool:
-    """Whether the canonical slice order runs against the input's index order on that axis."""
-    return bool(_layout(image)[1][2])

@@ -9,7 +9,7 @@ batches/windows, so the Slicer engine can stop a request midway.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,24 +25,8 @@ from medsegrwkv.nets.registry import ModelSpec, get_spec
 from medsegrwkv.preprocess import (
     Roi, crop_to_roi, from_canonical, paste_from_roi, prepare_image, resample_probabilities,
 )
+from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
 from medsegrwkv.weights import load_model
-
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
-
-
-class Cancelled(MedSegError):
-    def __init__(self) -> None:
-        super().__init__("The request was cancelled.", code=ErrorCode.CANCELLED)
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    return None
-
-
-def _never() -> bool:
-    return False
-
 
 class Segmenter:
     """A loaded segmentation model on a device, ready for many volumes."""
@@ -85,8 +69,7 @@ class Segmenter:
         pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
         out = np.zeros((4, z, h, w), dtype=np.float32)
         for start in range(0, z, self.batch_size):
-            if cancel():
-                raise Cancelled()
+            check_cancel(cancel)
             stop = min(z, start + self.batch_size)
             x = torch.from_numpy(volume[start:stop, None]).to(self.device)
             probs = self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
@@ -101,8 +84,7 @@ class Segmenter:
         done = [0]
 
         def window_fn(batch: torch.Tensor) -> torch.Tensor:
-            if cancel():
-                raise Cancelled()
+            check_cancel(cancel)
             done[0] += 1
             progress(min(0.99, done[0] / max(1, n_windows)), f"window {done[0]}/{n_windows}")
             return self._forward(batch, tta)
@@ -115,8 +97,8 @@ class Segmenter:
         progress(1.0, "windows done")
         return probs[0].cpu().numpy().astype(np.float32)
 
-    def predict_probabilities(self, volume: np.ndarray, tta: bool = False, progress: ProgressFn = _no_progress,
-                              cancel: CancelFn = _never) -> np.ndarray:
+    def predict_probabilities(self, volume: np.ndarray, tta: bool = False, progress: ProgressFn = no_progress,
+                              cancel: CancelFn = never_cancelled) -> np.ndarray:
         """Class probabilities (4, z, y, x) for a normalised volume (z, y, x) on the model grid."""
         predict = self._predict_2d if self.spec.spatial_dims == 2 else self._predict_3d
         try:
@@ -128,7 +110,7 @@ class Segmenter:
 
     # -- whole volumes ------------------------------------------------------------------------
     def segment(self, image: sitk.Image, roi: Roi | None = None, tta: bool = False, postprocessing: bool = True,
-                progress: ProgressFn = _no_progress, cancel: CancelFn = _never) -> sitk.Image:
+                progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> sitk.Image:
         """Labelmap (uint8, ACDC labels) with exactly `image`'s geometry."""
         region = roi.clipped(image.GetSize()) if roi is not None else None
         sub = crop_to_roi(image, region) if region is not None else image

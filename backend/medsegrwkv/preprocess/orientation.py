@@ -53,6 +53,13 @@ def canonical_layout(direction: np.ndarray, spacing: tuple[float, ...]) -> tuple
     return (x, y, z), (bool(flip_x), bool(flip_y), bool(flip_z))
 
 
+def slice_layout(image: sitk.Image) -> tuple[int, bool]:
+    """The image's index axis (0 i, 1 j, 2 k) across the short-axis slices, and whether the
+    canonical slice order (right-handed frame) runs against the image's index order on it."""
+    order, flips = canonical_layout(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing())
+    return int(order[2]), bool(flips[2])
+
+
 def to_canonical(image: sitk.Image) -> Canonical:
     direction = np.array(image.GetDirection()).reshape(3, 3)
     order, flips = canonical_layout(direction, image.GetSpacing())
