@@ -27,6 +27,8 @@ SLOW: dict[str, set[str] | None] = {
                        "test_compare_reads_metrics_from_the_manifest_and_times_each_model",
                        "test_compare_records_its_table_in_a_weights_folder_and_card"},
     "test_cli": None,
+    "test_cohort": {"test_two_ranks_segment_a_real_cohort_resume_and_record_failures",
+                    "test_output_that_is_a_file_is_one_sentence"},
     "test_engine": None,
     "test_function": {"test_cli_segments_the_bundled_cine_and_reports_its_function"},
     "test_grading_cli": None,

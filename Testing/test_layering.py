@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "backend" / "medsegrwkv"
 
 # Lowest first. A subpackage may import its own layer and the ones before it.
-LAYERS = ["errors", "progress", "preprocess", "io", "nets", "weights", "inference", "interactive", "function", "training", "grading",
-          "engine", "benchmark", "cli", "__main__"]
+LAYERS = ["errors", "progress", "preprocess", "io", "nets", "weights", "inference", "interactive", "function",
+          "training", "grading", "cohort", "engine", "benchmark", "cli", "__main__"]
 
 
 def module_name(path: Path) -> str:
