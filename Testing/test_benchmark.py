@@ -94,6 +94,26 @@ def test_compare_records_its_table_in_a_weights_folder_and_card(tmp_path: Path) 
                  "--title", "x"]) == 2
 
 
+def test_complexity_counts_persist_between_runs_keyed_by_the_network_code(monkeypatch, tmp_path):
+    from medsegrwkv.nets import complexity as counting
+
+    monkeypatch.setenv("MEDSEGRWKV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(counting, "_COUNTED", {})
+    first = complexity("unet2d")
+    stored = json.loads((tmp_path / "complexity.json").read_text())
+    assert list(stored) == [f"{counting.networks_digest()}|unet2d|{{}}"] and stored[list(stored)[0]] == first
+
+    monkeypatch.setattr(counting, "_COUNTED", {})  # a new process: the file answers, nothing is built
+    monkeypatch.setattr(counting, "create_model", lambda *a, **k: pytest.fail("counted again"))
+    assert complexity("unet2d") == first
+
+    monkeypatch.setattr(counting, "_COUNTED", {})  # other network code: the stored count is not used
+    monkeypatch.setattr(counting, "networks_digest", lambda: "changed")
+    with pytest.raises(pytest.fail.Exception, match="counted again"):
+        complexity("unet2d")
+    monkeypatch.undo()
+
+
 def test_complexity_is_counted_once_per_model_and_config(monkeypatch):
     first = complexity("unet2d")
     monkeypatch.setattr("medsegrwkv.nets.complexity.create_model", lambda *a, **k: pytest.fail("counted again"))

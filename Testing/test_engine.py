@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,8 +34,16 @@ from MedSegRWKVLib.client import EngineClient, engine_command  # noqa: E402
 
 ENGINE = [sys.executable, "-m", "medsegrwkv", "engine"]
 TIMEOUT = 300.0
-GRADER_READY = weights_status(DEFAULT_MODELS["grading"]) is WeightsStatus.VERIFIED
 Json = Dict[str, Any]
+
+
+def weightless_folder(folder: Path, model: str) -> Path:
+    """A weights folder with a model's manifest but no weights file: what an interrupted copy leaves."""
+    from medsegrwkv.weights.store import weights_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(weights_dir(model) / "manifest.json", folder / "manifest.json")
+    return folder
 
 
 class Worker:
@@ -254,7 +263,7 @@ def test_roi_as_voxels_or_in_ras(worker: Worker, study_files: Dict[str, Path], t
     ({"input": "/nonexistent/study.nrrd"}, "bad_input"),
     ({"output_name": "labels.png"}, "bad_output"),
     ({"model": "no_such_model"}, "unknown_model"),
-    ({"model": "vmunet"}, "weights_missing"),
+    ({"model": "WEIGHTLESS"}, "weights_missing"),
     ({"roi": [300, 300, 0, 400, 400, 5]}, "bad_roi"),
     ({"roi": [1, 2, 3]}, "bad_roi"),
     ({"roi": [0, 0, 0, 10, 10, 5], "roi_ras": [0, 0, 0, 1, 1, 1]}, "bad_roi"),
@@ -262,9 +271,9 @@ def test_roi_as_voxels_or_in_ras(worker: Worker, study_files: Dict[str, Path], t
 ])
 def test_user_errors_are_one_sentence_with_a_code(worker: Worker, study_files: Dict[str, Path], tmp_path: Path,
                                                    fields: Json, code: str) -> None:
-    if code == "weights_missing" and weights_status("vmunet") is WeightsStatus.VERIFIED:
-        pytest.skip("vmunet has weights now")
     fields = dict(fields)
+    if fields.get("model") == "WEIGHTLESS":
+        fields["model"] = str(weightless_folder(tmp_path.parent / "weightless", DEFAULT_MODELS["segmentation"]))
     output = tmp_path / fields.pop("output_name", "labels.nrrd")
     request = {"id": f"e-{code}", **segment(study_files["phase0"], output), **fields}
     _, final = worker.call(request)
@@ -297,14 +306,14 @@ def test_cancel_mid_study_and_busy_rejection(worker: Worker, study_files: Dict[s
 
 
 # -- grade -----------------------------------------------------------------------------------------
-@pytest.mark.skipif(GRADER_READY, reason="the default grader has weights: test_grade_sample covers grading")
-def test_grade_without_grader_weights_is_a_clean_error(worker: Worker, study_files: Dict[str, Path]) -> None:
-    _, final = worker.call({"id": 40, "op": "grade", "input": str(study_files["phase0"]), "device": "cpu"})
+def test_grade_without_grader_weights_is_a_clean_error(worker: Worker, study_files: Dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    weights = weightless_folder(tmp_path, DEFAULT_MODELS["grading"])
+    _, final = worker.call({"id": 40, "op": "grade", "input": str(study_files["phase0"]), "device": "cpu",
+                            "model": str(weights)})
     assert final["type"] == "error" and final["code"] == "weights_missing", final
 
 
-@pytest.mark.skipif(not GRADER_READY, reason=f"the default grader {DEFAULT_MODELS['grading']} has no verified "
-                    "weights yet (issue 5); runs once they are committed")
 def test_grade_sample(worker: Worker, study_files: Dict[str, Path]) -> None:
     progress, final = worker.call({"id": 41, "op": "grade", "input": str(study_files["phase0"]), "device": "cpu"})
     assert final["type"] == "result", final
@@ -389,10 +398,6 @@ def test_client_restarts_a_worker_killed_mid_request(study_files: Dict[str, Path
 
 
 # -- click refinement ------------------------------------------------------------------------------
-REFINER_READY = weights_status(DEFAULT_MODELS["refinement"]) is WeightsStatus.VERIFIED
-
-
-@pytest.mark.skipif(not REFINER_READY, reason="the refinement model has no installed weights")
 def test_refine_with_a_cached_image(worker: Worker, study_files: Dict[str, Path], tmp_path: Path) -> None:
     from medsegrwkv.engine.protocol import decode_mask, encode_mask
 
@@ -450,9 +455,8 @@ def test_one_phase_of_a_cine_is_reported_as_the_phase_the_client_names(worker: W
     _, loaded = worker.call({"id": "cine-load", "op": "load_image", "input": str(study_files["phase0"]),
                              "cine_phase": 1})
     assert loaded["type"] == "result" and loaded["result"]["phase"] == 1
-    if GRADER_READY:
-        _, graded = worker.call({"id": "cine-grade", "op": "grade", "input": str(study_files["phase0"]),
-                                 "device": "cpu", "cine_phase": 1})
-        assert graded["result"]["phases"] == [1] and {s["phase"] for s in graded["result"]["slices"]} == {1}
+    _, graded = worker.call({"id": "cine-grade", "op": "grade", "input": str(study_files["phase0"]),
+                             "device": "cpu", "cine_phase": 1})
+    assert graded["result"]["phases"] == [1] and {s["phase"] for s in graded["result"]["slices"]} == {1}
     _, wrong = worker.call({"id": "cine-4d", **segment(study_files["cine"], tmp_path / "q.nrrd", cine_phase=1)})
     assert wrong["type"] == "error" and wrong["code"] == "bad_phase" and not (tmp_path / "q.nrrd").exists()

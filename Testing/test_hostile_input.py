@@ -364,11 +364,7 @@ def blank_or_ramp(path: Path, kind: str) -> Path:
 def grader():
     from medsegrwkv.grading.grade import Grader
     from medsegrwkv.nets.registry import DEFAULT_MODELS
-    from medsegrwkv.weights import WeightsStatus, weights_status
-
-    if weights_status(DEFAULT_MODELS["grading"]) is not WeightsStatus.VERIFIED:
-        pytest.skip("the default grader has no verified weights")
-    return Grader.from_pretrained(None, "cpu")
+    return Grader.from_pretrained(DEFAULT_MODELS["grading"], "cpu")
 
 
 def test_blank_study_is_not_graded(tmp_path: Path, grader) -> None:

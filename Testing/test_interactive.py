@@ -23,14 +23,12 @@ from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model, get_spec, mod
 from medsegrwkv.training.acdc import list_cases
 from medsegrwkv.training.click_evaluation import clicks_to_reach, evaluate_clicks
 from medsegrwkv.training.refinement import RefineTrainConfig, transfer_weights
-from medsegrwkv.weights import WeightsStatus, load_model, weights_status
+from medsegrwkv.weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedSegRWKV"))
 from MedSegRWKVLib import clicks as lib_clicks  # noqa: E402
 
-REFINER_READY = weights_status(DEFAULT_MODELS["refinement"]) is WeightsStatus.VERIFIED
-needs_refiner = pytest.mark.skipif(not REFINER_READY, reason="the refinement model has no installed weights")
 
 
 # -- simulated user and click maps -----------------------------------------------------------------
@@ -139,7 +137,6 @@ def test_refine_rejects_bad_clicks_and_segments(acdc: Path, untrained_refiner: R
 
 
 # -- the trained refinement network on real validation slices --------------------------------------
-@needs_refiner
 def test_clicks_improve_real_validation_slices(acdc: Path, default_segmenter) -> None:
     """Two fixed validation volumes (patient013, true geometry), deterministic clicks.
 

@@ -297,20 +297,22 @@ def test_failed_write_leaves_nothing_behind(
     assert os.listdir(tmp_path) == ["out.nii.gz"] and target.read_bytes() == b"the user's earlier result"
 
 
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders"
-)
 def test_unwritable_folder(data: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    folder.chmod(0o500)
+    """A folder that refuses new files. Root (as in CI) writes through chmod, but not into sysfs."""
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    folder = Path("/sys/kernel") if root else tmp_path / "locked"
+    if not root:
+        folder.mkdir()
+        folder.chmod(0o500)
+    before = set(os.listdir(folder))
     try:
-        with pytest.raises(MedSegError, match="Cannot write .*permission denied") as info:
+        with pytest.raises(MedSegError, match="Cannot write .*(permission denied|operation not permitted)") as info:
             image = sitk.ReadImage(str(ACDC / "patient001_frame01_gt.nii.gz"))
             write_image_atomic(image, folder / "out.nrrd")
-        assert info.value.code == "output_not_writable" and os.listdir(folder) == []
+        assert info.value.code == "output_not_writable" and set(os.listdir(folder)) == before
     finally:
-        folder.chmod(0o700)
+        if not root:
+            folder.chmod(0o700)
 
 
 def test_bad_volume_files(data: Path, tmp_path: Path) -> None:

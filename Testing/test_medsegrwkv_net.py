@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from medsegrwkv.nets import create_model, get_spec
-from medsegrwkv.weights import WeightsStatus, weights_status
 from medsegrwkv.nets.medsegrwkv_net import MedSegRWKV
 from medsegrwkv.nets.rwkv_blocks import PathGate, shift_tokens
 from medsegrwkv.nets.scan import (ScanPath, candidate_paths, from_windows, raster_path, scan_tables,
@@ -249,8 +248,6 @@ def test_mixed_precision_forward_and_backward() -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.skipif(weights_status("medsegrwkv-t") is not WeightsStatus.VERIFIED,
-                    reason="medsegrwkv-t has no installed weights")
 def test_trained_weights_segment_the_demo_study_through_the_cli(tmp_path) -> None:
     """The committed medsegrwkv-t weights run through the real CLI demo (Sunnybrook DICOM,
     a site the network never saw) and agree with the expert's LV contours."""

@@ -29,7 +29,7 @@ from cli_helpers import run_cli
 from conftest import ACDC, require
 from medsegrwkv.io import read_study, sample_data_dir
 from medsegrwkv.nets.registry import DEFAULT_MODELS
-from medsegrwkv.weights import WeightsStatus, load_manifest, weights_status
+from medsegrwkv.weights import load_manifest
 
 pytest.importorskip("slicer_core", reason="slicer-core (requirements.txt) is not installed")
 import slicer_scene  # noqa: E402
@@ -41,7 +41,6 @@ from MedSegRWKVLib import terminology  # noqa: E402
 from MedSegRWKVLib.ui_contract import WIDGETS  # noqa: E402
 
 MODEL = "unet2d"  # the fast model: this file checks the glue, not the networks (test_segment.py does)
-GRADER_READY = weights_status(DEFAULT_MODELS["grading"]) is WeightsStatus.VERIFIED
 SAMPLE = sample_data_dir() / "SCD0000101" / "dicom"
 ACDC_IMAGE = ACDC / "patient001" / "patient001_frame01.nii.gz"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -317,7 +316,6 @@ def test_click_correction_keeps_segments_exclusive_and_undo_restores(env: Scene)
     widget.stopCorrection("")
 
 
-@pytest.mark.skipif(not GRADER_READY, reason="the default grader has no verified weights")
 def test_grading_fills_the_table_and_plot_nodes_of_the_parameter_node(env: Scene) -> None:
     volume = env["cine"]
     request, folder = env["logic"].gradeRequest(volume, "cpu")
@@ -371,15 +369,14 @@ def test_after_close_scene_segment_click_and_grade_work_again_and_add_only_their
 
     outputs = collections.Counter({"vtkMRMLSegmentationNode": 1, "vtkMRMLSegmentationDisplayNode": 1,
                                    "vtkMRMLMarkupsFiducialNode": 2, "vtkMRMLMarkupsFiducialDisplayNode": 2})
-    if GRADER_READY:
-        request, folder = env["logic"].gradeRequest(volume, "cpu")
-        answer = run(env["logic"], request)
-        shutil.rmtree(folder)
-        widget.onGraded(answer, volume)
-        plotNodes = (parameters.qualityTable, parameters.qualitySeries, parameters.qualityChart)
-        assert all(slicer.mrmlScene.IsNodePresent(n) for n in plotNodes), "the plot went into removed nodes"
-        assert parameters.qualityTable.GetNumberOfRows() == answer.result["n_slices"]
-        outputs.update({"vtkMRMLTableNode": 1, "vtkMRMLPlotSeriesNode": 1, "vtkMRMLPlotChartNode": 1})
+    request, folder = env["logic"].gradeRequest(volume, "cpu")
+    answer = run(env["logic"], request)
+    shutil.rmtree(folder)
+    widget.onGraded(answer, volume)
+    plotNodes = (parameters.qualityTable, parameters.qualitySeries, parameters.qualityChart)
+    assert all(slicer.mrmlScene.IsNodePresent(n) for n in plotNodes), "the plot went into removed nodes"
+    assert parameters.qualityTable.GetNumberOfRows() == answer.result["n_slices"]
+    outputs.update({"vtkMRMLTableNode": 1, "vtkMRMLPlotSeriesNode": 1, "vtkMRMLPlotChartNode": 1})
     after = node_classes()
     assert after - before == outputs and not before - after, after - before
     print(f"nodes before a full run {sum(before.values())}, after {sum(after.values())}: {dict(after - before)}")

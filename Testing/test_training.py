@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+from medsegrwkv.errors import MedSegError
 from medsegrwkv.training.acdc import is_validation, list_cases
 from medsegrwkv.training.segmentation import TrainConfig, train_segmentation
 from medsegrwkv.weights import WeightsStatus, weights_status
@@ -39,6 +43,12 @@ def test_tiny_training_lowers_the_loss_and_resumes(tmp_path, acdc):
     history = [json.loads(l) for l in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, 10))
     assert result["steps"] == history[-1]["step"] > history[-2]["step"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 9
+    # another recipe in the same run folder is refused before any work, in one sentence
+    for change, words in (({"lr": 1e-3}, "lr=0.003 (now 0.001)"), ({"crop": 64}, "crop=96 (now 64)")):
+        with pytest.raises(MedSegError, match=re.escape(words)):
+            train_segmentation(dataclasses.replace(cfg, epochs=10, **change), show_progress=False)
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 9
 
 
 def test_two_ddp_processes_stay_in_sync(tmp_path, acdc):

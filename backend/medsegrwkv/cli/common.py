@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from medsegrwkv.errors import ErrorCode, MedSegError
+
+
+DATA_ENV = "MEDSEGRWKV_DATA"  # the folder holding acdc/ and sunnybrook/
+
+
+def data_root() -> Path:
+    """The shared data folder: $MEDSEGRWKV_DATA, else ../shared/data (the layout of this project's machines)."""
+    return Path(os.environ.get(DATA_ENV) or "../shared/data").expanduser()
+
+
+def acdc_option_help() -> str:
+    return f"ACDC-layout folder (default ${DATA_ENV}/acdc, else ../shared/data/acdc)"
+
+
+def given_options(args: Any, *names: str) -> dict[str, Any]:
+    """The options the user gave, by config field name: the rest keep the config's own defaults,
+    which are defined once, in the config dataclass."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def show_config(config: Any) -> int:
+    """`train --show-config`: the settings a run would use, as JSON."""
+    import dataclasses
+    import json
+
+    print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    return 0
 
 
 def check_output(path: Path, suffixes: Sequence[str]) -> None:

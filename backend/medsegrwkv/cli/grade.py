@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
+from medsegrwkv.cli.common import check_output, given_options, print_warnings, progress_bar, show_config
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
 
@@ -219,13 +219,14 @@ def cmd_train_grade(args: argparse.Namespace) -> int:
     sunny = None if str(args.sunnybrook).lower() == "none" else Path(args.sunnybrook)
     cfg = GradeTrainConfig(
         output=Path(args.output), data=Path(args.data), sunnybrook=sunny,
-        model=args.model or "grader_regnetx_002", epochs=args.epochs or 30, batch_size=args.batch_size or 32,
-        lr=args.lr if args.lr is not None else 2e-3, device=args.device, seed=args.seed, workers=args.workers,
+        device=args.device, **given_options(args, "model", "epochs", "batch_size", "lr", "seed", "workers"),
         val_per_slice=args.val_per_slice, max_steps=args.max_steps, max_cases=args.max_cases,
         max_val_cases=args.max_val_cases, max_minutes=args.max_minutes,
         cmrxmotion=Path(args.cmrxmotion) if args.cmrxmotion else None, init=args.init,
         validate=not args.no_validation, clean_fraction=args.clean_fraction, position_balance=args.position_balance,
         nuisance=not args.no_nuisance)
+    if args.show_config:
+        return show_config(cfg)
     result = train_grader(cfg)
     best = result["best"] or {}
     summary = {k: best.get(k) for k in ("accuracy", "kappa", "kappa_linear", "accuracy_3level", "kappa_3level",

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medsegrwkv import __version__
-from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
+from medsegrwkv.cli.common import (
+    acdc_option_help, check_output, data_root, given_options, print_warnings, progress_bar, show_config,
+)
 from medsegrwkv.errors import ErrorCode, MedSegError
 
 EXIT_USER_ERROR = 2
@@ -220,13 +222,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medsegrwkv.nets.registry import parse_overrides
     from medsegrwkv.training.segmentation import TrainConfig, train_segmentation
 
-    cfg = TrainConfig(data=Path(args.data), output=Path(args.output), model=args.model or "unet2d",
-                      epochs=args.epochs or 100, batch_size=args.batch_size or 16,
-                      lr=args.lr if args.lr is not None else 2e-3, crop=args.crop,
-                      val_every=args.val_every,
-                      device=args.device, seed=args.seed, workers=args.workers, max_steps=args.max_steps,
-                      max_cases=args.max_cases, validate=not args.no_validation,
-                      overrides=parse_overrides(args.model or "unet2d", args.set or []), init=args.init)
+    model = args.model or TrainConfig.model
+    cfg = TrainConfig(data=Path(args.data), output=Path(args.output), device=args.device, max_steps=args.max_steps,
+                      max_cases=args.max_cases, validate=not args.no_validation, init=args.init,
+                      overrides=parse_overrides(model, args.set or []),
+                      **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
+                                      "workers"))
+    if args.show_config:
+        return show_config(cfg)
     result = train_segmentation(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if k not in ("config", "model")}, indent=2))
@@ -360,17 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", nargs="?", default="segment", choices=("segment", "grade", "refine"),
                    help="what to train: segment (default), grade (the motion-artefact grader) or refine (the "
                         "click-refinement network, started from --init segmentation weights, default unet2d)")
-    p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder (default ../shared/data/acdc)")
+    p.add_argument("--data", default=str(data_root() / "acdc"), help=acdc_option_help())
     p.add_argument("--output", required=True, help="run folder: checkpoint, history.jsonl, weights/")
-    p.add_argument("--model", help="registered model name (default unet2d; grade: grader_regnetx_002)")
-    p.add_argument("--epochs", type=int, help="default 100 (grade: 30)")
-    p.add_argument("--batch-size", type=int, help="per process (default 16; grade: 32)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3; refine: 1e-3)")
-    p.add_argument("--crop", type=int, default=160, help="in-plane training crop for 2D models (pixels)")
-    p.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the task's full settings (its defaults with these options applied) and exit")
+    p.add_argument("--model", help="registered model name (default: the task's, see --show-config)")
+    p.add_argument("--epochs", type=int, help="epochs (defaults of this and the options below: --show-config)")
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--crop", type=int, help="in-plane training crop for 2D models (pixels)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
     p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
@@ -403,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "from the automatic prediction (and from an empty mask) by clicks at the deepest point of the "
                        "largest error. Prints the Dice after 0, 1, 3 and 5 clicks and the clicks needed to reach "
                        "Dice 0.90, per structure.")
-    p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder (default ../shared/data/acdc)")
+    p.add_argument("--data", default=str(data_root() / "acdc"), help=acdc_option_help())
     p.add_argument("--split", default="val", choices=("all", "train", "val"), help="which patients (default val)")
     p.add_argument("--model", help="refinement model name (default: the installed default)")
     p.add_argument("--weights", metavar="DIR", help="a refinement weights folder from `train refine`")

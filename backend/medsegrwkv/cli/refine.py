@@ -6,19 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
+from medsegrwkv.cli.common import given_options, show_config
 from medsegrwkv.errors import ErrorCode, MedSegError
 
 
 def cmd_train_refine(args: argparse.Namespace) -> int:
-    from medsegrwkv.nets.registry import DEFAULT_MODELS
     from medsegrwkv.training.refinement import RefineTrainConfig, train_refinement
 
-    cfg = RefineTrainConfig(
-        data=Path(args.data), output=Path(args.output), model=args.model or DEFAULT_MODELS["refinement"],
-        init=args.init or RefineTrainConfig.init, epochs=args.epochs or 30, batch_size=args.batch_size or 16,
-        lr=args.lr if args.lr is not None else 1e-3, crop=args.crop, val_every=args.val_every, device=args.device,
-        seed=args.seed, max_cases=args.max_cases, max_steps=args.max_steps,
-        val_cases=0 if args.no_validation else 10)
+    cfg = RefineTrainConfig(data=Path(args.data), output=Path(args.output), device=args.device,
+                            max_cases=args.max_cases, max_steps=args.max_steps,
+                            **given_options(args, "model", "init", "epochs", "batch_size", "lr", "crop", "val_every",
+                                            "seed"),
+                            **({"val_cases": 0} if args.no_validation else {}))
+    if args.show_config:
+        return show_config(cfg)
     result = train_refinement(cfg)
     best = result["best"] or {}
     print(json.dumps({"best_epoch": result["best_epoch"], "steps": result["steps"],

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,16 +59,61 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 _COUNTED: dict[tuple[str, str], dict[str, Any]] = {}
+CACHE_FILE = "complexity.json"
+
+
+def cache_dir() -> Path:
+    """Where counts persist between runs: $MEDSEGRWKV_CACHE_DIR, else $XDG_CACHE_HOME/medsegrwkv."""
+    if os.environ.get("MEDSEGRWKV_CACHE_DIR"):
+        return Path(os.environ["MEDSEGRWKV_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medsegrwkv"
+
+
+@lru_cache(maxsize=1)
+def networks_digest() -> str:
+    """A digest of the network code: a count stored under another digest may be stale."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or damaged: count again
+    return stored if isinstance(stored, dict) else {}
+
+
+def _store(path: Path, key: str, value: dict[str, Any]) -> None:
+    """Add one count to the cache file; a cache that cannot be written is only slower."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored = _read_cache(path)
+        stored[key] = value
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def complexity(name: str, config: dict[str, Any] | None = None) -> dict[str, float | int | list[int]]:
     """Size of `name` built with `config` (a manifest's config: the overrides it was trained with).
-    Counted once per process and config: counting builds the network and traces it (up to seconds
-    each), and `medsegrwkv models` asks for every model."""
+    Counting builds the network and traces it (up to seconds each, and `medsegrwkv models` asks for
+    every model), so counts are kept per process and in a cache file keyed by the network code's
+    digest, name and config."""
     key = (name, json.dumps(config or {}, sort_keys=True, default=repr))
     if key not in _COUNTED:
-        model = create_model(name, **(config or {}))
-        shape = reference_input_shape(name, config)
-        _COUNTED[key] = {"params": count_parameters(model), "gflops": count_gflops(model, shape),
-                         "flops_input": list(shape)}
+        path = cache_dir() / CACHE_FILE
+        stored_key = f"{networks_digest()}|{key[0]}|{key[1]}"
+        value = _read_cache(path).get(stored_key)
+        if not (isinstance(value, dict) and {"params", "gflops", "flops_input"} <= set(value)):
+            model = create_model(name, **(config or {}))
+            shape = reference_input_shape(name, config)
+            value = {"params": count_parameters(model), "gflops": count_gflops(model, shape),
+                     "flops_input": list(shape)}
+            _store(path, stored_key, value)
+        _COUNTED[key] = value
     return copy.deepcopy(_COUNTED[key])

@@ -4,6 +4,7 @@ resumed automatically) and `history.jsonl` (one line per epoch); and the weights
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -64,11 +65,46 @@ def new_state() -> dict[str, Any]:
     return {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
 
 
+# Settings a resumed run may change: the length of the schedule, where and how it runs. Any other
+# difference (model, learning rate, batch size, crop, overrides, seed, ...) would silently mix two
+# recipes in one checkpoint, so it stops the run instead.
+RESUMABLE_CHANGES = frozenset({"output", "data", "sunnybrook", "cmrxmotion", "epochs", "val_every", "device",
+                               "workers", "max_steps", "validate", "val_cases"})
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
 class RunFolder:
-    def __init__(self, folder: Path) -> None:
+    """A run's folder: `config.json` (the settings it was started with), `checkpoint.pt`, `history.jsonl`."""
+
+    def __init__(self, folder: Path, config: Any = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint = self.folder / "checkpoint.pt"
+        if config is not None:
+            self._check_config(_plain(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config))
+
+    def _check_config(self, config: dict[str, Any]) -> None:
+        """Save the run's settings; on resume, refuse settings that differ from the saved ones."""
+        from medsegrwkv.errors import ErrorCode, MedSegError
+        from medsegrwkv.io.text import write_text_atomic
+
+        path = self.folder / "config.json"
+        if path.is_file() and self.checkpoint.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:
+                raise MedSegError(f"{path} is damaged; restore it or train into a new --output.",
+                                  code=ErrorCode.BAD_ARGUMENT) from None
+            changed = [f"{key}={saved.get(key)!r} (now {config.get(key)!r})" for key in sorted(set(saved) | set(config))
+                       if key not in RESUMABLE_CHANGES and saved.get(key) != config.get(key)]
+            if changed:
+                raise MedSegError(f"The run in {self.folder} was started with {', '.join(changed)}; resume it with "
+                                  "the same settings (only the epochs, validation and device may change) or train "
+                                  "into a new --output.", code=ErrorCode.BAD_ARGUMENT)
+        write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                device: torch.device, announce: bool = True) -> dict[str, Any]:

@@ -175,7 +175,7 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    run = RunFolder(Path(cfg.output))
+    run = RunFolder(Path(cfg.output), config=cfg)
     state = run.resume(model, optimizer, scheduler, device, announce=show_progress)
     simulate = ClickSimulator(cfg, segmenter_net.eval(), rng)
     evaluator = Segmenter(segmenter_net, seg_manifest, device)

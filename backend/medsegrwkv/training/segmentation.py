@@ -146,7 +146,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
-    run = RunFolder(out)
+    run = RunFolder(out, config=cfg)
     state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
     last_loss = math.nan
     started = time.time() - state["seconds"]
