@@ -337,3 +337,14 @@ def test_cli_segments_the_bundled_cine_and_reports_its_function(tmp_path, capsys
     assert (data["ed_phase"], data["es_phase"]) == (1, 0)  # phase 0 is end-systole in this sample
     assert data["model"] and data["curve"][0]["time_ms"] == pytest.approx(287, abs=15)
     assert 15 < data["lv"]["ef_percent"] < 40  # the expert contours give 26.3%
+
+
+def test_evaluate_function_bad_data_is_one_sentence(tmp_path, capsys):
+    from medsegrwkv.cli.main import main
+
+    out = tmp_path / "validation"
+    assert main(["evaluate-function", "--data", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate-function", "--data", str(tmp_path / "empty"), "--output", str(out)]) == 2
+    assert "No labelled ACDC-layout frames" in capsys.readouterr().err and not out.exists()
