@@ -305,6 +305,52 @@ def test_cancel_mid_study_and_busy_rejection(worker: Worker, study_files: Dict[s
     assert final["type"] == "result"
 
 
+# -- cardiac function ------------------------------------------------------------------------------
+def test_function_of_a_cine_sent_as_phase_files_then_of_corrected_labels(worker: Worker, study_files: Dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """The module's whole-cine request: one NRRD per phase in, the phases' labelmap and the function
+    out; sending back that labelmap (as after a correction) gives the same numbers without a model."""
+    phases = read_study(study_files["cine"]).phases
+    files = []
+    for n, image in enumerate(phases):
+        files.append(tmp_path / f"phase{n}.nrrd")
+        sitk.WriteImage(image, str(files[-1]))
+    output = tmp_path / "cine_labels.nrrd"
+    progress, final = worker.call({"id": "fn", "op": "function", "inputs": [str(f) for f in files],
+                                   "output": str(output), "model": "unet2d", "device": "cpu",
+                                   "height_cm": 170, "weight_kg": 70})
+    assert final["type"] == "result", final
+    result = final["result"]
+    assert any("phase 1" in p["message"] for p in progress)
+    labels = sitk.ReadImage(str(output))
+    assert labels.GetDimension() == 4 and labels.GetSize()[3] == 2 and result["output"] == str(output)
+    assert {label["name"] for label in result["labels"]} == {"RV cavity", "LV myocardium", "LV cavity"}
+    assert [row["phase"] for row in result["curve"]] == [0, 1] and {result["ed_phase"], result["es_phase"]} == {0, 1}
+    lv = result["lv"]
+    assert 0 < lv["esv_ml"] < lv["edv_ml"] and lv["sv_ml"] == pytest.approx(lv["edv_ml"] - lv["esv_ml"], abs=0.02)
+    assert result["bsa_m2"] == pytest.approx(((170 * 70) / 3600) ** 0.5, abs=0.01) and lv["edv_ml_m2"] > 0
+
+    _, again = worker.call({"id": "fn-labels", "op": "function", "inputs": [str(f) for f in files],
+                            "labels": [str(output)]})
+    assert again["type"] == "result", again
+    assert again["result"]["lv"]["edv_ml"] == lv["edv_ml"] and again["result"]["model"] is None
+
+    _, single = worker.call({"id": "fn-1", "op": "function", "inputs": [str(files[0])], "model": "unet2d"})
+    assert single["type"] == "error" and single["code"] == "bad_phase" and "two cardiac phases" in single["message"]
+    _, both = worker.call({"id": "fn-2", "op": "function", "inputs": [str(files[0])], "input": str(files[0])})
+    assert both["type"] == "error" and both["code"] == "bad_input"
+    shifted = sitk.Image(phases[1])
+    shifted.SetOrigin([v + 5.0 for v in phases[1].GetOrigin()])
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nrrd"))
+    _, moved = worker.call({"id": "fn-3", "op": "function", "inputs": [str(files[0]), str(tmp_path / "shifted.nrrd")],
+                            "output": str(tmp_path / "never.nrrd")})
+    assert moved["type"] == "error" and moved["code"] == "bad_input" and "different geometry" in moved["message"]
+    _, mismatch = worker.call({"id": "fn-4", "op": "function", "input": str(study_files["cine"]),
+                               "labels": [str(tmp_path / "shifted.nrrd"), str(files[0])]})
+    assert mismatch["type"] == "error" and mismatch["code"] == "bad_labels"
+    assert not (tmp_path / "never.nrrd").exists()
+
+
 # -- grade -----------------------------------------------------------------------------------------
 def test_grade_without_grader_weights_is_a_clean_error(worker: Worker, study_files: Dict[str, Path],
                                                        tmp_path: Path) -> None:

@@ -173,6 +173,48 @@ class Operations:
             "seconds": round(time.time() - started, 3),
         }
 
+    # -- cardiac function --------------------------------------------------------------------------
+    def function(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
+        """Segment every phase of a cine (or take the client's labelmaps, e.g. after correction) and
+        measure its function; the phases' labelmap is written when an output is named."""
+        from medsegrwkv.function.study import study_function
+        from medsegrwkv.io import read_phase_files, read_study, volume_suffix, write_labelmap
+        from medsegrwkv.io.atomic import check_writable
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+        started = time.time()
+        if (fields["input"] is None) == (fields["inputs"] is None):
+            raise MedSegError("A function request needs either 'input' (a cine file or DICOM folder) or 'inputs' "
+                              "(one volume file per phase), not both.", code=ErrorCode.BAD_INPUT)
+        output = Path(fields["output"]) if fields["output"] else None
+        if output is not None:
+            if volume_suffix(output) is None:
+                raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
+                                  code=ErrorCode.BAD_OUTPUT)
+            check_writable(output)
+        progress(0.0, "reading the input")
+        study = (read_study(fields["input"], series=fields["series"]) if fields["input"] is not None
+                 else read_phase_files(_str_list(fields["inputs"], "inputs")))
+        phase_labels = None
+        if fields["labels"] is not None:
+            files = _str_list(fields["labels"], "labels")
+            phase_labels = [image for path in files for image in read_study(path).phases]
+            segmenter = None
+        else:
+            segmenter = self._get("segmenter", fields["model"] or DEFAULT_MODELS["segmentation"], fields["device"],
+                                  progress)
+        measured = study_function(study, segmenter=segmenter, phase_labels=phase_labels, ed=fields["ed"],
+                                  es=fields["es"], height_cm=fields["height_cm"], weight_kg=fields["weight_kg"],
+                                  tta=fields["tta"], progress=progress, cancel=cancel)
+        check_cancel(cancel)
+        if output is not None and segmenter is not None:
+            progress(1.0, "writing the labelmap")
+            write_labelmap(measured.phase_labels, output)
+        return {**measured.report,
+                "output": str(output) if output is not None and segmenter is not None else None,
+                "labels": segmenter.manifest["labels"] if segmenter is not None else None,
+                "seconds": round(time.time() - started, 3)}
+
     # -- grade -----------------------------------------------------------------------------------
     def grade(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
         """Per-slice motion grades of a study (medsegrwkv.grading), each slice also located as a
@@ -258,6 +300,12 @@ def _voxel_click(point: Any) -> "VoxelClick":
                                                              for c in ijk) and isinstance(positive, bool)):
         raise MedSegError('Each point must be {"ijk": [i, j, k], "positive": true or false}.', code=ErrorCode.BAD_CLICK)
     return VoxelClick((float(ijk[0]), float(ijk[1]), float(ijk[2])), positive)
+
+
+def _str_list(values: list[Any], field: str) -> list[str]:
+    if not values or not all(isinstance(v, str) for v in values):
+        raise MedSegError(f"The field '{field}' must be a non-empty list of file paths.", code=ErrorCode.BAD_INPUT)
+    return values
 
 
 def _reported_phases(fields: Json, phases: list[int]) -> list[int]:

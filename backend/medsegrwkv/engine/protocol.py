@@ -29,6 +29,7 @@ Json = Dict[str, Any]
 # A field spec: (accepted JSON types, required, default). int excludes bool on purpose.
 _STR, _INT, _BOOL, _LIST = (str,), (int,), (bool,), (list,)
 _OPT_STR, _OPT_INT, _OPT_LIST = (str, type(None)), (int, type(None)), (list, type(None))
+_OPT_NUM = (int, float, type(None))
 SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
     "info": {},
     "models": {"task": (_OPT_STR, False, None)},
@@ -44,6 +45,21 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "cine_phase": (_OPT_INT, False, None),  # the input is this phase of the client's cine: answers report it
         "roi": (_OPT_LIST, False, None),  # [i0, j0, k0, i1, j1, k1], start inclusive, stop exclusive
         "roi_ras": (_OPT_LIST, False, None),  # [r0, a0, s0, r1, a1, s1] in mm
+    },
+    # Cardiac function of a whole cine: segment every phase (or take labelmaps) and measure.
+    "function": {
+        "input": (_OPT_STR, False, None),  # a cine file (4D) or DICOM folder; or:
+        "inputs": (_OPT_LIST, False, None),  # one 3D volume file per phase, in phase order (a Slicer sequence)
+        "output": (_OPT_STR, False, None),  # the phases' labelmap (4D) to write when segmenting
+        "labels": (_OPT_LIST, False, None),  # existing labelmaps instead of segmenting: one 4D file or one per phase
+        "model": (_OPT_STR, False, None),
+        "device": (_STR, False, "auto"),
+        "tta": (_BOOL, False, False),
+        "series": (_OPT_STR, False, None),
+        "ed": (_OPT_INT, False, None),  # 0-based phase overrides
+        "es": (_OPT_INT, False, None),
+        "height_cm": (_OPT_NUM, False, None),
+        "weight_kg": (_OPT_NUM, False, None),
     },
     "grade": {
         "input": (_STR, True, None),

@@ -50,7 +50,8 @@ class Engine:
         self._jobs: "queue.Queue[Optional[Request]]" = queue.Queue()
         ops = operations or Operations()
         self._handlers: Dict[str, Handler] = {"info": ops.info, "models": ops.models, "segment": ops.segment,
-                                              "grade": ops.grade, "load_image": ops.load_image,
+                                              "grade": ops.grade, "function": ops.function,
+                                              "load_image": ops.load_image,
                                               "refine": ops.refine}
         self._output_closed = False
         self._worker: Optional[threading.Thread] = None

@@ -18,7 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsegrwkv.errors import ErrorCode, MedSegError
-from medsegrwkv.preprocess.orientation import canonical_layout
+from medsegrwkv.io.volumes import geometry_difference
+from medsegrwkv.preprocess import slice_layout
 
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
 EF_PLAUSIBLE_PERCENT = (5.0, 90.0)
@@ -75,28 +76,6 @@ def default_labels() -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for value, name in LABELS.items() if value]
 
 
-def _geometry(image: sitk.Image) -> tuple:
-    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-
-
-def geometry_difference(a: sitk.Image, b: sitk.Image) -> str | None:
-    """How `b`'s geometry differs from `a`'s (size, spacing, origin, direction), or None when it matches."""
-    if a.GetDimension() != b.GetDimension():
-        return f"{b.GetDimension()}D against {a.GetDimension()}D"
-    if a.GetSize() != b.GetSize():
-        return f"size {b.GetSize()} against {a.GetSize()}"
-    sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
-    if not np.allclose(sa, sb, rtol=1e-4, atol=1e-6):
-        return f"spacing {tuple(round(float(v), 4) for v in sb)} mm against {tuple(round(float(v), 4) for v in sa)} mm"
-    tolerance = 1e-3 * float(sa.min())
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(tolerance, 1e-4)):
-        return (f"origin {tuple(round(float(v), 2) for v in b.GetOrigin())} mm against "
-                f"{tuple(round(float(v), 2) for v in a.GetOrigin())} mm")
-    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-4):
-        return "a different orientation (direction matrix)"
-    return None
-
-
 def check_labels_match(image: sitk.Image, labels: sitk.Image, what: str = "The labelmap") -> None:
     """Raise one sentence (bad_labels) when a labelmap does not lie on its image's voxel grid."""
     difference = geometry_difference(image, labels)
@@ -107,8 +86,7 @@ def check_labels_match(image: sitk.Image, labels: sitk.Image, what: str = "The l
 
 def slice_axis(image: sitk.Image) -> int:
     """The image's index axis (0 i, 1 j, 2 k) across the short-axis slices, from its geometry."""
-    order, _ = canonical_layout(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing())
-    return int(order[2])
+    return slice_layout(image)[0]
 
 
 def _phases_text(phases: Sequence[int]) -> str:

@@ -10,6 +10,8 @@ from .itk_messages import route_itk_messages
 from .volumes import (
     SUPPORTED_SUFFIXES,
     Study,
+    geometry_difference,
+    read_phase_files,
     read_study,
     select_phases,
     volume_suffix,
@@ -43,6 +45,8 @@ __all__ = [
     "Contour",
     "PhaseReference",
     "Study",
+    "geometry_difference",
+    "read_phase_files",
     "read_study",
     "read_sunnybrook_contours",
     "sample_data_dir",

@@ -150,6 +150,45 @@ def read_study(path: str | Path, series: str | None = None) -> Study:
     return _read_file(path)
 
 
+def geometry_difference(a: sitk.Image, b: sitk.Image) -> str | None:
+    """How `b`'s geometry differs from `a`'s (size, spacing, origin, direction), or None when it matches."""
+    if a.GetDimension() != b.GetDimension():
+        return f"{b.GetDimension()}D against {a.GetDimension()}D"
+    if a.GetSize() != b.GetSize():
+        return f"size {b.GetSize()} against {a.GetSize()}"
+    sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
+    if not np.allclose(sa, sb, rtol=1e-4, atol=1e-6):
+        return f"spacing {tuple(round(float(v), 4) for v in sb)} mm against {tuple(round(float(v), 4) for v in sa)} mm"
+    tolerance = 1e-3 * float(sa.min())
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(tolerance, 1e-4)):
+        return (f"origin {tuple(round(float(v), 2) for v in b.GetOrigin())} mm against "
+                f"{tuple(round(float(v), 2) for v in a.GetOrigin())} mm")
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-4):
+        return "a different orientation (direction matrix)"
+    return None
+
+
+def read_phase_files(paths: list[str | Path]) -> Study:
+    """A cine given as one 3D file per phase, in phase order (as the Slicer module sends a sequence);
+    every phase must share the first one's voxel grid."""
+    if not paths:
+        raise MedSegError("No phase files were given.", code=ErrorCode.BAD_INPUT)
+    phases = []
+    for n, path in enumerate(paths):
+        study = read_study(path)
+        if len(study.phases) != 1:
+            raise MedSegError(f"{path} holds {len(study.phases)} phases; give one 3D volume per phase.",
+                              code=ErrorCode.BAD_INPUT)
+        difference = geometry_difference(phases[0], study.phases[0]) if phases else None
+        if difference is not None:
+            raise MedSegError(f"Phase {n} ({path}) has a different geometry from phase 0: {difference}; all phases "
+                              "of a cine must share one voxel grid.", code=ErrorCode.BAD_INPUT)
+        phases.append(study.phases[0])
+    first = Path(paths[0])
+    size = "x".join(str(n) for n in phases[0].GetSize())
+    return Study(first.parent, phases, None, f"cine of {len(phases)} phase files ({size}), first '{first.name}'")
+
+
 def select_phases(study: Study, phase: int | None) -> list[int]:
     """The phase indices to process: all of them, or the one the user asked for."""
     count = len(study.phases)
