@@ -38,24 +38,19 @@ def read_label_phases(paths: list[str], study: Any) -> list[Any]:
 
 
 def segment_phases(study: Any, args: argparse.Namespace) -> tuple[list[Any], list[dict[str, Any]], str, list[str]]:
-    """Every phase segmented by the chosen model: labelmaps, the manifest's labels, the model name, warnings."""
+    """Every phase segmented by the chosen model (inference.study.segment_study): labelmaps, the
+    manifest's labels, the model name and the segmentation's plausibility warnings."""
     from medsegrwkv.inference.device import describe_device
     from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.inference.study import segment_study
     from medsegrwkv.nets.registry import DEFAULT_MODELS
 
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
           file=sys.stderr)
-    count = len(study.phases)
-    labelmaps = []
     with progress_bar(100, "function") as bar:
-        report = _bar_progress(bar)
-        for p, image in enumerate(study.phases):
-            def progress(fraction: float, message: str, p: int = p) -> None:
-                report((p + fraction) / count, f"phase {p} {message}")
-
-            labelmaps.append(segmenter.segment(image, progress=progress))
-    return labelmaps, segmenter.manifest["labels"], segmenter.manifest["name"], []
+        result = segment_study(study, list(range(len(study.phases))), segmenter, progress=_bar_progress(bar))
+    return result.labels, result.label_names, result.model, result.warnings
 
 
 def print_summary(data: dict[str, Any], file=None) -> None:

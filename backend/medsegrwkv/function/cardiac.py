@@ -10,6 +10,7 @@ manifest's [{"name", "value"}, ...]), never by a fixed label number.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -70,10 +71,10 @@ def structure_values(labels: Sequence[dict[str, Any]]) -> dict[str, int | None]:
 
 
 def default_labels() -> list[dict[str, Any]]:
-    """The package's labels (ACDC convention) as a manifest-style list, for labelmaps without a model."""
-    from medsegrwkv import LABELS
+    """The package's labels (ACDC convention, with colours), for labelmaps that come without a model."""
+    from medsegrwkv.weights.manifest import SEGMENTATION_LABELS
 
-    return [{"name": name, "value": value} for value, name in LABELS.items() if value]
+    return copy.deepcopy(SEGMENTATION_LABELS)
 
 
 def check_labels_match(image: sitk.Image, labels: sitk.Image, what: str = "The labelmap") -> None:
@@ -226,8 +227,8 @@ def _ventricle(edv: float, esv: float, name: str, warnings: list[str]) -> dict[s
     return {"edv_ml": edv, "esv_ml": esv, "sv_ml": sv, "ef_percent": ef}
 
 
-def _monotony_warnings(volumes: list[float], ed: int, es: int) -> list[str]:
-    """The LV volume should fall from ED to ES and rise from ES back to ED (phases are cyclic)."""
+def _monotony_warnings(volumes: list[float], ed: int, es: int, name: str = "LV") -> list[str]:
+    """A ventricle's volume should fall from ED to ES and rise from ES back to ED (phases are cyclic)."""
     n = len(volumes)
     stroke = volumes[ed] - volumes[es]
     if n < 4 or stroke <= 0:
@@ -247,7 +248,7 @@ def _monotony_warnings(volumes: list[float], ed: int, es: int) -> list[str]:
             p = q
     if not bad:
         return []
-    return [f"The LV volume curve is not monotone between ED and ES ({_phases_text(bad)} go against the "
+    return [f"The {name} volume curve is not monotone between ED and ES ({_phases_text(bad)} go against the "
             "cycle by more than 10% of the stroke volume); check the segmentation of those phases."]
 
 
@@ -311,6 +312,8 @@ def compute_function(phase_labels: list[sitk.Image], labels: Sequence[dict[str, 
         warnings.append(f"The LV volume at ES (phase {es_phase}, {lv[es_phase]:.1f} mL) is not smaller than at ED "
                         f"(phase {ed_phase}, {lv[ed_phase]:.1f} mL); check the ED and ES phases.")
     warnings += _monotony_warnings(lv, ed_phase, es_phase)
+    if rv is not None:
+        warnings += _monotony_warnings(rv, ed_phase, es_phase, "RV")
 
     lv_values = _ventricle(lv[ed_phase], lv[es_phase], "LV", warnings)
     lv_values["mass_g"] = myo[ed_phase] * MYOCARDIAL_DENSITY_G_PER_ML if myo is not None else None

@@ -53,8 +53,9 @@ def save_curve_png(function: CardiacFunction, path: str | Path, title: str | Non
         axes.plot(x, function.myo_ml, "^-", color="#2ca02c", label="LV myocardium")
     for phase, name in ((function.ed_phase, "ED"), (function.es_phase, "ES")):
         axes.axvline(x[phase], color="grey", linestyle="--", linewidth=1)
+        right = phase > (function.phases - 1) / 2  # label on the inner side of the line
         axes.annotate(f"{name} (phase {phase})", (x[phase], axes.get_ylim()[1]), textcoords="offset points",
-                      xytext=(3, -12), fontsize=8, color="grey")
+                      xytext=(-3 if right else 3, -12), ha="right" if right else "left", fontsize=8, color="grey")
     lv = function.lv
     summary = f"LV EF {lv['ef_percent']:.1f}%" if lv.get("ef_percent") is not None else "LV EF n/a"
     if function.rv is not None and function.rv.get("ef_percent") is not None:
