@@ -326,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     from medsegrwkv.cli.cohort import add_cohort_parser
+    from medsegrwkv.cli.function import add_function_parser
     from medsegrwkv.cli.grade import add_grade_parser, add_train_grade_args
 
     add_cohort_parser(sub, add_model_args)
+    add_function_parser(sub)
     add_grade_parser(sub)
 
     p = sub.add_parser("models", help="list the models, their size and whether weights are installed")

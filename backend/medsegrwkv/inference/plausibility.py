@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from medsegrwkv import LABELS
 from medsegrwkv.preprocess.orientation import canonical_layout
 
 FIELD_OF_VIEW_MM = (150.0, 600.0)  # in-plane extent, each side (training: 224-450)
 PIXEL_MM = (0.5, 3.0)  # training: 1.2-1.9
 # label value -> (name, lowest, highest plausible volume in mL) for a whole heart in the image
-VOLUME_ML = {1: ("RV cavity", 5.0, 500.0), 2: ("LV myocardium", 15.0, 450.0), 3: ("LV cavity", 5.0, 600.0)}
+VOLUME_ML = {1: (LABELS[1], 5.0, 500.0), 2: (LABELS[2], 15.0, 450.0), 3: (LABELS[3], 5.0, 600.0)}
 
 
 def label_volumes_ml(labels: sitk.Image) -> dict[int, float]:

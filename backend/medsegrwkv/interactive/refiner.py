@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.interactive.clicks import Click, changes_near_clicks, click_maps
+from medsegrwkv import LABELS
 from medsegrwkv.nets.registry import get_spec
 from medsegrwkv.preprocess import from_canonical, prepare_image, resample_probabilities, to_canonical
 from medsegrwkv.weights import load_model
 
-STRUCTURES = (1, 2, 3)  # label values a refinement can correct: RV cavity, LV myocardium, LV cavity
+STRUCTURES = tuple(value for value in LABELS if value)  # label values a refinement can correct: every structure
 INPUT_CHANNELS = ("image", "mask", "positive clicks", "negative clicks", *(f"structure {v}" for v in STRUCTURES))
 
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsegrwkv import LABELS
+
 ANATOMICAL_STRUCTURE = {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"}
 
+# The names are the package's (medsegrwkv.LABELS); this adds colours and terminology codes.
 SEGMENTATION_LABELS: list[dict[str, Any]] = [
-    {"value": 1, "name": "RV cavity", "color": [0.29, 0.53, 0.91],
+    {"value": 1, "name": LABELS[1], "color": [0.29, 0.53, 0.91],
      "category": ANATOMICAL_STRUCTURE,
      "type": {"scheme": "SCT", "code": "53085002", "meaning": "Right ventricle"}},
-    {"value": 2, "name": "LV myocardium", "color": [0.80, 0.36, 0.29],
+    {"value": 2, "name": LABELS[2], "color": [0.80, 0.36, 0.29],
      "category": ANATOMICAL_STRUCTURE,
      "type": {"scheme": "SCT", "code": "74281007", "meaning": "Myocardium"},
      "region": {"scheme": "SCT", "code": "87878005", "meaning": "Left ventricle"}},
-    {"value": 3, "name": "LV cavity", "color": [0.98, 0.82, 0.33],
+    {"value": 3, "name": LABELS[3], "color": [0.98, 0.82, 0.33],
      "category": ANATOMICAL_STRUCTURE,
      "type": {"scheme": "SCT", "code": "87878005", "meaning": "Left ventricle"}},
 ]
