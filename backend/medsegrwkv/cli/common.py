@@ -46,6 +46,15 @@ def check_output(path: Path, suffixes: Sequence[str]) -> None:
     check_writable(path)
 
 
+def check_report_outputs(output: str, csv: str | None, png: str | None) -> tuple[Path, Path | None, Path | None]:
+    """A command's JSON report and its optional CSV and PNG, each checked before any work."""
+    paths = (Path(output), Path(csv) if csv else None, Path(png) if png else None)
+    for path, suffix in zip(paths, (".json", ".csv", ".png")):
+        if path is not None:
+            check_output(path, (suffix,))
+    return paths
+
+
 def print_warnings(warnings: Sequence[str]) -> None:
     """Results outside what the models saw (medsegrwkv.inference.plausibility), on stderr."""
     for warning in warnings:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsegrwkv.cli.common import check_output, print_warnings, progress_bar
+from medsegrwkv.cli.common import check_report_outputs, print_warnings, progress_bar
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
@@ -80,14 +80,8 @@ def cmd_function(args: argparse.Namespace) -> int:
     from medsegrwkv.function.cardiac import pick_phase
     from medsegrwkv.io import read_study
 
-    output = Path(args.output)
-    check_output(output, (".json",))
-    csv_path = Path(args.csv) if args.csv else None
-    png_path = Path(args.png) if args.png else None
-    if csv_path:
-        check_output(csv_path, (".csv",))
+    output, csv_path, png_path = check_report_outputs(args.output, args.csv, args.png)
     if png_path:
-        check_output(png_path, (".png",))
         from medsegrwkv.function.plots import require_matplotlib
 
         require_matplotlib()  # before any work: Slicer's Python may lack it

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsegrwkv.cli.common import check_output, given_options, print_warnings, progress_bar, show_config
+from medsegrwkv.cli.common import check_report_outputs, given_options, print_warnings, progress_bar, show_config
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
 
@@ -65,14 +65,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from medsegrwkv.io import read_study, select_phases
     from medsegrwkv.io.montage import save_png_atomic
 
-    output = Path(args.output)
-    check_output(output, (".json",))
-    csv_path = Path(args.csv) if args.csv else None
-    png_path = Path(args.png) if args.png else None
-    if csv_path:
-        check_output(csv_path, (".csv",))
-    if png_path:
-        check_output(png_path, (".png",))
+    output, csv_path, png_path = check_report_outputs(args.output, args.csv, args.png)
     study = read_study(args.input, series=args.series)  # input errors before the model is loaded
     select_phases(study, args.phase)
     grader = Grader.from_pretrained(args.weights or args.model, args.device)
