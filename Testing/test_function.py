@@ -258,6 +258,11 @@ def test_cli_with_labels_end_to_end(pair, cine, tmp_path, capsys):
     assert table.read_text().splitlines()[0] == "phase,time_ms,lv_ml,rv_ml,myo_ml"
     assert png.stat().st_size > 1000
     assert "LV: EDV" in capsys.readouterr().out
+    # an ACDC Info.cfg beside the file gives the height and weight when no flags do
+    (cine["image"].parent / "Info.cfg").write_text("ED: 1\nES: 14\nHeight: 175.0\nWeight: 57.0\n")
+    assert main(["function", str(cine["image"]), "-o", str(out), "--labels", str(cine["labels"])]) == 0
+    data = json.loads(out.read_text())
+    assert data["bsa_m2"] == round(mosteller_bsa(175.0, 57.0), 2) and data["body_size_from"].endswith("Info.cfg")
 
 
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(pair, cine, tmp_path, capsys, monkeypatch):

@@ -75,6 +75,25 @@ def print_summary(data: dict[str, Any], file=None) -> None:
         print(f"BSA {data['bsa_m2']:.2f} m2 (Mosteller)", file=out)
 
 
+def body_size(study: Any, args: argparse.Namespace) -> tuple[float | None, float | None, str | None]:
+    """Height (cm) and weight (kg) for the BSA: the flags, else a DICOM study's PatientSize and
+    PatientWeight, else an ACDC Info.cfg beside a volume file; (None, None, None) when unknown."""
+    if args.height_cm is not None:
+        return args.height_cm, args.weight_kg, "given"
+    if study.files:
+        from medsegrwkv.io.dicom import patient_size_weight
+
+        height, weight = patient_size_weight(study.files)
+        source = "DICOM PatientSize and PatientWeight"
+    else:
+        from medsegrwkv.training.function_validation import body_from_info
+
+        info = Path(study.source).parent / "Info.cfg"
+        height, weight = body_from_info(info)
+        source = str(info)
+    return (height, weight, source) if height is not None and weight is not None else (None, None, None)
+
+
 def cmd_function(args: argparse.Namespace) -> int:
     from medsegrwkv.function import compute_function, default_labels
     from medsegrwkv.function.cardiac import pick_phase
@@ -94,14 +113,7 @@ def cmd_function(args: argparse.Namespace) -> int:
                           f"{len(study.phases)}.", code=ErrorCode.BAD_PHASE)
     for given, name in ((args.ed, "ED"), (args.es, "ES")):
         pick_phase(given, name, len(study.phases))  # before the model runs
-    height, weight, body_source = args.height_cm, args.weight_kg, "given"
-    if height is None and study.files:
-        from medsegrwkv.io.dicom import patient_size_weight
-
-        height, weight = patient_size_weight(study.files)
-        if height is None or weight is None:
-            height = weight = None
-        body_source = "DICOM PatientSize and PatientWeight"
+    height, weight, body_source = body_size(study, args)
     if args.labels:
         labelmaps, labels, model, warnings = read_label_phases(args.labels, study), default_labels(), None, []
         print(f"{study.description}; labels from {', '.join(args.labels)}", file=sys.stderr)
@@ -113,7 +125,7 @@ def cmd_function(args: argparse.Namespace) -> int:
     data["warnings"] = warnings + data["warnings"]
     report = {"source": str(study.source), "description": study.description, "model": model,
               "labels_from": list(args.labels) if args.labels else None,
-              "body_size_from": body_source if height is not None else None, **data}
+              "body_size_from": body_source, **data}
     print_warnings(report["warnings"])
     write_text_atomic(output, json.dumps(report, indent=2) + "\n")
     written = [output]
@@ -183,7 +195,7 @@ def add_function_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ed", type=int, help="the end-diastolic phase (0-based; default: largest LV cavity)")
     p.add_argument("--es", type=int, help="the end-systolic phase (0-based; default: smallest LV cavity)")
     p.add_argument("--height-cm", type=float, help="patient height in cm (with --weight-kg: BSA and indexed values; "
-                   "a DICOM study's PatientSize is used otherwise)")
+                   "otherwise a DICOM study's PatientSize and PatientWeight, or an ACDC Info.cfg beside the file)")
     p.add_argument("--weight-kg", type=float, help="patient weight in kg")
     p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
     p.add_argument("--model", help="registered segmentation model (default: the default model; see `models`)")

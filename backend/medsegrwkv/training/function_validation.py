@@ -64,6 +64,12 @@ def _float(value: str | None) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
+def body_from_info(path: Path) -> tuple[float | None, float | None]:
+    """Height (cm) and weight (kg) from an ACDC Info.cfg; None for a missing file or value."""
+    info = read_info_cfg(path)
+    return _float(info.get("Height")), _float(info.get("Weight"))
+
+
 def patient_studies(data: str | Path, split: str = "val") -> list[dict[str, Any]]:
     """Per patient: its ED and ES cases (frames named in Info.cfg), height and weight."""
     by_patient: dict[str, list[Case]] = {}
