@@ -248,8 +248,9 @@ def _monotony_warnings(volumes: list[float], ed: int, es: int, name: str = "LV")
             p = q
     if not bad:
         return []
-    return [f"The {name} volume curve is not monotone between ED and ES ({_phases_text(bad)} go against the "
-            "cycle by more than 10% of the stroke volume); check the segmentation of those phases."]
+    verb = "goes" if len(bad) == 1 else "go"
+    return [f"The {name} volume curve is not monotone between ED and ES ({_phases_text(bad)} {verb} against the "
+            "cycle by more than 10% of the stroke volume); check the segmentation there."]
 
 
 def _coverage_warnings(measures: list[PhaseMeasure], keys: Sequence[str]) -> list[str]:
