@@ -179,6 +179,9 @@ def rehash(folder: Path) -> None:
     ("unknown_config_key", "cannot be built with"),
     ("zero_spacing", "spacing_xy_mm"),
     ("config_not_object", "'config' must be an object"),
+    ("no_architecture", "lacks the field 'architecture'"),
+    ("label_without_value", "labels that are not a list"),
+    ("unknown_task", "task 'segmenting'"),
     ("truncated", "damaged"),
     ("garbled_header", "damaged"),
     ("nan_tensor", "NaN"),
@@ -194,6 +197,12 @@ def test_broken_weights_folders_are_one_sentence(tmp_path: Path, case: str, word
         edit_manifest(folder, lambda m: {**m, "preprocessing": {**m["preprocessing"], "spacing_xy_mm": [0, 1.5625]}})
     elif case == "config_not_object":
         edit_manifest(folder, lambda m: {**m, "config": [1, 2]})
+    elif case == "no_architecture":
+        edit_manifest(folder, lambda m: {k: v for k, v in m.items() if k != "architecture"})
+    elif case == "label_without_value":
+        edit_manifest(folder, lambda m: {**m, "labels": [{"name": "LV cavity"}]})
+    elif case == "unknown_task":
+        edit_manifest(folder, lambda m: {**m, "task": "segmenting"})
     elif case == "truncated":
         tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
         rehash(folder)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.io.atomic import IncompleteWrite, write_atomic
 from medsegrwkv.nets.registry import create_model, get_spec
+from medsegrwkv.weights.schema import check_manifest
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 TENSORS = "model.safetensors"
@@ -60,9 +60,7 @@ def load_manifest(name_or_dir: str | Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MedSegError(f"The weights manifest {path} cannot be read ({exc}).", code=ErrorCode.BAD_WEIGHTS) from exc
-    if not isinstance(manifest, dict):
-        raise MedSegError(f"The weights manifest {path} must be a JSON object, not a {type(manifest).__name__}.",
-                          code=ErrorCode.BAD_WEIGHTS)
+    check_manifest(manifest, str(path))
     return manifest
 
 
@@ -97,6 +95,7 @@ def save_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
     """Replace a weights folder's manifest atomically (the tensors and their checksum stay)."""
     from medsegrwkv.io.text import write_text_atomic
 
+    check_manifest(manifest, str(Path(folder) / MANIFEST))
     write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -112,7 +111,6 @@ def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> t
     if sha256_file(folder / TENSORS) != manifest.get("sha256"):
         raise MedSegError(f"The weights in {folder / TENSORS} do not match the checksum in their manifest; "
                           "the file is corrupt or was altered.", code=ErrorCode.CHECKSUM_MISMATCH)
-    check_manifest(manifest, folder)
     try:
         model = create_model(manifest["architecture"], **manifest.get("config", {}))
     except (TypeError, ValueError, KeyError, ArithmeticError, AssertionError, RuntimeError) as exc:
@@ -133,31 +131,3 @@ def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> t
         raise MedSegError(f"The weights in {folder} do not fit architecture '{manifest['architecture']}'.",
                           code=ErrorCode.BAD_WEIGHTS) from exc
     return model.to(device).eval(), manifest
-
-
-def _numbers(value: Any, count: int) -> bool:
-    return (isinstance(value, list) and len(value) == count
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
-
-
-def check_manifest(manifest: dict[str, Any], folder: Path) -> None:
-    """What the loader and the preprocessing rely on, so that a hand-edited manifest is one sentence,
-    not a traceback deep inside resampling (a zero spacing divides by zero there)."""
-    def bad(what: str) -> MedSegError:
-        return MedSegError(f"The weights manifest in {folder} is invalid: {what}.", code=ErrorCode.BAD_WEIGHTS)
-
-    if not isinstance(manifest.get("architecture"), str):
-        raise bad("'architecture' must name a registered model")
-    get_spec(manifest["architecture"])
-    if not isinstance(manifest.get("config", {}), dict):
-        raise bad("'config' must be an object")
-    prep = manifest.get("preprocessing", {})
-    if not isinstance(prep, dict):
-        raise bad("'preprocessing' must be an object")
-    if "spacing_xy_mm" in prep and not (_numbers(prep["spacing_xy_mm"], 2) and min(prep["spacing_xy_mm"]) > 0):
-        raise bad("'preprocessing.spacing_xy_mm' must be two positive numbers")
-    if "percentiles" in prep and not (_numbers(prep["percentiles"], 2)
-                                      and 0 <= prep["percentiles"][0] < prep["percentiles"][1] <= 100):
-        raise bad("'preprocessing.percentiles' must be two numbers with 0 <= lower < upper <= 100")
-    if not isinstance(prep.get("grader_input", {}), dict):
-        raise bad("'preprocessing.grader_input' must be an object")
