@@ -279,7 +279,7 @@ def test_cli_bad_input_is_one_sentence_and_writes_nothing(pair, cine, tmp_path, 
         ([str(cine["image"]), "--labels", str(wrong)], "hold"),
         ([str(cine["image"]), "--labels", str(wrong), str(wrong)], "does not match the image geometry"),
         ([str(cine["image"]), "--labels", str(cine["labels"]), "--ed", "2"], "ED phase 2 does not exist"),
-        ([str(cine["image"]), "--labels", str(cine["labels"]), "--height-cm", "170"], "--weight-kg"),
+        ([str(cine["image"]), "--labels", str(cine["labels"]), "--height-cm", "170"], "height and the weight"),
         ([str(tmp_path / "missing.nii.gz"), "--labels", str(cine["labels"])], "does not exist"),
     ]
     for extra, message in cases:

@@ -22,37 +22,6 @@ def _bar_progress(bar: Any):
     return progress
 
 
-def read_label_phases(paths: list[str], study: Any) -> list[Any]:
-    """The labelmaps given with --labels (one 4D file, or one 3D file per phase), checked against the study."""
-    from medsegrwkv.function import check_labels_match
-    from medsegrwkv.io import read_study
-
-    phases = [image for path in paths for image in read_study(path).phases]
-    if len(phases) != len(study.phases):
-        raise MedSegError(f"The labelmap{'s' if len(paths) > 1 else ''} {', '.join(paths)} hold{'' if len(paths) > 1 else 's'} "
-                          f"{len(phases)} phase(s) but the study {study.source} has {len(study.phases)}.",
-                          code=ErrorCode.BAD_LABELS)
-    for p, (image, labels) in enumerate(zip(study.phases, phases)):
-        check_labels_match(image, labels, f"The labelmap of phase {p}")
-    return phases
-
-
-def segment_phases(study: Any, args: argparse.Namespace) -> tuple[list[Any], list[dict[str, Any]], str, list[str]]:
-    """Every phase segmented by the chosen model (inference.study.segment_study): labelmaps, the
-    manifest's labels, the model name and the segmentation's plausibility warnings."""
-    from medsegrwkv.inference.device import describe_device
-    from medsegrwkv.inference.segmenter import Segmenter
-    from medsegrwkv.inference.study import segment_study
-    from medsegrwkv.nets.registry import DEFAULT_MODELS
-
-    segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
-    print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
-          file=sys.stderr)
-    with progress_bar(100, "function") as bar:
-        result = segment_study(study, list(range(len(study.phases))), segmenter, progress=_bar_progress(bar))
-    return result.labels, result.label_names, result.model, result.warnings
-
-
 def print_summary(data: dict[str, Any], file=None) -> None:
     out = file or sys.stdout
     print(f"{'phase':>5}  {'time ms':>8}  {'LV mL':>8}  {'RV mL':>8}  {'Myo mL':>8}", file=out)
@@ -75,28 +44,17 @@ def print_summary(data: dict[str, Any], file=None) -> None:
         print(f"BSA {data['bsa_m2']:.2f} m2 (Mosteller)", file=out)
 
 
-def body_size(study: Any, args: argparse.Namespace) -> tuple[float | None, float | None, str | None]:
-    """Height (cm) and weight (kg) for the BSA: the flags, else a DICOM study's PatientSize and
-    PatientWeight, else an ACDC Info.cfg beside a volume file; (None, None, None) when unknown."""
-    if args.height_cm is not None:
-        return args.height_cm, args.weight_kg, "given"
-    if study.files:
-        from medsegrwkv.io.dicom import patient_size_weight
+def info_cfg_body_size(study: Any) -> tuple[float | None, float | None, str | None]:
+    """Height (cm) and weight (kg) from an ACDC Info.cfg beside a volume file, and that file's path."""
+    from medsegrwkv.training.function_validation import body_from_info
 
-        height, weight = patient_size_weight(study.files)
-        source = "DICOM PatientSize and PatientWeight"
-    else:
-        from medsegrwkv.training.function_validation import body_from_info
-
-        info = Path(study.source).parent / "Info.cfg"
-        height, weight = body_from_info(info)
-        source = str(info)
-    return (height, weight, source) if height is not None and weight is not None else (None, None, None)
+    info = Path(study.source).parent / "Info.cfg"
+    height, weight = body_from_info(info) if not study.files else (None, None)
+    return (height, weight, str(info)) if height is not None and weight is not None else (None, None, None)
 
 
 def cmd_function(args: argparse.Namespace) -> int:
-    from medsegrwkv.function import compute_function, default_labels
-    from medsegrwkv.function.cardiac import pick_phase
+    from medsegrwkv.function.study import study_function
     from medsegrwkv.io import read_study
 
     output, csv_path, png_path = check_report_outputs(args.output, args.csv, args.png)
@@ -104,38 +62,40 @@ def cmd_function(args: argparse.Namespace) -> int:
         from medsegrwkv.function.plots import require_matplotlib
 
         require_matplotlib()  # before any work: Slicer's Python may lack it
-    if (args.height_cm is None) != (args.weight_kg is None):
-        raise MedSegError("Give both --height-cm and --weight-kg (for the body surface area), or neither.",
-                          code=ErrorCode.BAD_ARGUMENT)
     study = read_study(args.input, series=args.series)
-    if len(study.phases) < 2:
-        raise MedSegError(f"Cardiac function needs at least two cardiac phases (ED and ES); {study.source} has "
-                          f"{len(study.phases)}.", code=ErrorCode.BAD_PHASE)
-    for given, name in ((args.ed, "ED"), (args.es, "ES")):
-        pick_phase(given, name, len(study.phases))  # before the model runs
-    height, weight, body_source = body_size(study, args)
+    height, weight, info = args.height_cm, args.weight_kg, None
+    if height is None and weight is None:  # flags first, then the DICOM headers (study_function), then Info.cfg
+        height, weight, info = info_cfg_body_size(study)
+    segmenter = None
     if args.labels:
-        labelmaps, labels, model, warnings = read_label_phases(args.labels, study), default_labels(), None, []
+        labels = [image for path in args.labels for image in read_study(path).phases]
         print(f"{study.description}; labels from {', '.join(args.labels)}", file=sys.stderr)
     else:
-        labelmaps, labels, model, warnings = segment_phases(study, args)
-    function = compute_function(labelmaps, labels, trigger_times_ms=study.trigger_times, ed=args.ed, es=args.es,
-                                height_cm=height, weight_kg=weight)
-    data = function.to_json()
-    data["warnings"] = warnings + data["warnings"]
-    report = {"source": str(study.source), "description": study.description, "model": model,
-              "labels_from": list(args.labels) if args.labels else None,
-              "body_size_from": body_source, **data}
+        from medsegrwkv.inference.device import describe_device
+        from medsegrwkv.inference.segmenter import Segmenter
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
+
+        labels = None
+        segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"],
+                                              args.device)
+        print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
+              file=sys.stderr)
+    with progress_bar(100, "function") as bar:
+        result = study_function(study, segmenter, phase_labels=labels, ed=args.ed, es=args.es, height_cm=height,
+                                weight_kg=weight, progress=_bar_progress(bar))
+    report = {**result.report, "labels_from": list(args.labels) if args.labels else None}
+    if info is not None:
+        report["body_size_from"] = info
     print_warnings(report["warnings"])
     write_text_atomic(output, json.dumps(report, indent=2) + "\n")
     written = [output]
     if csv_path:
-        write_text_atomic(csv_path, rows_csv(function.curve()))
+        write_text_atomic(csv_path, rows_csv(result.function.curve()))
         written.append(csv_path)
     if png_path:
         from medsegrwkv.function.plots import save_curve_png
 
-        save_curve_png(function, png_path, title=Path(study.source).name)
+        save_curve_png(result.function, png_path, title=Path(study.source).name)
         written.append(png_path)
     print_summary(report)
     for path in written:
