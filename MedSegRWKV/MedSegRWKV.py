@@ -25,7 +25,7 @@ import slicer
 import vtk
 from slicer import (
     vtkMRMLMarkupsROINode, vtkMRMLPlotChartNode, vtkMRMLPlotSeriesNode, vtkMRMLScalarVolumeNode,
-    vtkMRMLSegmentationNode, vtkMRMLTableNode,
+    vtkMRMLSegmentationNode, vtkMRMLSequenceNode, vtkMRMLTableNode,
 )
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -33,7 +33,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MedSegRWKVLib import clicks, dependencies, geometry, panel, protocol, quality, terminology
+from MedSegRWKVLib import cardiac, clicks, dependencies, geometry, panel, plots, protocol, quality, terminology
 from MedSegRWKVLib.client import UNRESPONSIVE_AFTER_S, EngineClient, engine_command
 from MedSegRWKVLib.protocol import Message
 
@@ -42,6 +42,10 @@ POLL_INTERVAL_MS = 100
 REQUEST_TIMEOUT_S = 900.0  # blocking requests (self-test) only; the GUI never blocks
 STARTING = "Starting the backend worker"
 REFINING = "Refining"
+MEASURING = "Segmenting all phases"
+RECOMPUTING = "Recomputing the function"
+FUNCTION_BUTTON = "Segment all phases + function"
+RECOMPUTE_BUTTON = "Recompute from edited segments"
 POINT_LISTS = {True: ("MedSegRWKV add", (0.2, 0.8, 0.2)), False: ("MedSegRWKV remove", (0.9, 0.2, 0.2))}
 SHORTCUTS = {"P": "onPositivePoint", "N": "onNegativePoint", "U": "onUndoPoint", "Return": "onAcceptCorrection"}
 
@@ -68,7 +72,7 @@ class MedSegRWKV(ScriptedLoadableModule):
 class MedSegRWKVParameterNode:
     """The panel's scene state, saved with the scene; File > Close Scene starts a new one, so no
     node of a closed scene is reused (MRML reuses node IDs). The selectors and the TTA box are bound
-    to it by their SlicerParameterName in the .ui; the quality plot's nodes are reused through it."""
+    to it by their SlicerParameterName in the .ui; the plots' and whole-cine nodes are reused through it."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     roi: vtkMRMLMarkupsROINode
@@ -77,6 +81,16 @@ class MedSegRWKVParameterNode:
     qualityTable: vtkMRMLTableNode
     qualitySeries: vtkMRMLPlotSeriesNode
     qualityChart: vtkMRMLPlotChartNode
+    # Whole cine: the segmentation sequence (synchronized with the cine's browser) and its proxy,
+    # the results table and the volume-time plot.
+    phaseSegmentationSequence: vtkMRMLSequenceNode
+    phaseSegmentation: vtkMRMLSegmentationNode
+    functionTable: vtkMRMLTableNode
+    curveTable: vtkMRMLTableNode
+    lvSeries: vtkMRMLPlotSeriesNode
+    rvSeries: vtkMRMLPlotSeriesNode
+    myoSeries: vtkMRMLPlotSeriesNode
+    functionChart: vtkMRMLPlotChartNode
 
 
 class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
@@ -169,11 +183,17 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
             self._client = None
 
     # nodes <-> files ------------------------------------------------------------------------------
-    @staticmethod
-    def writeVolume(volume) -> Tuple[str, str]:
+    @classmethod
+    def writeVolume(cls, volume) -> Tuple[str, str]:
         """The volume (its current sequence item) as an uncompressed NRRD in a new temporary folder."""
         folder = tempfile.mkdtemp(prefix="medsegrwkv-")
         path = str(Path(folder) / "input.nrrd")
+        cls.writeVolumeFile(volume, path)
+        return folder, path
+
+    @staticmethod
+    def writeVolumeFile(volume, path: str) -> str:
+        """A volume node (in the scene or not) as an uncompressed NRRD at `path`."""
         storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
         try:
             storage.SetFileName(path)
@@ -182,7 +202,7 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError(f"Could not write {volume.GetName()} to {path}.")
         finally:
             slicer.mrmlScene.RemoveNode(storage)
-        return folder, path
+        return path
 
     @staticmethod
     def ijkToWorld(volume) -> vtk.vtkMatrix4x4:
@@ -233,6 +253,14 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                   f"{volume.GetName()} heart")
         segmentationNode.CreateDefaultDisplayNodes()
+        self.fillSegments(volume, segmentationNode, array, labels)
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        return segmentationNode
+
+    @staticmethod
+    def fillSegments(volume, segmentationNode, array: np.ndarray, labels: List[Dict[str, Any]]) -> None:
+        """The labels' segments (name, colour, terminology) set from a labelmap array in the
+        volume's geometry; the segmentation follows the volume's parent transform."""
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         segmentationNode.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
@@ -247,8 +275,6 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
             segment.SetTag(terminology.TERMINOLOGY_TAG, spec.terminology)
             slicer.util.updateSegmentBinaryLabelmapFromArray((array == spec.value).astype(np.uint8),
                                                              segmentationNode, spec.segment_id, volume)
-        segmentationNode.CreateClosedSurfaceRepresentation()
-        return segmentationNode
 
     def loadImageRequest(self, volume) -> Tuple[Dict[str, Any], str]:
         folder, path = self.writeVolume(volume)
@@ -298,35 +324,195 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
         return browser.GetSelectedItemNumber() if browser is not None else None
 
     def showQualityPlot(self, result: Dict[str, Any]):
-        """Expected score against slice in Slicer's plot view; the table, series and chart are kept
-        in the parameter node and reused, or made anew when the scene has none (after a close, or
-        when the user deleted one)."""
-        xs, ys = quality.plot_points(result)
+        """Expected score against slice in Slicer's plot view."""
+        return self.showPlot(quality.plot(result), "qualityTable", "qualityChart", {"Expected score": "qualitySeries"})
+
+    def parameterNodeNode(self, field: str, className: str, name: str):
+        """The node kept in the parameter node's `field`, made anew when the scene has none (after a
+        close, or when the user deleted it)."""
         parameters = self.getParameterNode()
-        if parameters.qualityTable is None:
-            parameters.qualityTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "Motion quality")
-        if parameters.qualitySeries is None:
-            parameters.qualitySeries = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "Expected score")
-        if parameters.qualityChart is None:
-            parameters.qualityChart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode",
-                                                                         "Motion quality per slice")
-        table, series, chart = parameters.qualityTable, parameters.qualitySeries, parameters.qualityChart
-        slicer.util.updateTableFromArray(table, [np.array(xs, dtype=float), np.array(ys, dtype=float)],
-                                         ["slice", "score"])
-        series.SetAndObserveTableNodeID(table.GetID())
-        series.SetXColumnName("slice")
-        series.SetYColumnName("score")
-        series.SetPlotType(series.PlotTypeScatter)
-        series.SetMarkerStyle(series.MarkerStyleCircle)
-        series.SetColor(*(c / 255.0 for c in quality.summary_colour(result)))
+        node = getattr(parameters, field)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass(className, name)
+            setattr(parameters, field, node)
+        return node
+
+    def showPlot(self, plot: plots.Plot, tableField: str, chartField: str, seriesFields: Dict[str, str]):
+        """A Plot in table, plot-series and chart nodes kept in the parameter node (reused on the next
+        call), shown in the layout's plot view; returns the chart."""
+        table = self.parameterNodeNode(tableField, "vtkMRMLTableNode", f"{plot.title} (data)")
+        chart = self.parameterNodeNode(chartField, "vtkMRMLPlotChartNode", plot.title)
+        slicer.util.updateTableFromArray(table, [np.array(v, dtype=float) for v in plot.columns.values()],
+                                         list(plot.columns))
         chart.RemoveAllPlotSeriesNodeIDs()
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        chart.SetTitle("Motion quality per slice")
-        chart.SetXAxisTitle("slice")
-        chart.SetYAxisTitle("expected score (5 best)")
-        chart.SetYAxisRangeAuto(False)
-        chart.SetYAxisRange(0.5, 5.5)
+        for spec in plot.series:
+            series = self.parameterNodeNode(seriesFields[spec.name], "vtkMRMLPlotSeriesNode", spec.name)
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName(spec.x)
+            series.SetYColumnName(spec.y)
+            series.SetPlotType(series.PlotTypeScatter)
+            series.SetLineStyle(series.LineStyleSolid if spec.line else series.LineStyleNone)
+            series.SetMarkerStyle(series.MarkerStyleCircle)
+            series.SetColor(*spec.colour)
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle(plot.title)
+        chart.SetXAxisTitle(plot.x_title)
+        chart.SetYAxisTitle(plot.y_title)
+        chart.SetYAxisRangeAuto(plot.y_range is None)
+        if plot.y_range is not None:
+            chart.SetYAxisRange(*plot.y_range)
         slicer.modules.plots.logic().ShowChartInLayout(chart)
+        return chart
+
+    # whole cine: segmentation sequence and cardiac function -------------------------------------
+    def cineBrowser(self, volume):
+        browser = self.sequenceBrowser(volume)
+        if browser is None or browser.GetNumberOfItems() < 2:
+            raise RuntimeError("Cardiac function needs a cine: choose the proxy volume of a sequence with at least "
+                               "two phases (a cine DICOM series loads as one).")
+        return browser
+
+    def forEachPhase(self, volume, visit: Callable[[int], None]) -> None:
+        """Show every phase of the volume's cine in turn (browser item order, as the phase box
+        counts), call `visit(item)`, then show the phase that was shown before."""
+        browser = self.cineBrowser(volume)
+        selected = browser.GetSelectedItemNumber()
+        try:
+            for item in range(browser.GetNumberOfItems()):
+                browser.SetSelectedItemNumber(item)
+                visit(item)
+        finally:
+            browser.SetSelectedItemNumber(selected)
+
+    def writePhases(self, volume, folder: str) -> List[str]:
+        """Every phase of the cine as its own NRRD file, in phase order."""
+        paths: List[str] = []
+        self.forEachPhase(volume, lambda item: paths.append(
+            self.writeVolumeFile(volume, str(Path(folder) / f"phase{item:03d}.nrrd"))))
+        return paths
+
+    def functionRequest(self, volume, model: Optional[str], device: str, tta: bool,
+                        options: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+        """Segment every phase and measure the function: the phases as files, the 4D labelmap back."""
+        folder = tempfile.mkdtemp(prefix="medsegrwkv-")
+        try:
+            inputs = self.writePhases(volume, folder)
+            return protocol.function_request(inputs, output=str(Path(folder) / "phase_labels.nrrd"), model=model,
+                                             device=device, tta=tta, **options), folder
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def phaseSegmentations(self, volume) -> Tuple[Any, Any]:
+        """(segmentation sequence, its proxy segmentation) made for this volume's cine; (None, None)
+        when there are none (not segmented yet, another cine's, or deleted by the user)."""
+        parameters = self.getParameterNode()
+        sequence, proxy = parameters.phaseSegmentationSequence, parameters.phaseSegmentation
+        browser = self.sequenceBrowser(volume)
+        if (browser is None or sequence is None or proxy is None
+                or not browser.IsSynchronizedSequenceNodeID(sequence.GetID())
+                or browser.GetProxyNode(sequence) is not proxy):
+            return None, None
+        return sequence, proxy
+
+    @staticmethod
+    def readPhaseLabelmaps(path: str) -> List[np.ndarray]:
+        """The worker's 4D labelmap as one (k, j, i) array per phase, read by Slicer's sequence reader."""
+        sequence = slicer.vtkMRMLSequenceNode()
+        storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+        storage.SetFileName(path)
+        if not storage.ReadData(sequence):
+            raise RuntimeError(f"Could not read the worker's labelmap {path}.")
+        return [slicer.util.arrayFromVolume(sequence.GetNthDataNode(n)).copy()
+                for n in range(sequence.GetNumberOfDataNodes())]
+
+    def importPhaseSegmentations(self, volume, labelmapPath: str, labels: List[Dict[str, Any]]):
+        """One segmentation per phase (named, coloured segments as importSegmentation makes them) in a
+        sequence synchronized with the cine's browser, shown through a proxy segmentation: browsing
+        the cine shows each phase's segments, and edits in a phase are saved into it. A second run
+        on the same cine refills the same sequence and proxy. Returns the proxy."""
+        browser = self.cineBrowser(volume)
+        arrays = self.readPhaseLabelmaps(labelmapPath)
+        if len(arrays) != browser.GetNumberOfItems():
+            raise RuntimeError(f"The worker's labelmap holds {len(arrays)} phases, the cine {browser.GetNumberOfItems()}.")
+        master = browser.GetMasterSequenceNode()
+        sequence, proxy = self.phaseSegmentations(volume)
+        if sequence is None:
+            sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{volume.GetName()} heart phases")
+        sequence.RemoveAllDataNodes()
+        sequence.SetIndexName(master.GetIndexName())
+        sequence.SetIndexUnit(master.GetIndexUnit())
+        sequence.SetIndexType(master.GetIndexType())
+        work = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSegRWKV phase (temporary)")
+        try:
+            for item, array in enumerate(arrays):
+                self.fillSegments(volume, work, array, labels)
+                sequence.SetDataNodeAtValue(work, master.GetNthIndexValue(item))  # a copy
+        finally:
+            slicer.mrmlScene.RemoveNode(work)
+        if proxy is None:
+            proxy = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} heart (all phases)")
+            proxy.CreateDefaultDisplayNodes()
+            browser.AddSynchronizedSequenceNodeID(sequence.GetID())
+            browser.AddProxyNode(proxy, sequence, False)
+            parameters = self.getParameterNode()
+            parameters.phaseSegmentationSequence, parameters.phaseSegmentation = sequence, proxy
+        browser.SetSaveChanges(sequence, True)  # Segment Editor edits of a phase stay in that phase
+        proxy.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+        slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+        return proxy
+
+    def writeLabelmapFile(self, volume, array: np.ndarray, path: str) -> str:
+        """A labelmap array (k, j, i) in the volume's voxel grid as an NRRD file."""
+        labelNode = slicer.vtkMRMLLabelMapVolumeNode()
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        labelNode.SetIJKToRASMatrix(ijkToRas)
+        slicer.util.updateVolumeFromArray(labelNode, array)
+        return self.writeVolumeFile(labelNode, path)
+
+    def recomputeRequest(self, volume, options: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+        """The function of the phases' segments as they are now (after corrections): every phase and
+        its segments as files, measured without a model."""
+        _, proxy = self.phaseSegmentations(volume)
+        if proxy is None:
+            raise RuntimeError("Segment all phases first: there is no segmentation sequence for this cine.")
+        folder = tempfile.mkdtemp(prefix="medsegrwkv-")
+        inputs: List[str] = []
+        labelmaps: List[str] = []
+
+        def write(item: int) -> None:
+            inputs.append(self.writeVolumeFile(volume, str(Path(folder) / f"phase{item:03d}.nrrd")))
+            segmentation = proxy.GetSegmentation()
+            masks = {segmentId: slicer.util.arrayFromSegmentBinaryLabelmap(proxy, segmentId, volume)
+                     for _, segmentId in cardiac.label_segments() if segmentation.GetSegment(segmentId) is not None}
+            shape = slicer.util.arrayFromVolume(volume).shape
+            labelmaps.append(self.writeLabelmapFile(volume, cardiac.labelmap_from_masks(masks, shape),
+                                                    str(Path(folder) / f"labels{item:03d}.nrrd")))
+
+        try:
+            self.forEachPhase(volume, write)
+            return protocol.function_request(inputs, labels=labelmaps, **options), folder
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def showFunction(self, result: Dict[str, Any]):
+        """The results table (saved with the scene) and the volume-time plot; returns the table."""
+        table = self.parameterNodeNode("functionTable", "vtkMRMLTableNode", "Cardiac function")
+        rows = cardiac.result_rows(result)
+        content = vtk.vtkTable()
+        for c, name in enumerate(cardiac.COLUMNS):
+            column = vtk.vtkStringArray()
+            column.SetName(name)
+            for row in rows:
+                column.InsertNextValue(row.cells[c])
+            content.AddColumn(column)
+        table.SetAndObserveTable(content)
+        table.SetUseColumnNameAsColumnHeader(True)
+        self.showPlot(cardiac.curve_plot(result, result.get("labels")), "curveTable", "functionChart",
+                      {"LV cavity": "lvSeries", "RV cavity": "rvSeries", "LV myocardium": "myoSeries"})
+        return table
 
 
 # -- widget ----------------------------------------------------------------------------------------
@@ -379,6 +565,8 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoPointButton.connect("clicked(bool)", self.onUndoPoint)
         self.ui.acceptCorrectionButton.connect("clicked(bool)", self.onAcceptCorrection)
         self.ui.gradeButton.connect("clicked(bool)", self.onGradeButton)
+        self.ui.functionButton.connect("clicked(bool)", self.onFunctionButton)
+        self.ui.recomputeFunctionButton.connect("clicked(bool)", self.onRecomputeFunction)
         self.ui.qualityTable.connect("cellClicked(int,int)", self.onQualityRowClicked)
         self.ui.installBackendButton.connect("clicked(bool)", self.onInstallBackend)
         self.ui.restartWorkerButton.connect("clicked(bool)", self.onRestartWorker)
@@ -405,6 +593,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
         self.clearQuality()
+        self.clearFunction()
         if self.correction is not None:
             self.stopCorrection("")
         if self.job is not None and self.job.cancellable:  # its volume is going; so is its result
@@ -474,6 +663,14 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.setEnabled(segmenting or (not busy and ready and hasModel))
         self.ui.gradeButton.setText("Cancel" if grading else "Grade motion")
         self.ui.gradeButton.setEnabled(grading or (not busy and ready))
+        cine = self.logic.sequenceBrowser(volume) is not None
+        measuring = busy and self.job.action == MEASURING
+        recomputing = busy and self.job.action == RECOMPUTING
+        self.ui.functionButton.setText("Cancel" if measuring else FUNCTION_BUTTON)
+        self.ui.functionButton.setEnabled(measuring or (not busy and ready and hasModel and cine))
+        segmented = cine and self.logic.phaseSegmentations(volume)[1] is not None
+        self.ui.recomputeFunctionButton.setText("Cancel" if recomputing else RECOMPUTE_BUTTON)
+        self.ui.recomputeFunctionButton.setEnabled(recomputing or (not busy and ready and segmented))
         self.ui.editSegmentsButton.setEnabled(volume is not None and output is not None)
         self.ui.installBackendButton.setEnabled(not busy)
         correcting = self.correction is not None
@@ -647,6 +844,11 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.phaseSpinBox.setValue(browser.GetSelectedItemNumber() + 1 if browser is not None else 1)
         self.ui.phaseSpinBox.setEnabled(count > 1)
         self.ui.phaseSpinBox.blockSignals(False)
+        phases = count if count > 1 else 0  # ED/ES boxes: 0 is "auto" (detected), shown so by the .ui
+        self.ui.edSpinBox.setRange(0, phases)
+        self.ui.edSpinBox.setEnabled(count > 1)
+        self.ui.esSpinBox.setRange(0, phases)
+        self.ui.esSpinBox.setEnabled(count > 1)
         self.showPhase()
         self.updateButtons()
 
@@ -736,6 +938,61 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentsTableView.setSegmentationNode(self.nodes()[2])
         self.fillCorrectableSegments()
         self.updateButtons()
+
+    # whole cine: segmentation sequence and cardiac function -------------------------------------
+    def functionOptions(self) -> Dict[str, Any]:
+        return cardiac.request_options(self.ui.edSpinBox.value, self.ui.esSpinBox.value, self.ui.heightSpinBox.value,
+                                       self.ui.weightSpinBox.value)
+
+    def startFunction(self, action: str, makeRequest: Callable[[Any, Dict[str, Any]], Tuple[Dict[str, Any], str]]) -> None:
+        """The Segment-all and Recompute buttons: cancel their own running job, else send the request."""
+        if self.job is not None:
+            if self.job.cancellable and self.job.action == action:
+                self.logic.cancel(self.job.id)
+                self.setStatus("Cancelling (stops after the current slice batch)...")
+            return
+        if not self.ensureBackend():
+            return
+        volume = self.nodes()[0]
+        try:
+            request, folder = makeRequest(volume, self.functionOptions())
+        except (RuntimeError, ValueError) as exc:
+            self.setStatus(str(exc), error=True)
+            return
+        self.submit(action, request, lambda message: self.onFunctionMeasured(message, action, volume), folder,
+                    cancellable=True)
+
+    def onFunctionButton(self) -> None:
+        self.startFunction(MEASURING, lambda volume, options: self.logic.functionRequest(
+            volume, self.selectedModel(), self.selectedDevice(), self._parameterNode.tta, options))
+
+    def onRecomputeFunction(self) -> None:
+        self.startFunction(RECOMPUTING, self.logic.recomputeRequest)
+
+    def onFunctionMeasured(self, message: Message, action: str, volume) -> None:
+        if self.failed(action, message) or self.closedMeanwhile(action, volume):
+            return
+        result = message.result
+        if result.get("output"):  # segmented by the model: the phases' segments into the scene
+            proxy = self.logic.importPhaseSegmentations(volume, result["output"], result["labels"])
+            if self._parameterNode is not None:
+                self._parameterNode.outputSegmentation = proxy
+        self.showFunction(result)
+        self.ui.progressBar.setValue(100)
+        source = f"{result['model']}" if result.get("model") else "the edited segments"
+        self.setStatus(panel.with_warnings(f"Measured {len(result['curve'])} phases from {source} in "
+                                           f"{result['seconds']:.1f} s: {cardiac.summary_line(result)}", result))
+
+    def showFunction(self, result: Dict[str, Any]) -> None:
+        """Results table, summary line and volume-time plot (also used by the self-test)."""
+        table = self.logic.showFunction(result)
+        self.ui.functionTableView.setMRMLTableNode(table)
+        self.ui.functionSummaryLabel.setText(cardiac.summary_line(result))
+        self.updateButtons()
+
+    def clearFunction(self) -> None:
+        self.ui.functionTableView.setMRMLTableNode(None)
+        self.ui.functionSummaryLabel.setText("Not measured yet.")
 
     # click correction -----------------------------------------------------------------------------
     def fillCorrectableSegments(self) -> None:

@@ -465,6 +465,8 @@ KNOWN_API: Dict[str, Set[str]] = {
     "QTableWidget": {"connect", "setHorizontalHeaderLabels", "setRowCount", "setItem", "rowCount", "item"},
     "qMRMLNodeComboBox": {"connect", "currentNode", "setCurrentNode"},
     "qMRMLSegmentsTableView": {"setSegmentationNode"},
+    "qMRMLTableView": {"setMRMLTableNode"},
+    "QDoubleSpinBox": {"value"},
     "ctkCollapsibleButton": {"collapsed"},
 }
 KNOWN_SIGNALS: Dict[str, Set[str]] = {

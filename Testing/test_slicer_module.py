@@ -380,3 +380,130 @@ def test_after_close_scene_segment_click_and_grade_work_again_and_add_only_their
     after = node_classes()
     assert after - before == outputs and not before - after, after - before
     print(f"nodes before a full run {sum(before.values())}, after {sum(after.values())}: {dict(after - before)}")
+
+
+# -- whole cine: segmentation sequence and cardiac function ---------------------------------------------
+def cells_by_measure(table) -> Dict[str, List[str]]:
+    content = table.GetTable()
+    rows = [[content.GetValue(r, c).ToString() for c in range(content.GetNumberOfColumns())]
+            for r in range(content.GetNumberOfRows())]
+    return {row[0]: row[1:] for row in rows}
+
+
+def phase_counts(proxy, volume, browser, labels) -> List[Dict[str, int]]:
+    """Voxels of each segment that the proxy segmentation shows at each browser item."""
+    counts = []
+    for item in range(browser.GetNumberOfItems()):
+        browser.SetSelectedItemNumber(item)
+        shown = masks(proxy, volume)
+        counts.append({spec.name: int(shown[spec.segment_id].sum()) for spec in terminology.segment_specs(labels)})
+    return counts
+
+
+def test_whole_cine_gives_a_segmentation_sequence_that_follows_the_browser_and_its_function(env: Scene) -> None:
+    """Segment all phases + function on the cine (under an oblique transform): one segmentation per
+    phase, synchronized with the cine's browser; the results table, volume-time plot; recompute from
+    the segments gives the same numbers, and a smaller LV EDV after erasing part of the ED LV cavity."""
+    logic, widget = env["logic"], env["widget"]
+    browser, volume = load_cine(env["tmp"])
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "oblique cine")
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(orthonormal(OBLIQUE)))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    widget._parameterNode.inputVolume = volume
+    widget._parameterNode.outputSegmentation = None
+    widget.ui.edSpinBox.setRange.assert_called_with(0, 2)
+    widget.ui.edSpinBox.value, widget.ui.esSpinBox.value = 0, 0
+    widget.ui.heightSpinBox.value, widget.ui.weightSpinBox.value = 170.0, 70.0
+    browser.SetSelectedItemNumber(1)
+
+    request, folder = logic.functionRequest(volume, MODEL, "cpu", False, widget.functionOptions())
+    assert len(request["inputs"]) == 2 and browser.GetSelectedItemNumber() == 1, "the shown phase changed"
+    answer = run(logic, request)
+    result = answer.result
+    phases = sitk.GetArrayFromImage(sitk.ReadImage(request["output"]))  # (phase, k, j, i)
+    widget.onFunctionMeasured(answer, MedSegRWKV.MEASURING, volume)
+    shutil.rmtree(folder)
+
+    parameters = logic.getParameterNode()
+    sequence, proxy = parameters.phaseSegmentationSequence, parameters.phaseSegmentation
+    assert sequence.GetNumberOfDataNodes() == 2 and browser.IsSynchronizedSequenceNodeID(sequence.GetID())
+    assert browser.GetProxyNode(sequence) is proxy and widget._parameterNode.outputSegmentation is proxy
+    assert [sequence.GetNthIndexValue(n) for n in range(2)] == [
+        browser.GetMasterSequenceNode().GetNthIndexValue(n) for n in range(2)]
+    assert proxy.GetParentTransformNode() is transform and browser.GetSelectedItemNumber() == 1
+    counts = phase_counts(proxy, volume, browser, result["labels"])
+    for item, shown in enumerate(counts):
+        expected = {spec.name: int((phases[item] == spec.value).sum()) for spec in terminology.segment_specs(result["labels"])}
+        assert shown == expected, (item, shown, expected)
+    assert counts[0] != counts[1], "both phases show the same segments"
+    segment = proxy.GetSegmentation().GetSegment("medsegrwkv_lv_cavity")
+    tag = vtk.mutable("")
+    assert segment.GetName() == "LV cavity" and segment.GetTag(terminology.TERMINOLOGY_TAG, tag) and str(tag)
+
+    table = parameters.functionTable
+    cells = cells_by_measure(table)
+    assert cells["ED phase"][0] == str(result["ed_phase"] + 1) and cells["ES phase"][0] == str(result["es_phase"] + 1)
+    assert float(cells["LV EF"][0]) == pytest.approx(result["lv"]["ef_percent"], abs=0.05)
+    assert float(cells["RV EF"][0]) == pytest.approx(result["rv"]["ef_percent"], abs=0.05)
+    assert float(cells["LV EDV index"][0]) == pytest.approx(result["lv"]["edv_ml_m2"], abs=0.05)
+    widget.ui.functionTableView.setMRMLTableNode.assert_called_with(table)
+    saved = env["tmp"] / "function.tsv"  # what saving the scene does with the table
+    storage = table.CreateDefaultStorageNode()
+    storage.SetFileName(str(saved))
+    assert storage.WriteData(table)
+    reread = slicer.vtkMRMLTableNode()
+    reader = slicer.vtkMRMLTableStorageNode()
+    reader.SetFileName(str(saved))
+    assert reader.ReadData(reread)
+    assert cells_by_measure(reread) == cells
+    chart, curve = parameters.functionChart, parameters.curveTable
+    series = [chart.GetNthPlotSeriesNode(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert [s.GetName() for s in series] == ["LV cavity", "RV cavity", "LV myocardium"]
+    assert all(s.GetTableNode() is curve for s in series) and curve.GetNumberOfRows() == 2
+    assert slicer.util.arrayFromTableColumn(curve, series[0].GetYColumnName()).tolist() == [
+        row["lv_ml"] for row in result["curve"]]
+    plotNodes = (table, curve, chart, *series)
+
+    request, folder = logic.recomputeRequest(volume, widget.functionOptions())
+    assert request["labels"] and request["output"] is None and browser.GetSelectedItemNumber() == 1
+    again = run(logic, request)
+    shutil.rmtree(folder)
+    widget.onFunctionMeasured(again, MedSegRWKV.RECOMPUTING, volume)
+    assert again.result["lv"]["ef_percent"] == pytest.approx(result["lv"]["ef_percent"], abs=0.01)
+    assert again.result["lv"]["edv_ml"] == pytest.approx(result["lv"]["edv_ml"], abs=0.01)
+    assert all(slicer.mrmlScene.IsNodePresent(n) for n in plotNodes)
+    assert (parameters.functionTable, parameters.curveTable, parameters.functionChart) == plotNodes[:3]
+
+    ed = result["ed_phase"]
+    browser.SetSelectedItemNumber(ed)
+    lv = masks(proxy, volume)["medsegrwkv_lv_cavity"]
+    middle = int(np.median(np.argwhere(lv)[:, 0]))
+    erased = int(lv[middle].sum())
+    lv[middle] = False  # the user erases the LV cavity on one slice of the ED phase
+    slicer.util.updateSegmentBinaryLabelmapFromArray(lv.astype(np.uint8), proxy, "medsegrwkv_lv_cavity", volume)
+    browser.SetSelectedItemNumber(1 - ed)
+    browser.SetSelectedItemNumber(ed)
+    assert int(masks(proxy, volume)["medsegrwkv_lv_cavity"].sum()) == int(lv.sum()), "the edit was not kept"
+    request, folder = logic.recomputeRequest(volume, widget.functionOptions())
+    edited = run(logic, request)
+    shutil.rmtree(folder)
+    spacing = np.array(volume.GetSpacing())
+    assert edited.result["ed_phase"] == ed
+    assert edited.result["lv"]["edv_ml"] == pytest.approx(result["lv"]["edv_ml"] - erased * spacing.prod() / 1000,
+                                                          abs=0.05)
+    assert edited.result["lv"]["esv_ml"] == pytest.approx(result["lv"]["esv_ml"], abs=0.01)
+
+    before = node_classes()  # the button again: the same sequence, proxy, table and plot nodes are refilled
+    widget.modelChoices = [MedSegRWKV.panel.Choice(MODEL, MODEL, True)]
+    widget.ui.modelComboBox.currentIndex = 0
+    try:
+        widget.onFunctionButton()
+        assert widget.job is not None and widget.job.action == MedSegRWKV.MEASURING, widget.ui.statusLabel.setText.call_args
+        pump(widget)
+        status = widget.ui.statusLabel.setText.call_args.args[0]
+        assert status.startswith(f"Measured 2 phases from {MODEL}") and "LV EF" in status, status
+    finally:
+        widget.ui.modelComboBox.currentIndex = -1
+        widget.modelChoices = []
+    assert node_classes() == before
+    assert phase_counts(proxy, volume, browser, result["labels"]) == counts

@@ -136,6 +136,36 @@ def grade_request(input_path: str, model: Optional[str] = None, device: str = "a
             "phase": phase, "cine_phase": cine_phase}
 
 
+def function_request(inputs: Sequence[str], output: Optional[str] = None, labels: Optional[Sequence[str]] = None,
+                     model: Optional[str] = None, device: str = "auto", tta: bool = False, ed: Optional[int] = None,
+                     es: Optional[int] = None, height_cm: Optional[float] = None,
+                     weight_kg: Optional[float] = None) -> Dict[str, Any]:
+    """Fields of a `function` request for a whole cine: `inputs` one volume file per phase in phase
+    order; either `output` (the phases' 4D labelmap the model's segmentation is written to) or
+    `labels` (labelmaps to measure instead of segmenting: one per phase, or one 4D file); `ed` and
+    `es` 0-based phase overrides; height and weight both or neither."""
+    files = [str(path) for path in inputs]
+    if len(files) < 2:
+        raise ValueError(f"cardiac function needs one volume file per phase, at least two; got {len(files)}")
+    if (output is None) == (labels is None):
+        raise ValueError("a function request needs either an output labelmap or the labelmaps to measure, not both")
+    count = len(files)
+    for value, name in ((ed, "ed"), (es, "es")):
+        if value is not None and not (isinstance(value, int) and 0 <= value < count):
+            raise ValueError(f"{name} must be a 0-based phase index below {count}, not {value!r}")
+    if (height_cm is None) != (weight_kg is None):
+        raise ValueError("give both height_cm and weight_kg, or neither")
+    for value, name in ((height_cm, "height_cm"), (weight_kg, "weight_kg")):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, not {value!r}")
+    fields: Dict[str, Any] = {"inputs": files, "output": str(output) if output is not None else None,
+                              "labels": [str(path) for path in labels] if labels is not None else None,
+                              "model": model, "device": _check_device(device), "tta": bool(tta), "ed": ed, "es": es,
+                              "height_cm": None if height_cm is None else float(height_cm),
+                              "weight_kg": None if weight_kg is None else float(weight_kg)}
+    return {"op": "function", **fields}
+
+
 def load_image_request(input_path: str, phase: Optional[int] = None,
                        cine_phase: Optional[int] = None) -> Dict[str, Any]:
     """Cache one volume in the worker for click refinement (the answer carries its image_id)."""

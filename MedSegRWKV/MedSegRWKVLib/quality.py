@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from .plots import Plot, Series
+
 RGB = Tuple[int, int, int]
 COLUMNS = ("Slice", "Score", "Grade", "Confidence")
 # Same colours as the backend's PNG strip (medsegrwkv.grading.grade.GRADE_COLOURS).
@@ -100,3 +102,12 @@ def plot_points(result: Dict[str, Any]) -> Tuple[List[int], List[float]]:
     """Expected score against slice number, for Slicer's plot."""
     rows = [r for r in quality_rows(result) if r.score is not None]
     return [r.index for r in rows], [r.score for r in rows]  # type: ignore[misc]
+
+
+def plot(result: Dict[str, Any]) -> Plot:
+    """The motion-quality chart: expected score per slice, in the study grade's colour."""
+    xs, ys = plot_points(result)
+    colour = tuple(c / 255.0 for c in summary_colour(result))
+    return Plot("Motion quality per slice", "slice", "expected score (5 best)",
+                {"slice": [float(x) for x in xs], "score": [float(y) for y in ys]},
+                [Series("Expected score", "slice", "score", colour)], y_range=(0.5, 5.5))  # type: ignore[arg-type]

@@ -32,7 +32,12 @@ class SegmentSpec:
     @property
     def segment_id(self) -> str:
         """A stable segment ID, so a second run replaces the segment instead of adding another."""
-        return "medsegrwkv_" + self.name.lower().replace(" ", "_")
+        return segment_id(self.name)
+
+
+def segment_id(name: str) -> str:
+    """The module's segment ID for a structure name ('LV cavity' -> 'medsegrwkv_lv_cavity')."""
+    return "medsegrwkv_" + name.lower().replace(" ", "_")
 
 
 def _code(entry: Optional[Dict[str, Any]]) -> str:
