@@ -497,8 +497,15 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def showFunction(self, result: Dict[str, Any]):
-        """The results table (saved with the scene) and the volume-time plot; returns the table."""
+    def showFunction(self, result: Dict[str, Any], volume=None):
+        """The results table (saved with the scene) and the volume-time plot, over the cine's trigger
+        times when the volume is a cine's proxy; returns the table."""
+        browser = self.sequenceBrowser(volume)
+        if browser is not None:
+            master = browser.GetMasterSequenceNode()
+            times = cardiac.cine_times([master.GetNthIndexValue(n) for n in range(master.GetNumberOfDataNodes())],
+                                       master.GetIndexUnit())
+            result = cardiac.with_cine_times(result, times)
         table = self.parameterNodeNode("functionTable", "vtkMRMLTableNode", "Cardiac function")
         rows = cardiac.result_rows(result)
         content = vtk.vtkTable()
@@ -977,15 +984,15 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             proxy = self.logic.importPhaseSegmentations(volume, result["output"], result["labels"])
             if self._parameterNode is not None:
                 self._parameterNode.outputSegmentation = proxy
-        self.showFunction(result)
+        self.showFunction(result, volume)
         self.ui.progressBar.setValue(100)
         source = f"{result['model']}" if result.get("model") else "the edited segments"
         self.setStatus(panel.with_warnings(f"Measured {len(result['curve'])} phases from {source} in "
                                            f"{result['seconds']:.1f} s: {cardiac.summary_line(result)}", result))
 
-    def showFunction(self, result: Dict[str, Any]) -> None:
+    def showFunction(self, result: Dict[str, Any], volume=None) -> None:
         """Results table, summary line and volume-time plot (also used by the self-test)."""
-        table = self.logic.showFunction(result)
+        table = self.logic.showFunction(result, volume)
         self.ui.functionTableView.setMRMLTableNode(table)
         self.ui.functionSummaryLabel.setText(cardiac.summary_line(result))
         self.updateButtons()

@@ -33,7 +33,7 @@ from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MedSegRWKV"
 sys.path.insert(0, str(MODULE_DIR))
-from MedSegRWKVLib import dependencies, geometry, panel, protocol, quality, terminology  # noqa: E402
+from MedSegRWKVLib import cardiac, dependencies, geometry, panel, plots, protocol, quality, terminology  # noqa: E402
 from MedSegRWKVLib.client import EngineClient  # noqa: E402
 from MedSegRWKVLib.ui_contract import PARAMETERS, WIDGETS  # noqa: E402
 
@@ -168,6 +168,29 @@ def test_requests_pass_the_workers_own_parser() -> None:
         assert parsed.id == n and parsed.op == request["op"]
         assert {k: parsed.fields[k] for k in request if k != "op"} == {k: v for k, v in request.items() if k != "op"}
     assert parse_request(protocol.encode(0, requests[0])).fields["roi"] == [1, 2, 3, 40, 50, 6]
+
+
+def test_function_requests_pass_the_workers_own_parser() -> None:
+    from medsegrwkv.engine.protocol import parse_request
+
+    segment_all = protocol.function_request(["/p0.nrrd", "/p1.nrrd"], output="/labels.nrrd", model="unet2d",
+                                            device="cpu", tta=True, ed=1, es=0, height_cm=170, weight_kg=70.5)
+    recompute = protocol.function_request(["/p0.nrrd", "/p1.nrrd"], labels=["/l0.nrrd", "/l1.nrrd"])
+    for n, request in enumerate((segment_all, recompute)):
+        parsed = parse_request(protocol.encode(n, request))
+        assert parsed.op == "function"
+        assert {k: parsed.fields[k] for k in request if k != "op"} == {k: v for k, v in request.items() if k != "op"}
+    assert recompute["output"] is None and recompute["model"] is None and segment_all["labels"] is None
+    for kwargs, problem in (({"inputs": ["/p0.nrrd"], "output": "/o.nrrd"}, "at least two"),
+                            ({"inputs": ["/a", "/b"]}, "either an output"),
+                            ({"inputs": ["/a", "/b"], "output": "/o", "labels": ["/l"]}, "either an output"),
+                            ({"inputs": ["/a", "/b"], "output": "/o", "ed": 2}, "ed must be"),
+                            ({"inputs": ["/a", "/b"], "output": "/o", "es": -1}, "es must be"),
+                            ({"inputs": ["/a", "/b"], "output": "/o", "height_cm": 170}, "both"),
+                            ({"inputs": ["/a", "/b"], "output": "/o", "height_cm": 0, "weight_kg": 70}, "positive"),
+                            ({"inputs": ["/a", "/b"], "output": "/o", "device": "gpu"}, "device")):
+        with pytest.raises(ValueError, match=problem):
+            protocol.function_request(**kwargs)
 
 
 def test_request_mistakes_are_caught_before_sending() -> None:
@@ -353,6 +376,137 @@ def test_quality_rows_and_colours() -> None:
     assert xs == [0, 1, 2, 3] and ys == [r.score for r in rows] and ys[1] < ys[2] < ys[0]
     with pytest.raises(ValueError, match="unknown grade"):
         quality.quality_rows({"positions": [{**result["positions"][0], "grade": "awful"}]})
+
+
+def test_quality_plot_describes_score_per_slice() -> None:
+    result = grade_result()
+    plot = quality.plot(result)
+    xs, ys = quality.plot_points(result)
+    assert plot.columns == {"slice": xs, "score": ys} and plot.y_range == (0.5, 5.5)
+    (series,) = plot.series
+    assert (series.x, series.y, series.line) == ("slice", "score", False)
+    assert series.colour == tuple(c / 255 for c in quality.GRADE_COLOURS["severe"])
+    with pytest.raises(ValueError, match="differ in length"):
+        plots.Plot("t", "x", "y", {"a": [1.0], "b": [1.0, 2.0]}, [])
+    with pytest.raises(ValueError, match="lacks"):
+        plots.Plot("t", "x", "y", {"a": [1.0]}, [plots.Series("s", "a", "b", (0, 0, 0))])
+
+
+# -- cardiac function --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def function_result(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    """A real `function` result: the module's request for the bundled cine (one NRRD per phase, as
+    the module writes a sequence), parsed and run by the worker's own op with the fast model."""
+    from medsegrwkv.engine.ops import Operations
+    from medsegrwkv.engine.protocol import parse_request
+
+    folder = tmp_path_factory.mktemp("function")
+    inputs = []
+    for n, image in enumerate(read_study(sample_data_dir() / "SCD0000101" / "dicom").phases):
+        inputs.append(str(folder / f"phase{n}.nrrd"))
+        sitk.WriteImage(image, inputs[-1])
+    request = protocol.function_request(inputs, output=str(folder / "labels.nrrd"), model="unet2d", device="cpu",
+                                        **cardiac.request_options(0, 0, 170.0, 70.0))
+    return Operations().function(parse_request(protocol.encode(1, request)).fields, lambda f, m: None, lambda: False)
+
+
+def test_cine_trigger_times_fill_the_curve() -> None:
+    assert cardiac.cine_times(["287.09", "708.15"], "ms") == [287.09, 708.15]
+    assert cardiac.cine_times(["0.5", "1"], "s") == [500.0, 1000.0]
+    assert cardiac.cine_times(["1", "2"], "") is None and cardiac.cine_times(["a", "b"], "ms") is None
+    result = {"curve": [{"phase": 0, "time_ms": None}, {"phase": 1, "time_ms": None}]}
+    filled = cardiac.with_cine_times(result, [287.094, 708.15])
+    assert [row["time_ms"] for row in filled["curve"]] == [287.09, 708.15] and result["curve"][0]["time_ms"] is None
+    assert cardiac.with_cine_times(result, None) is result and cardiac.with_cine_times(result, [1.0]) is result
+    timed = {"curve": [{"phase": 0, "time_ms": 5.0}, {"phase": 1, "time_ms": 9.0}]}
+    assert cardiac.with_cine_times(timed, [1.0, 2.0]) is timed  # the worker's own times win
+
+
+def test_function_result_rows_show_the_workers_numbers(function_result: Dict[str, Any]) -> None:
+    assert all(row["time_ms"] is None for row in function_result["curve"])  # phase files carry no trigger time
+    result = cardiac.with_cine_times(function_result, [287.09, 708.15])
+    rows = cardiac.result_rows(result)
+    by_name = {row.measure: row for row in rows}
+    ed, es = result["ed_phase"], result["es_phase"]
+    assert {ed, es} == {0, 1} and [r.measure for r in rows[:2]] == ["ED phase", "ES phase"]
+    assert by_name["ED phase"].value == str(ed + 1) and by_name["ES phase"].value == str(es + 1)  # 1-based
+    assert by_name["ED phase"].note == f"{result['curve'][ed]['time_ms']:g} ms, largest LV cavity volume"
+    for ventricle in ("lv", "rv"):
+        for field, name, unit, _ in cardiac.MEASURES:
+            if field not in result[ventricle]:
+                assert field == "mass_g" and ventricle == "rv"
+                continue
+            row = by_name[f"{ventricle.upper()} {name}"]
+            assert float(row.value) == pytest.approx(result[ventricle][field], abs=0.05) and row.unit == unit
+            indexed = by_name[f"{ventricle.upper()} {name} index"] if field != "ef_percent" else None
+            if indexed is not None:
+                assert float(indexed.value) == pytest.approx(result[ventricle][f"{field}_m2"], abs=0.05)
+                assert indexed.unit == unit + "/m²"
+    assert "LV mass" in by_name and "RV mass" not in by_name and "LV EF index" not in by_name
+    assert by_name["BSA"].value == f"{result['bsa_m2']:.2f}" and "170 cm" in by_name["BSA"].note
+    warnings = [row.note for row in rows if row.measure == "Warning"]
+    assert warnings == result["warnings"] and all(row.measure == "Warning" for row in rows[len(rows) - len(warnings):])
+    assert all(len(row.cells) == len(cardiac.COLUMNS) for row in rows)
+    line = cardiac.summary_line(result)
+    assert line.startswith(f"LV EF {result['lv']['ef_percent']:.1f}% (EDV {result['lv']['edv_ml']:.1f} mL")
+    assert line.endswith(f"ED phase {ed + 1}, ES phase {es + 1}.") and "RV EF" in line
+    without_bsa = {**result, "bsa_m2": None, "lv": {k: v for k, v in result["lv"].items() if not k.endswith("_m2")},
+                   "rv": None, "warnings": []}
+    names = [row.measure for row in cardiac.result_rows(without_bsa)]
+    assert names == ["ED phase", "ES phase", "LV EDV", "LV ESV", "LV SV", "LV EF", "LV mass"]
+    assert cardiac.result_rows({**without_bsa, "lv": {**without_bsa["lv"], "ef_percent": None}})[5].value == "-"
+    untimed = cardiac.result_rows({**without_bsa, "curve": function_result["curve"]})
+    assert untimed[0].note == "largest LV cavity volume"
+
+
+def test_volume_time_plot_of_a_function_result(function_result: Dict[str, Any]) -> None:
+    result = cardiac.with_cine_times(function_result, [287.09, 708.15])
+    plot = cardiac.curve_plot(result, result["labels"])
+    assert plot.columns["phase"] == [1.0, 2.0]
+    assert plot.columns["time (ms)"] == [row["time_ms"] for row in result["curve"]]
+    assert [s.name for s in plot.series] == ["LV cavity", "RV cavity", "LV myocardium"]
+    assert all(s.x == "time (ms)" and s.line for s in plot.series)
+    lv = next(s for s in plot.series if s.name == "LV cavity")
+    assert plot.columns[lv.y] == [row["lv_ml"] for row in result["curve"]]
+    manifest = {label["name"]: tuple(label["color"]) for label in result["labels"]}
+    assert all(s.colour == manifest[s.name] for s in plot.series)
+    untimed = [{**row, "time_ms": None, "rv_ml": None} for row in result["curve"]]
+    plot = cardiac.curve_plot({**result, "curve": untimed[::-1]})  # recomputed: no labels, no times
+    assert "time (ms)" not in plot.columns and [s.x for s in plot.series] == ["phase", "phase"]
+    assert [s.name for s in plot.series] == ["LV cavity", "LV myocardium"]
+    assert plot.columns["phase"] == [1.0, 2.0]
+
+
+def test_function_options_from_the_panel() -> None:
+    assert cardiac.request_options(0, 0, 0.0, 0.0) == {"ed": None, "es": None, "height_cm": None, "weight_kg": None}
+    assert cardiac.request_options(2, 1, 170.0, 70.0) == {"ed": 1, "es": 0, "height_cm": 170.0, "weight_kg": 70.0}
+    with pytest.raises(ValueError, match="both height and weight"):
+        cardiac.request_options(0, 0, 170.0, 0.0)
+    with pytest.raises(ValueError, match="must differ"):
+        cardiac.request_options(3, 3, 0.0, 0.0)
+
+
+def test_corrected_phase_labelmaps_use_the_workers_default_labels() -> None:
+    from medsegrwkv.function.cardiac import default_labels
+
+    defaults = default_labels()
+    assert {(label["name"], label["value"]) for label in defaults} == set(cardiac.LABEL_VALUES)
+    assert {label["name"]: tuple(label["color"]) for label in defaults} == cardiac.DEFAULT_COLOURS
+    assert cardiac.label_segments() == [(1, "medsegrwkv_rv_cavity"), (2, "medsegrwkv_lv_myocardium"),
+                                        (3, "medsegrwkv_lv_cavity")]
+    assert [s.segment_id for s in terminology.segment_specs(defaults)] == [i for _, i in cardiac.label_segments()]
+    shape = (2, 3, 4)
+    rv, myo, lv = (np.zeros(shape, bool) for _ in range(3))
+    rv[0, 0, :2] = True
+    myo[1, :, :] = True
+    lv[1, 1, 1] = True  # overlaps the myocardium: the cavity wins
+    labelmap = cardiac.labelmap_from_masks({"medsegrwkv_rv_cavity": rv, "medsegrwkv_lv_myocardium": myo,
+                                            "medsegrwkv_lv_cavity": lv, "user": np.ones(shape, bool)}, shape)
+    assert labelmap.dtype == np.uint8 and labelmap[0, 0].tolist() == [1, 1, 0, 0]
+    assert (labelmap[1] == 2).sum() == 11 and labelmap[1, 1, 1] == 3
+    assert not cardiac.labelmap_from_masks({}, shape).any()  # every segment deleted: an empty phase
+    with pytest.raises(ValueError, match="shape"):
+        cardiac.labelmap_from_masks({"medsegrwkv_lv_cavity": np.zeros((1, 1, 1), bool)}, shape)
 
 
 # -- panel -----------------------------------------------------------------------------------------

@@ -462,6 +462,11 @@ def test_whole_cine_gives_a_segmentation_sequence_that_follows_the_browser_and_i
     assert all(s.GetTableNode() is curve for s in series) and curve.GetNumberOfRows() == 2
     assert slicer.util.arrayFromTableColumn(curve, series[0].GetYColumnName()).tolist() == [
         row["lv_ml"] for row in result["curve"]]
+    master = browser.GetMasterSequenceNode()
+    assert series[0].GetXColumnName() == "time (ms)"  # the cine's trigger times: the phase files carry none
+    assert slicer.util.arrayFromTableColumn(curve, "time (ms)").tolist() == pytest.approx(
+        [float(master.GetNthIndexValue(n)) for n in range(2)], abs=0.01)
+    assert cells["ED phase"][2].startswith(f"{round(float(master.GetNthIndexValue(result['ed_phase'])), 2):g} ms")
     plotNodes = (table, curve, chart, *series)
 
     request, folder = logic.recomputeRequest(volume, widget.functionOptions())

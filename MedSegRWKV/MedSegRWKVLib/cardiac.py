@@ -45,6 +45,31 @@ class ResultRow:
         return (self.measure, self.value, self.unit, self.note)
 
 
+TIME_UNITS_MS = {"ms": 1.0, "msec": 1.0, "s": 1000.0, "sec": 1000.0}
+
+
+def cine_times(index_values: Sequence[str], unit: str) -> Optional[List[float]]:
+    """The trigger times (ms) of a cine's phases from its sequence's index values and unit (Slicer's
+    DICOM import gives trigger times in ms); None when they are not times."""
+    scale = TIME_UNITS_MS.get(unit.strip().lower())
+    if scale is None:
+        return None
+    try:
+        return [float(value) * scale for value in index_values]
+    except ValueError:
+        return None
+
+
+def with_cine_times(result: Dict[str, Any], times_ms: Optional[Sequence[float]]) -> Dict[str, Any]:
+    """The result with the cine's trigger times in its curve where the worker had none (it gets the
+    phases as separate files, which carry no trigger time); the result itself is left as it is."""
+    curve = result["curve"]
+    if times_ms is None or len(times_ms) != len(curve) or all(row.get("time_ms") is not None for row in curve):
+        return result
+    return {**result, "curve": [{**row, "time_ms": row["time_ms"] if row.get("time_ms") is not None
+                                 else round(float(times_ms[int(row["phase"])]), 2)} for row in curve]}
+
+
 def _number(value: Optional[float], decimals: int) -> str:
     return "-" if value is None else f"{float(value):.{decimals}f}"
 
