@@ -93,3 +93,24 @@ def test_3d_sliding_window_path_keeps_geometry_reports_progress_and_cancels():
     assert len(events) > 2 and events == sorted(events)
     with pytest.raises(Cancelled, match="cancelled"):
         segmenter.segment(image, cancel=lambda: len(events) > 3)
+
+
+def test_phases_in_one_batch_stream_match_phase_by_phase(acdc):
+    """segment_phases feeds a 2D network the slices of several phases together; each phase's labels
+    equal those of segmenting it alone, on a real ED/ES pair stored with permuted axes and an ROI."""
+    segmenter = Segmenter.from_pretrained("unet2d", "cpu")
+    frames = [sitk.ReadImage(str(acdc / "patient012" / f"patient012_frame{f:02d}.nii.gz"), sitk.sitkFloat32)
+              for f in (1, 13)]
+    frames = [sitk.PermuteAxes(frame, [2, 0, 1]) for frame in frames]  # slices on i: canonical z is not k
+    roi = Roi((0, 20, 20), (frames[0].GetSize()[0], 200, 200))
+    events: list[tuple[float, str]] = []
+    together = segmenter.segment_phases(frames, roi=roi, phase_names=[3, 7],
+                                        progress=lambda f, m: events.append((f, m)))
+    alone = [segmenter.segment(frame, roi=roi) for frame in frames]
+    for a, b in zip(together, alone):
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        inside = np.zeros(sitk.GetArrayFromImage(a).shape, dtype=bool)
+        inside[20:200, 20:200, :] = True  # (k, j, i): the ROI spans j and k 20-200 and every i
+        assert sitk.GetArrayFromImage(a)[inside].any() and not sitk.GetArrayFromImage(a)[~inside].any()
+    assert events[-1][0] == pytest.approx(1.0) and [f for f, _ in events] == sorted(f for f, _ in events)
+    assert all(m.startswith("phase 3-7: ") for _, m in events)

@@ -9,7 +9,7 @@ batches/windows, so the Slicer engine can stop a request midway.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,10 +23,12 @@ from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.inference.postprocess import postprocess
 from medsegrwkv.nets.registry import ModelSpec, get_spec
 from medsegrwkv.preprocess import (
-    Roi, crop_to_roi, from_canonical, paste_from_roi, prepare_image, resample_probabilities,
+    Prepared, Roi, crop_to_roi, from_canonical, paste_from_roi, prepare_image, resample_probabilities, slice_layout,
 )
-from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
+from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress, scaled
 from medsegrwkv.weights import load_model
+
+PHASE_BATCHES = 4  # a 2D network is fed this many batches' worth of slices of consecutive phases at once
 
 class Segmenter:
     """A loaded segmentation model on a device, ready for many volumes."""
@@ -112,10 +114,45 @@ class Segmenter:
     def segment(self, image: sitk.Image, roi: Roi | None = None, tta: bool = False, postprocessing: bool = True,
                 progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> sitk.Image:
         """Labelmap (uint8, ACDC labels) with exactly `image`'s geometry."""
-        region = roi.clipped(image.GetSize()) if roi is not None else None
-        sub = crop_to_roi(image, region) if region is not None else image
-        prepared = prepare_image(sub, self.manifest.get("preprocessing"))
-        probs = self.predict_probabilities(prepared.array, tta, progress, cancel)
+        return self.segment_phases([image], roi, tta, postprocessing, progress=progress, cancel=cancel)[0]
+
+    def segment_phases(self, images: Sequence[sitk.Image], roi: Roi | None = None, tta: bool = False,
+                       postprocessing: bool = True, phase_names: Sequence[int] | None = None,
+                       progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> list[sitk.Image]:
+        """Labelmaps of several phases of one cine. A 2D network gets the slices of consecutive phases
+        in one stream of full batches (a 12-slice phase alone leaves its last batch part-empty);
+        phases whose network grids differ, and 3D networks, go one phase at a time. Progress
+        messages name the phases by `phase_names` (default: none for one phase, else 0, 1, ...)."""
+        regions = [roi.clipped(image.GetSize()) if roi is not None else None for image in images]
+        subs = [crop_to_roi(image, region) if region is not None else image for image, region in zip(images, regions)]
+        done, total = 0, sum(sub.GetSize()[slice_layout(sub)[0]] if self.spec.spatial_dims == 2 else 1 for sub in subs)
+        names = list(phase_names) if phase_names is not None else (list(range(len(subs))) if len(subs) > 1 else [])
+        results: list[sitk.Image] = []
+        n = 0
+        while n < len(subs):
+            first = prepare_image(subs[n], self.manifest.get("preprocessing"))
+            group = [first]
+            while (self.spec.spatial_dims == 2 and n + len(group) < len(subs)
+                   and sum(p.array.shape[0] for p in group) < PHASE_BATCHES * self.batch_size):
+                following = prepare_image(subs[n + len(group)], self.manifest.get("preprocessing"))
+                if following.array.shape[1:] != first.array.shape[1:]:
+                    break
+                group.append(following)
+            depths = [p.array.shape[0] for p in group]
+            count = sum(depths) if self.spec.spatial_dims == 2 else 1
+            shown = [str(names[k]) for k in range(n, n + len(group))] if names else []
+            part = scaled(progress, done / total, min(1.0, (done + count) / total),
+                          f"phase {'-'.join(dict.fromkeys([shown[0], shown[-1]]))}: " if shown else "")
+            probs = self.predict_probabilities(np.concatenate([p.array for p in group]), tta, part, cancel)
+            for prepared, phase_probs in zip(group, np.split(probs, np.cumsum(depths)[:-1], axis=1)):
+                results.append(self._finish(phase_probs, prepared, subs[n], regions[n], images[n], postprocessing))
+                n += 1
+            done += count
+        return results
+
+    def _finish(self, probs: np.ndarray, prepared: Prepared, sub: sitk.Image, region: Roi | None, image: sitk.Image,
+                postprocessing: bool) -> sitk.Image:
+        """Network-grid probabilities -> labelmap in the input's own voxel layout and geometry."""
         probs = resample_probabilities(probs, prepared.network_grid, prepared.canonical.image)
         labels = probs.argmax(axis=0).astype(np.uint8)
         if postprocessing:

@@ -21,7 +21,7 @@ from medsegrwkv.inference.plausibility import input_warnings, label_volumes_ml, 
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.io import Study
 from medsegrwkv.preprocess import Roi, roi_from_ras_box, slice_layout
-from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress, scaled
+from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
 
 
 def resolve_roi(image: sitk.Image, voxels: Sequence[int] | None = None,
@@ -72,12 +72,10 @@ def segment_study(study: Study, phases: Sequence[int], segmenter: Segmenter, roi
     shown = list(reported) if reported is not None else list(phases)
     first = study.phases[phases[0]]
     started = time.time()
-    labels = []
-    for n, (p, name) in enumerate(zip(phases, shown)):
-        check_cancel(cancel)
-        part = scaled(progress, n / len(phases), (n + 1) / len(phases), f"phase {name}: ")
-        labels.append(segmenter.segment(study.phases[p], roi=roi, tta=tta, postprocessing=postprocessing,
-                                        progress=part, cancel=cancel))
+    check_cancel(cancel)
+    labels = segmenter.segment_phases([study.phases[p] for p in phases], roi=roi, tta=tta,
+                                      postprocessing=postprocessing, phase_names=shown, progress=progress,
+                                      cancel=cancel)
     slices = len(phases) * first.GetSize()[slice_layout(first)[0]]
     volumes = [label_volumes_ml(image) for image in labels]
     warnings = input_warnings(first) + [w for p, image in zip(shown, labels) for w in result_warnings(image, p)]
