@@ -108,11 +108,21 @@ class DecoderLevel(nn.Module):
         self.local = nn.Sequential(conv(out, out, kernel, padding=tuple(k // 2 for k in kernel), groups=out),
                                    ChannelNorm(out), nn.GELU())
         self.block = block
+        self.reference = False
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         mode = "bilinear" if x.dim() == 4 else "trilinear"
-        x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
-        x = self.fuse(torch.cat((x, skip), dim=1))
+        if torch.is_grad_enabled() or self.reference:
+            x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
+            x = self.fuse(torch.cat((x, skip), dim=1))
+        else:
+            # The 1x1 conv (no bias) commutes with the interpolation (per channel, weights summing
+            # to 1): project the deep map at its own size, upsample the fewer channels, add the
+            # skip's projection; no concatenation.
+            weight, split = self.fuse[0].weight, x.shape[1]
+            conv = F.conv2d if x.dim() == 4 else F.conv3d
+            x = F.interpolate(conv(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)
+            x = self.fuse[2](self.fuse[1](x + conv(skip, weight[:, split:])))
         x = x + self.local(x)
         if self.block is not None:
             x = self.block(x.movedim(1, -1)).movedim(-1, 1)
@@ -170,18 +180,30 @@ class MedSegRWKV(nn.Module):
         self.head = conv(stem_dims[0], out_channels, 1)
         # Every stage's grid must split into its windows: stride of the stage times its count.
         strides = [[d ** 2 * 2 ** s for d in down] for s in range(len(dims))]
+        self.reference = False
+        self.piece_voxels = 2 ** 16
         self.pad_multiple = tuple(math.lcm(*(st[a] * n for st, n in zip(strides, windows)), strides[-1][a])
                                   for a in range(spatial_dims))
+
+    def use_reference(self, on: bool = True) -> "MedSegRWKV":
+        """The plain route (whole batches, cumulative-sum Bi-WKV) instead of the fast inference
+        route (`rwkv_blocks`); both compute the same function, for tests and measurements."""
+        for module in self.modules():
+            if hasattr(module, "reference"):
+                module.reference = on
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[2:]
         pad = [(-s) % m for s, m in zip(size, self.pad_multiple)]
         x = F.pad(x, [p for amount in reversed(pad) for p in (0, amount)])
+        if not self.reference and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for unit in self.stem:
-            x = unit(x)
+            x = self._pieces(unit, x)
             skips.append(x)
-        x = self.embed(x).movedim(1, -1)
+        x = self._pieces(self.embed, x).movedim(1, -1)
         features = []
         for s, stage in enumerate(self.stages):
             if s:
@@ -192,9 +214,18 @@ class MedSegRWKV(nn.Module):
         for level, skip in zip(self.decoder, reversed(features[:-1])):
             x = level(x, skip)
         for level, skip in zip(self.stem_decoder, reversed(skips)):
-            x = level(x, skip)
-        logits = self.head(x)
+            x = self._pieces(level, x, skip)
+        logits = self._pieces(self.head, x)
         return logits[(..., *(slice(0, s) for s in size))]
+
+    def _pieces(self, module: nn.Module, x: Tensor, *more: Tensor) -> Tensor:
+        """`module` on the batch, or in inference on pieces of at most `piece_voxels` voxels of
+        the larger input, so that full-resolution maps stay in the CPU caches (same function)."""
+        voxels = math.prod((more[0] if more else x).shape[2:])
+        per_piece = max(1, self.piece_voxels // voxels)
+        if self.reference or torch.is_grad_enabled() or per_piece >= x.shape[0]:
+            return module(x, *more)
+        return torch.cat([module(*pieces) for pieces in zip(*(t.split(per_piece) for t in (x, *more)))])
 
 
 class _ChannelsFirst(nn.Module):

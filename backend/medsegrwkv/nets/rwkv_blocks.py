@@ -3,6 +3,12 @@
 A block holds K candidate paths. With K = 1 it is a plain VRWKV block scanned along that path;
 with K > 1 it takes per-sample path weights (from `PathGate`) and outputs the weighted mix of
 its K scans, which keeps the choice of path differentiable.
+
+Inference (autograd off) takes a faster route that computes the same function: the batch of
+windows or slices runs through a block in pieces of at most `PIECE_ELEMENTS` activations (the
+temporaries then stay in the CPU caches instead of being mapped afresh for every operation),
+and the Bi-WKV weight tables are kept per sequence length. `reference = True` (set through
+`MedSegRWKV.use_reference`) restores the plain route: whole batch, cumulative-sum Bi-WKV.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from medsegrwkv.nets.biwkv import biwkv
+from medsegrwkv.nets.biwkv import BiWKVTables, biwkv, biwkv_channels_first, biwkv_cumsum, biwkv_tables
 from medsegrwkv.nets.scan import ScanPath, ScanTables, scan_tables
+
+PIECE_ELEMENTS = 2 ** 18
+"""Inference pieces: at most this many token-channel-path activations (1 MiB in float32)."""
 
 
 def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
@@ -39,7 +48,16 @@ def _mix(shifted: Tensor, x: Tensor, ratio: Tensor) -> Tensor:
 
 def _combine(y: Tensor, weights: Tensor | None) -> Tensor:
     """(B, K, T, C) -> (B, T, C): the path-weighted sum, or the only path."""
-    return y[:, 0] if weights is None else torch.einsum("bktc,bk->btc", y, weights.to(y.dtype))
+    if weights is None:
+        return y[:, 0]
+    if torch.is_grad_enabled():
+        return torch.einsum("bktc,bk->btc", y, weights.to(y.dtype))
+    # Inference: a sum of K scaled maps (einsum's batched matmul reads y across its paths).
+    w = weights.to(y.dtype)[:, :, None, None]
+    out = y[:, 0] * w[:, 0]
+    for p in range(1, y.shape[1]):
+        out.addcmul_(y[:, p], w[:, p])
+    return out
 
 
 class SpatialMix(nn.Module):
@@ -59,8 +77,12 @@ class SpatialMix(nn.Module):
         # Decays spread from "far tokens weigh more" to "mostly local" (w > 0 decays with distance).
         self.decay = nn.Parameter(torch.linspace(-4.0, 6.0, dim))
         self.bonus = nn.Parameter(torch.zeros(dim))
+        self.reference = False
+        self._tables: dict[tuple, BiWKVTables] = {}  # inference only; not part of the state dict
 
     def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+        if not (self.reference or torch.is_grad_enabled()):
+            return self._forward_channels_first(x, tables, weights)
         B, T, C = x.shape
         shifted = shift_tokens(x, tables.shift)
         k = self.key(_mix(shifted, x, self.ratio[0]))
@@ -68,8 +90,43 @@ class SpatialMix(nn.Module):
         r = self.receptance(_mix(shifted, x, self.ratio[2]))
         K = tables.shift.shape[0]
         k, v = (t.flatten(1, 2).index_select(1, tables.perm).view(B * K, T, C) for t in (k, v))
-        wkv = biwkv(self.decay, self.bonus, k, v).view(B, K * T, C).index_select(1, tables.inv)
+        wkv = self._wkv(k, v).view(B, K * T, C).index_select(1, tables.inv)
         return self.output(_combine(torch.sigmoid(r) * wkv.view(B, K, T, C), weights))
+
+
+    def _wkv(self, k: Tensor, v: Tensor) -> Tensor:
+        if self.reference:
+            return biwkv_cumsum(self.decay, self.bonus, k, v)
+        return biwkv(self.decay, self.bonus, k, v)
+
+    def _forward_channels_first(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+        """Inference: the same computation in each path's order, with k, v, r channel-major
+        (C, B K T). The tokens are gathered into path order as whole rows; the projections W @ mix^T
+        give the channel-major layout that the Bi-WKV's batched matmuls read as it is; one 2D
+        transpose brings the gated result back to rows, which are gathered back to grid order."""
+        B, T, C = x.shape
+        K = tables.shift.shape[0]
+        xs = x.index_select(1, tables.tokens).view(B, K, T, C)
+        shifted = shift_tokens(x, tables.path_shift)
+        k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[None, :, None, :]).view(-1, C).t())
+                   for linear, ratio in zip((self.key, self.value, self.receptance), self.ratio))
+        wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B * K, T), v.view(C, B * K, T),
+                                   self._cached_tables(T))
+        y = torch.sigmoid(r).mul_(wkv.view(C, B * K * T)).t().contiguous().view(B, K * T, C)
+        y = y.index_select(1, tables.inv).view(B, K, T, C)
+        return self.output(_combine(y, weights))
+
+    def _cached_tables(self, T: int) -> BiWKVTables:
+        """The Bi-WKV tables depend on the parameters and T only: kept while the parameters are
+        unchanged (an optimizer step or load_state_dict bumps their version counters)."""
+        w, u = self.decay, self.bonus
+        key = (T, w.device, w.dtype, w.data_ptr(), u.data_ptr(), w._version, u._version)
+        tables = self._tables.get(key)
+        if tables is None:
+            self._tables = {cached: t for cached, t in self._tables.items() if cached[1:] == key[1:]}
+            with torch.autocast(device_type=w.device.type, enabled=False):
+                tables = self._tables[key] = biwkv_tables(w.float(), u.float(), T)
+        return tables
 
 
 class ChannelMix(nn.Module):
@@ -111,11 +168,22 @@ class RWKVBlock(nn.Module):
         self.channel = ChannelMix(dim, len(paths), hidden_rate)
         self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
         self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+        self.reference = False
 
     def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         """`weights` (B, K) sum to 1 over the paths; None when the block has one path."""
         if (weights is None) != (len(self.paths) == 1):
             raise ValueError(f"a block with {len(self.paths)} paths needs weights exactly when K > 1")
+        per_piece = max(1, PIECE_ELEMENTS // (x[0].numel() * len(self.paths)))
+        if self.reference or torch.is_grad_enabled() or per_piece >= x.shape[0]:
+            return self._forward(x, weights)
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[0], per_piece):
+            piece = slice(start, start + per_piece)
+            out[piece] = self._forward(x[piece], None if weights is None else weights[piece])
+        return out
+
+    def _forward(self, x: Tensor, weights: Tensor | None) -> Tensor:
         x = x + self.gamma1 * self._spatial(self.norm1(x), weights)
         tables = scan_tables(tuple(x.shape[1:-1]), self.paths, x.device)
         y = self.channel(self.norm2(x).flatten(1, -2), tables, weights)

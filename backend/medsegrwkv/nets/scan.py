@@ -97,6 +97,8 @@ class ScanTables:
     perm: Tensor  # (K T,): for path p, step s at p T + s: p T + row-major index of the token
     inv: Tensor  # (K T,): for path p, token t at p T + t: p T + step at which t is visited
     shift: Tensor  # (K, G, T): row-major source of each Q-Shift group, T = none
+    tokens: Tensor  # (K T,): for path p, step s at p T + s: row-major index of the token
+    path_shift: Tensor  # (K, G, T): `shift` of the token at each step of each path
 
 
 @lru_cache(maxsize=256)
@@ -108,7 +110,10 @@ def scan_tables(shape: tuple[int, ...], paths: tuple[ScanPath, ...], device: tor
     inv = (np.argsort(perm, axis=1) + offsets).reshape(-1)
     perm = (perm + offsets).reshape(-1)
     shift = np.stack([shift_sources(shape, p) for p in paths])
-    return ScanTables(*(torch.as_tensor(a, dtype=torch.long, device=device) for a in (perm, inv, shift)))
+    tokens = perm.reshape(len(paths), -1) - offsets
+    path_shift = np.stack([shift[p][:, tokens[p]] for p in range(len(paths))])
+    return ScanTables(*(torch.as_tensor(a, dtype=torch.long, device=device)
+                        for a in (perm, inv, shift, tokens.reshape(-1), path_shift)))
 
 
 def to_windows(x: Tensor, counts: tuple[int, ...]) -> Tensor:
