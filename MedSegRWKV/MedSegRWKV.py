@@ -911,22 +911,30 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.ui.deviceComboBox.itemData(self.ui.deviceComboBox.currentIndex) or "auto"
 
     # segment --------------------------------------------------------------------------------------
-    def onSegmentButton(self) -> None:
-        if self.job is not None and self.job.cancellable:
-            self.logic.cancel(self.job.id)
-            self.setStatus("Cancelling (stops after the current slice batch)...")
+    def startJob(self, action: str, makeRequest: Callable[[Any], Tuple[Dict[str, Any], str]],
+                 onDone: Callable[[Message, Any, Dict[str, Any]], None]) -> None:
+        """A button that starts a cancellable worker job on the input volume and is that job's
+        Cancel button while it runs: `makeRequest(volume)` gives the request and its temporary
+        folder, `onDone(message, volume, request)` takes the answer."""
+        if self.job is not None:
+            if self.job.cancellable and self.job.action == action:
+                self.logic.cancel(self.job.id)
+                self.setStatus("Cancelling (stops after the current slice batch)...")
             return
         if not self.ensureBackend():
             return
-        volume, roi, _ = self.nodes()
+        volume = self.nodes()[0]
         try:
-            request, folder = self.logic.segmentRequest(volume, roi, self.selectedModel(), self.selectedDevice(),
-                                                        self._parameterNode.tta)
-        except (geometry.RoiError, RuntimeError, ValueError) as exc:
+            request, folder = makeRequest(volume)
+        except (RuntimeError, ValueError) as exc:  # geometry.RoiError is a ValueError
             self.setStatus(str(exc), error=True)
             return
-        self.submit("Segmenting", request, lambda message: self.onSegmented(message, volume, request["output"]),
-                    folder, cancellable=True)
+        self.submit(action, request, lambda message: onDone(message, volume, request), folder, cancellable=True)
+
+    def onSegmentButton(self) -> None:
+        self.startJob("Segmenting", lambda volume: self.logic.segmentRequest(
+            volume, self.nodes()[1], self.selectedModel(), self.selectedDevice(), self._parameterNode.tta),
+            lambda message, volume, request: self.onSegmented(message, volume, request["output"]))
 
     def onSegmented(self, message: Message, volume, labelmapPath: str) -> None:
         if self.failed("Segmentation", message) or self.closedMeanwhile("Segmentation", volume):
@@ -951,30 +959,14 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return cardiac.request_options(self.ui.edSpinBox.value, self.ui.esSpinBox.value, self.ui.heightSpinBox.value,
                                        self.ui.weightSpinBox.value)
 
-    def startFunction(self, action: str, makeRequest: Callable[[Any, Dict[str, Any]], Tuple[Dict[str, Any], str]]) -> None:
-        """The Segment-all and Recompute buttons: cancel their own running job, else send the request."""
-        if self.job is not None:
-            if self.job.cancellable and self.job.action == action:
-                self.logic.cancel(self.job.id)
-                self.setStatus("Cancelling (stops after the current slice batch)...")
-            return
-        if not self.ensureBackend():
-            return
-        volume = self.nodes()[0]
-        try:
-            request, folder = makeRequest(volume, self.functionOptions())
-        except (RuntimeError, ValueError) as exc:
-            self.setStatus(str(exc), error=True)
-            return
-        self.submit(action, request, lambda message: self.onFunctionMeasured(message, action, volume), folder,
-                    cancellable=True)
-
     def onFunctionButton(self) -> None:
-        self.startFunction(MEASURING, lambda volume, options: self.logic.functionRequest(
-            volume, self.selectedModel(), self.selectedDevice(), self._parameterNode.tta, options))
+        self.startJob(MEASURING, lambda volume: self.logic.functionRequest(
+            volume, self.selectedModel(), self.selectedDevice(), self._parameterNode.tta, self.functionOptions()),
+            lambda message, volume, request: self.onFunctionMeasured(message, MEASURING, volume))
 
     def onRecomputeFunction(self) -> None:
-        self.startFunction(RECOMPUTING, self.logic.recomputeRequest)
+        self.startJob(RECOMPUTING, lambda volume: self.logic.recomputeRequest(volume, self.functionOptions()),
+                      lambda message, volume, request: self.onFunctionMeasured(message, RECOMPUTING, volume))
 
     def onFunctionMeasured(self, message: Message, action: str, volume) -> None:
         if self.failed(action, message) or self.closedMeanwhile(action, volume):
@@ -1168,19 +1160,8 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # grade ----------------------------------------------------------------------------------------
     def onGradeButton(self) -> None:
-        if self.job is not None and self.job.cancellable:
-            self.logic.cancel(self.job.id)
-            self.setStatus("Cancelling...")
-            return
-        if not self.ensureBackend():
-            return
-        volume = self.nodes()[0]
-        try:
-            request, folder = self.logic.gradeRequest(volume, self.selectedDevice())
-        except RuntimeError as exc:
-            self.setStatus(str(exc), error=True)
-            return
-        self.submit("Grading", request, lambda message: self.onGraded(message, volume), folder, cancellable=True)
+        self.startJob("Grading", lambda volume: self.logic.gradeRequest(volume, self.selectedDevice()),
+                      lambda message, volume, request: self.onGraded(message, volume))
 
     def onGraded(self, message: Message, volume) -> None:
         if self.failed("Grading", message) or self.closedMeanwhile("Grading", volume):
@@ -1224,7 +1205,8 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # -- self-test (runs only inside Slicer) ------------------------------------------------------------
 class MedSegRWKVTest(ScriptedLoadableModuleTest):
     """Loads the bundled Sunnybrook study, segments and grades it through the worker, and checks
-    the segments (names, terminology, plausible volumes) and the quality table."""
+    the segments (names, terminology, plausible volumes) and the quality table; then segments the
+    whole cine and checks the segmentation sequence, the function table and plot, and the recompute."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -1232,6 +1214,8 @@ class MedSegRWKVTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_SegmentAndGradeSample()
+        self.setUp()
+        self.test_WholeCineFunctionOfSample()
 
     def loadSample(self):
         from DICOMLib import DICOMUtils
@@ -1322,5 +1306,54 @@ class MedSegRWKVTest(ScriptedLoadableModuleTest):
             self.assertEqual((colour.red(), colour.green(), colour.blue()), rows[0].background)
             widget.onQualityRowClicked(0, 0)
             self.delayDisplay("Grading checked")
+        finally:
+            logic.shutdown()
+
+    def test_WholeCineFunctionOfSample(self) -> None:
+        """Segment all phases + function on the sample cine, as the button does: one segmentation per
+        phase that the browser shows with its phase, the table and plot, and the same numbers again
+        from the segments without a model."""
+        self.delayDisplay("Whole cine: segmentation sequence and cardiac function")
+        logic = MedSegRWKVLogic()
+        self.assertTrue(logic.setupBackend(interactive=False).ready)
+        volume = self.loadSample()
+        browser = logic.sequenceBrowser(volume)
+        if browser is None:
+            self.delayDisplay("Cardiac function not checked: the sample did not load as a cine sequence")
+            return
+        widget = slicer.modules.medsegrwkv.widgetRepresentation().self()
+        try:
+            request, folder = logic.functionRequest(volume, None, "auto", False, cardiac.request_options(0, 0, 0, 0))
+            answer = logic.request(request)
+            self.assertEqual(answer.type, "result", answer.text)
+            widget.onFunctionMeasured(answer, MEASURING, volume)
+            shutil.rmtree(folder, ignore_errors=True)
+            result = answer.result
+            sequence, proxy = logic.phaseSegmentations(volume)
+            self.assertIsNotNone(proxy, "no segmentation sequence in the cine's browser")
+            self.assertEqual(sequence.GetNumberOfDataNodes(), browser.GetNumberOfItems())
+            voxelMl = float(np.prod(volume.GetSpacing())) / 1000.0
+            for row in result["curve"]:
+                browser.SetSelectedItemNumber(int(row["phase"]))
+                voxels = slicer.util.arrayFromSegmentBinaryLabelmap(proxy, "medsegrwkv_lv_cavity", volume).sum()
+                self.assertAlmostEqual(float(voxels) * voxelMl, row["lv_ml"], delta=0.5,
+                                       msg=f"phase {row['phase']} shows another phase's LV cavity")
+            table = logic.getParameterNode().functionTable
+            content = table.GetTable()
+            values = {content.GetValue(r, 0).ToString(): content.GetValue(r, 1).ToString()
+                      for r in range(content.GetNumberOfRows())}
+            self.assertEqual(values["ED phase"], str(result["ed_phase"] + 1))
+            self.assertAlmostEqual(float(values["LV EF"]), result["lv"]["ef_percent"], delta=0.05)
+            chart = logic.getParameterNode().functionChart
+            self.assertGreaterEqual(chart.GetNumberOfPlotSeriesNodes(), 2)
+            self.delayDisplay("Segmentation sequence, table and plot checked")
+
+            request, folder = logic.recomputeRequest(volume, cardiac.request_options(0, 0, 0, 0))
+            again = logic.request(request)
+            shutil.rmtree(folder, ignore_errors=True)
+            self.assertEqual(again.type, "result", again.text)
+            self.assertAlmostEqual(again.result["lv"]["ef_percent"], result["lv"]["ef_percent"], delta=0.01)
+            widget.onFunctionMeasured(again, RECOMPUTING, volume)
+            self.delayDisplay("Recompute from the segments checked")
         finally:
             logic.shutdown()

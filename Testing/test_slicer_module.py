@@ -503,6 +503,17 @@ def test_whole_cine_gives_a_segmentation_sequence_that_follows_the_browser_and_i
     widget.ui.modelComboBox.currentIndex = 0
     try:
         widget.onFunctionButton()
+        widget.ui.functionButton.setText.assert_called_with("Cancel")
+        widget.onRecomputeFunction()  # another function button while one runs: ignored
+        widget.onFunctionButton()  # its own button again: Cancel
+        pump(widget)
+        status = widget.ui.statusLabel.setText.call_args.args[0]
+        assert status == f"{MedSegRWKV.MEASURING} cancelled." or status.startswith("Measured"), status
+        print(f"Cancel pressed right after the start: {status}")
+        assert node_classes() == before
+        widget.ui.functionButton.setText.assert_called_with(MedSegRWKV.FUNCTION_BUTTON)
+
+        widget.onFunctionButton()
         assert widget.job is not None and widget.job.action == MedSegRWKV.MEASURING, widget.ui.statusLabel.setText.call_args
         pump(widget)
         status = widget.ui.statusLabel.setText.call_args.args[0]
