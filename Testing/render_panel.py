@@ -3,10 +3,12 @@
 Slicer's own widgets (ctk/qMRML) do not exist outside Slicer: collapsible sections become group
 boxes and MRML selectors become framed, labelled placeholders. Everything else is the real .ui,
 filled by the real worker and MedSegRWKVLib exactly as the module fills it: model and device
-choices, the About text, and a segmentation and motion grading of the bundled Sunnybrook study.
+choices, the About text, a segmentation, a click, a motion grading and the cardiac function of
+the bundled Sunnybrook study (its results table, a qMRMLTableView in Slicer, is printed into the
+table's placeholder).
 
     .venv/bin/pip install PySide6-Essentials   # only for this picture; not a project requirement
-    QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/render_panel.py
+    QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/render_panel.py [output.png]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedSegRWKV"))
-from MedSegRWKVLib import clicks, dependencies, panel, protocol, quality  # noqa: E402
+from MedSegRWKVLib import cardiac, clicks, dependencies, panel, protocol, quality  # noqa: E402
 from MedSegRWKVLib.client import EngineClient, engine_command  # noqa: E402
 from medsegrwkv.io import read_study  # noqa: E402
 
@@ -81,9 +83,27 @@ def worker_results() -> dict:
         grade = client.wait(client.send(protocol.grade_request(dicom, device="cpu", phase=0)), 600)
         out["grade"] = grade.result if grade.type == "result" else None
         out["grade_error"] = grade.text
+        out["function"] = _function(client, dicom, folder)
     finally:
         client.close()
     return out
+
+
+def _function(client: EngineClient, dicom: str, folder: Path) -> dict:
+    """Segment all phases + function, sent as the module sends a cine: one NRRD per phase."""
+    import SimpleITK as sitk
+
+    study = read_study(dicom)
+    inputs = []
+    for n, image in enumerate(study.phases):
+        inputs.append(str(folder / f"phase{n:03d}.nrrd"))
+        sitk.WriteImage(image, inputs[-1])
+    request = protocol.function_request(inputs, output=str(folder / "phase_labels.nrrd"), device="cpu",
+                                        **cardiac.request_options(0, 0, 0.0, 0.0))
+    answer = client.wait(client.send(request), 900)
+    if answer.type != "result":
+        raise RuntimeError(f"function failed: {answer.text}")
+    return cardiac.with_cine_times(answer.result, study.trigger_times)
 
 
 def _one_click(client: EngineClient, dicom: str, labels_path: Path) -> dict:
@@ -171,15 +191,28 @@ def main() -> int:
         summary.setStyleSheet(quality.summary_style(grade))
     else:
         find("qualitySummaryLabel").setText(f"Grading failed: {results['grade_error']}")
+    function = results["function"]
+    for name in ("edSpinBox", "esSpinBox"):
+        find(name).setRange(0, 2)
+        find(name).setEnabled(True)
+    for name in ("functionButton", "recomputeFunctionButton"):
+        find(name).setEnabled(True)
+    find("functionSummaryLabel").setText(cardiac.summary_line(function))
+    rows = [row.cells for row in cardiac.result_rows(function) if row.measure != "Warning"]
+    widths = [max(len(cells[c]) for cells in rows) for c in range(3)]
+    table = find("functionTableView")
+    table.setText("\n".join("  ".join(cell.ljust(w) for cell, w in zip(cells[:3], widths)) for cells in rows))
+    table.setStyleSheet("font-family: monospace; background: white; padding: 3px")
     find("aboutLabel").setText(panel.about_text(
         results["info"], dependencies.installed_version("torch"), dependencies.installed_version("medsegrwkv")))
 
     widget.resize(460, widget.sizeHint().height())
     widget.show()
     app.processEvents()
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    widget.grab().save(str(OUTPUT))
-    print(f"wrote {OUTPUT}")
+    output = Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT
+    output.parent.mkdir(parents=True, exist_ok=True)
+    widget.grab().save(str(output))
+    print(f"wrote {output}")
     app.quit()
     return 0
 
