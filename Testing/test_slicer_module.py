@@ -6,7 +6,9 @@ Only the GUI is stubbed (Testing/slicer_scene.py). The tests share one scene and
 a user would: the bundled Sunnybrook cine as a sequence, an ACDC volume with a markups ROI,
 segment -> import -> compare with the command line's labelmap in world RAS (the oblique cine under
 a parent transform too), re-import, click correction and undo, grading into table and plot nodes,
-File > Close Scene and everything again, and a node count around a full run.
+File > Close Scene and everything again, a node count around a full run; then the whole cine:
+Segment all phases + function into a segmentation sequence that follows the cine's browser, the
+results table and volume-time plot, recompute from edited segments, cancel and re-run.
 What needs Qt (widgets, Segment Editor hand-off, layouts) stays in the module's self-test.
 """
 
