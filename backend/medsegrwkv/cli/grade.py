@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsegrwkv.cli.common import check_report_outputs, given_options, print_warnings, progress_bar, show_config
+from medsegrwkv.cli.common import (
+    acdc_option_help, check_report_outputs, data_root, given_options, print_warnings, progress_bar, show_config,
+)
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
 
@@ -175,7 +177,7 @@ def add_evaluate_grades_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torchio", action="store_true", help="evaluate on TorchIO-corrupted ACDC validation slices")
     p.add_argument("--cmrxmotion", metavar="DIR", help="a CMRxMotion-layout folder (NIfTI volumes and IQA.csv)")
     p.add_argument("--labels", metavar="CSV", help="the quality-label CSV (default: the one CSV in --cmrxmotion)")
-    p.add_argument("--data", default="../shared/data/acdc", help="ACDC-layout folder for --torchio")
+    p.add_argument("--data", default=str(data_root() / "acdc"), help=acdc_option_help() + ", for --torchio")
     p.add_argument("--split", default="val", help="ACDC split for --torchio (default val: the 20 validation patients)")
     p.add_argument("--max-cases", type=int, help="first N volumes of the split only (smoke tests)")
     p.add_argument("--simulator", action="store_true",
@@ -192,8 +194,9 @@ def add_evaluate_grades_parser(sub: argparse._SubParsersAction) -> None:
 # -- train grade --------------------------------------------------------------------------------
 def add_train_grade_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("grade (motion-artefact grader) options")
-    g.add_argument("--sunnybrook", default="../shared/data/sunnybrook/SCD0000101",
-                   help="a study added to the training data (4 evenly spaced phases), or 'none'")
+    g.add_argument("--sunnybrook", default=str(data_root() / "sunnybrook" / "SCD0000101"),
+                   help="a study added to the training data (4 evenly spaced phases), or 'none' (default: "
+                        "SCD0000101 under $MEDSEGRWKV_DATA/sunnybrook, else ../shared/data/sunnybrook)")
     g.add_argument("--val-per-slice", type=int, default=2, help="simulated scores per validation slice")
     g.add_argument("--max-minutes", type=float, help="stop at the first epoch end after this much training time")
     g.add_argument("--max-val-cases", type=int, help="use only the first N validation volumes (smoke tests)")

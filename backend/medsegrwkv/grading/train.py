@@ -55,8 +55,8 @@ SUNNYBROOK_LICENCE = "Sunnybrook Cardiac Data (Radau et al., MIDAS Journal 2009)
 @dataclass
 class GradeTrainConfig:
     output: Path
-    data: Path = Path("../shared/data/acdc")
-    sunnybrook: Path | None = Path("../shared/data/sunnybrook/SCD0000101")
+    data: Path  # an ACDC-layout folder
+    sunnybrook: Path | None = None  # a cine study added to the training data (the CLI adds the shared one)
     sunnybrook_phases: int = 4
     model: str = "grader_regnetx_002"
     epochs: int = 30
@@ -334,7 +334,7 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
         model = create_model(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
-    run = RunFolder(out)
+    run = RunFolder(out, config=cfg)
     state = run.resume(model, optimizer, scheduler, device, announce=show_progress)
 
     info = {
