@@ -112,3 +112,14 @@ def test_rejects_bad_shapes() -> None:
         biwkv(w, u, k, v[:, :-1])
     with pytest.raises(ValueError, match=r"w \(6,\)"):
         biwkv(w[:-1], u, k, v)
+
+
+@pytest.mark.parametrize("T", [1, 7, 64, 513, 4096])
+def test_inference_matches_reference(T: int) -> None:
+    """Without autograd the operator writes its terms in place (the network's inference route)."""
+    w, u, k, v = (t.detach() for t in _inputs(T, 10.0))
+    with torch.no_grad():
+        out = biwkv(w, u, k, v)
+    ref = biwkv_reference(w, u, k, v)
+    err = ((out - ref).norm(dim=(0, 1)) / ref.norm(dim=(0, 1))).max().item()
+    assert err < FORWARD_TOL, err

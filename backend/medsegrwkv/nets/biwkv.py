@@ -109,10 +109,16 @@ def biwkv_channels_first(w: Tensor, u: Tensor, k: Tensor, v: Tensor,
         k, v = k.float(), v.float()
         L, N = tables.intra.shape[-1], tables.carry.shape[-1]
         # A common factor e^{-max k} cancels in the ratio; detached so it adds no gradient terms.
-        e = torch.exp(k - k.amax(dim=2, keepdim=True).detach())
-        z = torch.stack((e * v, e), 1)  # (C, 2, B, T): numerator and denominator terms share all the work
-        if N * L != T:
-            z = F.pad(z, (0, N * L - T))
+        # z (C, 2, B, N L): numerator and denominator terms share all the work; padding weighs 0.
+        if torch.is_grad_enabled():
+            e = torch.exp(k - k.amax(dim=2, keepdim=True).detach())
+            z = torch.stack((e * v, e), 1)
+            if N * L != T:
+                z = F.pad(z, (0, N * L - T))
+        else:  # written in place, without the stack's copy
+            z = k.new_empty(C, 2, B, N * L) if N * L == T else k.new_zeros(C, 2, B, N * L)
+            e = torch.sub(k, k.amax(dim=2, keepdim=True), out=z[:, 1, :, :T]).exp_()
+            torch.mul(e, v, out=z[:, 0, :, :T])
         Z = z.view(C, 2 * B * N, L)  # one row per chunk
         out = torch.bmm(Z, tables.intra)  # the chunk's own tokens (the matrix is symmetric)
         if N > 1:

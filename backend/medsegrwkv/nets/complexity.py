@@ -53,8 +53,17 @@ def count_gflops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
 
 
 def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    with FlopCounterMode(display=False) as counter:
-        model(x)
+    # The RWKV network's fast inference route reorders some linear maps (the decoder's 1x1 conv
+    # before the upsampling); the count is of the network as defined, its plain route.
+    reference = getattr(model, "use_reference", None)
+    if reference is not None:
+        reference(True)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        if reference is not None:
+            reference(False)
     return counter.get_total_flops() / 1e9
 
 

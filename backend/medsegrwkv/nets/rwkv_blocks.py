@@ -147,7 +147,9 @@ class ChannelMix(nn.Module):
         shifted = shift_tokens(x, tables.shift)
         k = self.key(_combine(_mix(shifted, x, self.ratio[0]), weights))
         r = self.receptance(_combine(_mix(shifted, x, self.ratio[1]), weights))
-        return torch.sigmoid(r) * self.value(torch.relu(k).square())
+        if torch.is_grad_enabled():
+            return torch.sigmoid(r) * self.value(torch.relu(k).square())
+        return self.value(torch.relu_(k).square_()).mul_(torch.sigmoid_(r))
 
 
 class RWKVBlock(nn.Module):
