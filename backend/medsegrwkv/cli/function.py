@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from medsegrwkv.cli.common import check_report_outputs, print_warnings, progress_bar
 from medsegrwkv.errors import ErrorCode, MedSegError
@@ -82,7 +82,7 @@ def cmd_function(args: argparse.Namespace) -> int:
               file=sys.stderr)
     with progress_bar(100, "function") as bar:
         result = study_function(study, segmenter, phase_labels=labels, ed=args.ed, es=args.es, height_cm=height,
-                                weight_kg=weight, progress=_bar_progress(bar))
+                                weight_kg=weight, tta=args.tta, progress=_bar_progress(bar))
     report = {**result.report, "labels_from": list(args.labels) if args.labels else None}
     if info is not None:
         report["body_size_from"] = info
@@ -138,7 +138,8 @@ def cmd_evaluate_function(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_function_parser(sub: argparse._SubParsersAction) -> None:
+def add_function_parser(sub: argparse._SubParsersAction,
+                        add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("function", help="cardiac function of a whole cine: volume curves, EDV, ESV, SV, EF, LV mass",
                        description="Segment every phase of a cine short-axis study (or read its labelmaps with "
                        "--labels) and report the LV cavity, RV cavity and myocardium volume over the cycle, ED and "
@@ -158,9 +159,7 @@ def add_function_parser(sub: argparse._SubParsersAction) -> None:
                    "otherwise a DICOM study's PatientSize and PatientWeight, or an ACDC Info.cfg beside the file)")
     p.add_argument("--weight-kg", type=float, help="patient weight in kg")
     p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
-    p.add_argument("--model", help="registered segmentation model (default: the default model; see `models`)")
-    p.add_argument("--weights", metavar="DIR", help="a weights folder, e.g. from `train`; overrides --model")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
+    add_model_args(p)
     p.set_defaults(func=cmd_function)
 
     e = sub.add_parser("evaluate-function", help="validate cardiac function against ground truth (ACDC split)",

@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medsegrwkv.cli.grade import add_grade_parser, add_train_grade_args
 
     add_cohort_parser(sub, add_model_args)
-    add_function_parser(sub)
+    add_function_parser(sub, add_model_args)
     add_grade_parser(sub)
 
     p = sub.add_parser("models", help="list the models, their size and whether weights are installed")
