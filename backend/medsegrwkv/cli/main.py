@@ -327,11 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from medsegrwkv.cli.cohort import add_cohort_parser
     from medsegrwkv.cli.function import add_function_parser
-    from medsegrwkv.cli.grade import add_grade_parser, add_train_grade_args
+    from medsegrwkv.cli.grade import add_evaluate_grades_parser, add_grade_parser, add_train_grade_args
 
     add_cohort_parser(sub, add_model_args)
     add_function_parser(sub, add_model_args)
     add_grade_parser(sub)
+    add_evaluate_grades_parser(sub)
 
     p = sub.add_parser("models", help="list the models, their size and whether weights are installed")
     p.add_argument("--json", action="store_true", help="machine-readable output")
