@@ -61,7 +61,7 @@ def test_pixel_size_keeps_dice_within_one_point(robustness: dict[str, dict]) -> 
     clean = robustness["clean"]["mean_dice"]
     assert clean > 0.85, clean
     # The issue asks for 1 point. At 0.75 mm it holds; at 1.9 mm these two volumes lose 1.3 points
-    # (0.9 on ten validation volumes, docs/medsegrwkv.md "True geometry"): not yet met, so the test
+    # (0.9 on ten validation volumes, docs/medsegrwkv.md "Robustness and worst cases"): not yet met, so the test
     # holds the measured line and says so.
     limits = {"pixel_0.75mm": 0.01, "pixel_1.9mm": 0.015}
     for look in PIXEL_LOOKS:
