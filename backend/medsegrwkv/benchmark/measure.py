@@ -135,17 +135,38 @@ def _two_runs(fn: Callable[[], object], start: Callable[[], int], high_water: Ca
     return peaks
 
 
+ROUTES = ("plain",)
+"""`NAME:plain` measures a network with a fast inference route (the RWKV networks) on its plain
+route (`MedSegRWKV.use_reference`), the code as it ran before that route, in the same run."""
+
+
+def model_and_route(name: str) -> tuple[str, str]:
+    """"medsegrwkv-t:plain" -> ("medsegrwkv-t", "plain"); a plain name has route ""."""
+    from medsegrwkv.errors import ErrorCode, MedSegError
+
+    model, _, route = name.partition(":")
+    if route and route not in ROUTES:
+        raise MedSegError(f"Unknown route '{route}' in '{name}'; the only route is {', '.join(ROUTES)}.",
+                          code=ErrorCode.BAD_ARGUMENT)
+    return model, route
+
+
 def measure_model(task: dict[str, Any]) -> dict[str, Any]:
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.nets.complexity import count_gflops, count_parameters, reference_input_shape
     from medsegrwkv.nets.registry import create_model, get_spec
 
-    name, repeats = task["model"], task["repeats"]
+    label, repeats = task["model"], task["repeats"]
+    name, route = model_and_route(label)
     device = resolve_device(task["device"])
     spec = get_spec(name)
     torch.manual_seed(0)
     model = create_model(name).eval()
-    result: dict[str, Any] = {"name": name, "spatial_dims": spec.spatial_dims, "params": count_parameters(model),
+    if route == "plain":
+        if not hasattr(model, "use_reference"):
+            raise ValueError(f"{name} has no fast route to leave")
+        model.use_reference(True)
+    result: dict[str, Any] = {"name": label, "spatial_dims": spec.spatial_dims, "params": count_parameters(model),
                               "gflops_input": list(reference_input_shape(name)), "device": describe_device(device),
                               "threads": torch.get_num_threads(), "memory_method": memory_method(device)}
     segmenter = Segmenter(model, {"architecture": name}, device)

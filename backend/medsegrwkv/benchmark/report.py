@@ -55,7 +55,9 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
     write output/benchmark.json and output/benchmark.md, and return the report."""
     default = DEFAULT_MODELS["segmentation"]
     names = list(dict.fromkeys([default, *(models or [s.name for s in list_models("segmentation")])]))
-    specs = [get_spec(n) for n in names]  # unknown names fail here, before any work
+    from medsegrwkv.benchmark.measure import model_and_route  # lazily: `-m ...measure` imports this package
+
+    specs = [get_spec(model_and_route(n)[0]) for n in names]  # unknown names fail here, before any work
     steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 2
     output.mkdir(parents=True, exist_ok=True)
     common = {"device": settings.device, "repeats": settings.repeats}

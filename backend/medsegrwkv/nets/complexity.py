@@ -56,6 +56,7 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     # The RWKV network's fast inference route reorders some linear maps (the decoder's 1x1 conv
     # before the upsampling); the count is of the network as defined, its plain route.
     reference = getattr(model, "use_reference", None)
+    before = getattr(model, "reference", False)
     if reference is not None:
         reference(True)
     try:
@@ -63,7 +64,7 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
             model(x)
     finally:
         if reference is not None:
-            reference(False)
+            reference(before)
     return counter.get_total_flops() / 1e9
 
 

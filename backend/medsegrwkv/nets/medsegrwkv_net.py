@@ -199,11 +199,8 @@ class MedSegRWKV(nn.Module):
         x = F.pad(x, [p for amount in reversed(pad) for p in (0, amount)])
         if not self.reference and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        skips = []
-        for unit in self.stem:
-            x = self._pieces(unit, x)
-            skips.append(x)
-        x = self._pieces(self.embed, x).movedim(1, -1)
+        skip0, skip1, x = self._pieces(self._stem, x)
+        x = x.movedim(1, -1)
         features = []
         for s, stage in enumerate(self.stages):
             if s:
@@ -213,19 +210,42 @@ class MedSegRWKV(nn.Module):
         x = features[-1]
         for level, skip in zip(self.decoder, reversed(features[:-1])):
             x = level(x, skip)
-        for level, skip in zip(self.stem_decoder, reversed(skips)):
-            x = self._pieces(level, x, skip)
-        logits = self._pieces(self.head, x)
+        (logits,) = self._pieces(self._head, x, skip1, skip0)
         return logits[(..., *(slice(0, s) for s in size))]
 
-    def _pieces(self, module: nn.Module, x: Tensor, *more: Tensor) -> Tensor:
-        """`module` on the batch, or in inference on pieces of at most `piece_voxels` voxels of
-        the larger input, so that full-resolution maps stay in the CPU caches (same function)."""
-        voxels = math.prod((more[0] if more else x).shape[2:])
-        per_piece = max(1, self.piece_voxels // voxels)
+    def _stem(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The full- and half-resolution skips and the first stage's input."""
+        skip0 = self.stem[0](x)
+        skip1 = self.stem[1](skip0)
+        return skip0, skip1, self.embed(skip1)
+
+    def _head(self, x: Tensor, skip1: Tensor, skip0: Tensor) -> tuple[Tensor]:
+        """The two decoder levels back to full resolution and the class logits."""
+        return (self.head(self.stem_decoder[1](self.stem_decoder[0](x, skip1), skip0)),)
+
+    def _pieces(self, fn, x: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
+        """`fn` on the batch, or in inference on pieces of at most `piece_voxels` input voxels at
+        full resolution, each written into the whole outputs: the full-resolution maps of one
+        piece stay in the CPU caches and only the outputs exist for the whole batch (same function)."""
+        per_piece = max(1, self.piece_voxels // math.prod((more[-1] if more else x).shape[2:]))
         if self.reference or torch.is_grad_enabled() or per_piece >= x.shape[0]:
-            return module(x, *more)
-        return torch.cat([module(*pieces) for pieces in zip(*(t.split(per_piece) for t in (x, *more)))])
+            return fn(x, *more)
+        outputs: list[Tensor] = []
+        for start in range(0, x.shape[0], per_piece):
+            piece = slice(start, start + per_piece)
+            results = fn(x[piece], *(t[piece] for t in more))
+            if not outputs:
+                outputs = [torch.empty((x.shape[0], *r.shape[1:]), dtype=r.dtype, device=r.device,
+                                       memory_format=_memory_format(r)) for r in results]
+            for out, r in zip(outputs, results):
+                out[piece] = r
+        return tuple(outputs)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class _ChannelsFirst(nn.Module):
