@@ -180,3 +180,16 @@ def test_demo_grades_the_bundled_study(tmp_path, capsys, monkeypatch):
     assert report["n_slices"] == 12 and report["phases"] == [0, 1] and len(report["slices"]) == 24
     assert all(s["file"].endswith(".dcm") for s in report["slices"])
     assert (tmp_path / "SCD0000101_quality.png").stat().st_size > 0
+
+
+def test_grading_stops_when_cancelled_with_the_shared_cancel_error():
+    """grade_study polls cancel between batches and raises the one Cancelled (medsegrwkv.progress)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medsegrwkv.grading.grade import grade_study
+    from medsegrwkv.progress import Cancelled
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((4, 64, 64)).astype(np.float32))
+    with pytest.raises(Cancelled, match="cancelled"):
+        grade_study(image, device="cpu", cancel=lambda: True)

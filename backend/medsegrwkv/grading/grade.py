@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,10 +44,9 @@ from medsegrwkv.inference.device import describe_device, resolve_device
 from medsegrwkv.inference.plausibility import input_warnings
 from medsegrwkv.nets.registry import DEFAULT_MODELS
 from medsegrwkv.preprocess import prepare_image
+from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
 from medsegrwkv.weights import load_model
 
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
 SCORES = np.arange(1, 6)
 LEVEL_SCORES = {"mild": (4, 5), "moderate": (3,), "severe": (1, 2)}
 GRADE_COLOURS = {"mild": (46, 160, 67), "moderate": (240, 170, 30), "severe": (215, 48, 39)}
@@ -60,14 +59,6 @@ NO_SIGNAL = "no signal (the slice is blank)"
 UNGRADED_COLOUR = (128, 128, 128)
 CAVEAT = ("Grades come from a classifier trained on real slices with simulated respiratory motion; they have "
           "not been validated against radiologists' grades of real motion.")
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    return None
-
-
-def _never() -> bool:
-    return False
 
 
 class Grader:
@@ -92,15 +83,12 @@ class Grader:
         return cls(model, manifest, dev)
 
     @torch.no_grad()
-    def probabilities(self, inputs: np.ndarray, cancel: CancelFn = _never) -> np.ndarray:
+    def probabilities(self, inputs: np.ndarray, cancel: CancelFn = never_cancelled) -> np.ndarray:
         """Temperature-scaled score probabilities (N, 5) for grader inputs (N, 1, size, size)."""
         out = []
         try:
             for start in range(0, len(inputs), self.batch_size):
-                if cancel():
-                    from medsegrwkv.inference.segmenter import Cancelled
-
-                    raise Cancelled()
+                check_cancel(cancel)
                 x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size])).to(self.device)
                 logits = self.model(x).float() / self.temperature
                 out.append(torch.softmax(logits, 1).cpu().numpy())
@@ -109,7 +97,7 @@ class Grader:
                               code=ErrorCode.OUT_OF_MEMORY) from exc
         return np.concatenate(out) if out else np.zeros((0, 5), dtype=np.float32)
 
-    def grade_volume(self, image: sitk.Image, cancel: CancelFn = _never) -> tuple[np.ndarray, np.ndarray]:
+    def grade_volume(self, image: sitk.Image, cancel: CancelFn = never_cancelled) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (z, 5), prepared slices (z, y, x)) of a 3D phase, in canonical slice order."""
         prepared = prepare_image(image, self.manifest.get("preprocessing"))
         return self.probabilities(volume_to_inputs(prepared.array, self.size), cancel), prepared.array
@@ -189,8 +177,8 @@ def _not_graded(all_blank: bool, no_lv: str | None) -> str:
 
 def grade_study(source: str | Path | sitk.Image, model: str | None = None, phase: int | None = None,
                 series: str | None = None, device: str | torch.device = "auto", lv_detection: bool = True,
-                grader: Grader | None = None, progress: ProgressFn = _no_progress,
-                cancel: CancelFn = _never) -> dict[str, Any]:
+                grader: Grader | None = None, progress: ProgressFn = no_progress,
+                cancel: CancelFn = never_cancelled) -> dict[str, Any]:
     """Grade a study (file, DICOM folder, 3D image or `io.Study`) and return the report as a plain dict
     (JSON-serialisable: numbers, strings, lists, dicts).
 
@@ -207,8 +195,8 @@ def grade_study(source: str | Path | sitk.Image, model: str | None = None, phase
 def grade_study_with_pictures(source: Any, model: str | None = None, phase: int | None = None,
                               series: str | None = None, device: str | torch.device = "auto",
                               lv_detection: bool = True, grader: Grader | None = None,
-                              progress: ProgressFn = _no_progress,
-                              cancel: CancelFn = _never) -> tuple[dict[str, Any], list[np.ndarray]]:
+                              progress: ProgressFn = no_progress,
+                              cancel: CancelFn = never_cancelled) -> tuple[dict[str, Any], list[np.ndarray]]:
     """`grade_study`, plus the prepared slices of every graded phase for `strip_picture`."""
     from medsegrwkv.io import Study, read_study, select_phases
 
@@ -266,10 +254,7 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     lv: list[int] | None = None
     lv_source = "all slices (LV detection switched off)"
     if lv_detection:
-        if cancel():
-            from medsegrwkv.inference.segmenter import Cancelled
-
-            raise Cancelled()
+        check_cancel(cancel)
         lv, lv_source = _lv_indices(study.phases[phases[0]], axis, grader.device)
     through_lv = lv is not None
     lv = sorted(lv if lv is not None else (p["index"] for p in positions))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,9 +24,8 @@ import SimpleITK as sitk
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.function import check_labels_match, compute_function
 from medsegrwkv.function.cardiac import CardiacFunction, structure_values
+from medsegrwkv.progress import ProgressFn, no_progress
 from medsegrwkv.training.acdc import Case, list_cases
-
-ProgressFn = Callable[[float, str], None]
 
 # (key, title, unit, where in the function JSON)
 METRICS: list[tuple[str, str, str, str, str]] = [
@@ -38,10 +37,6 @@ METRICS: list[tuple[str, str, str, str, str]] = [
     ("rv_esv", "RV ESV", "mL", "rv", "esv_ml"),
     ("rv_ef", "RV EF", "%", "rv", "ef_percent"),
 ]
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    return None
 
 
 def read_info_cfg(path: Path) -> dict[str, str]:
@@ -114,7 +109,7 @@ def agreement(predicted: Sequence[float], reference: Sequence[float]) -> dict[st
 
 
 def validate_function(data: str | Path, segmenter: Any, split: str = "val",
-                      progress: ProgressFn = _no_progress) -> dict[str, Any]:
+                      progress: ProgressFn = no_progress) -> dict[str, Any]:
     """Predicted against ground-truth function for every patient of the split (ED = phase 0, ES = 1)."""
     studies = patient_studies(data, split)
     labels = segmenter.manifest["labels"]
@@ -170,7 +165,7 @@ def _restrict(labelmap: sitk.Image, slices: Sequence[int]) -> sitk.Image:
 
 
 def sunnybrook_function(dicom_dir: str | Path, contour_dir: str | Path, segmenter: Any,
-                        progress: ProgressFn = _no_progress) -> dict[str, Any]:
+                        progress: ProgressFn = no_progress) -> dict[str, Any]:
     """Our function on a Sunnybrook cine against the expert's LV contours at ED and ES."""
     from medsegrwkv.io import read_study
     from medsegrwkv.io.contours import sunnybrook_reference
