@@ -55,6 +55,12 @@ class ChannelNorm(nn.Module):
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
 
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """A 1x1 conv (weight (out, in)) as a matmul over the channels of each voxel: on a
+    channels-last map a plain GEMM, where the CPU's 1x1 convolution takes a slower path."""
+    return F.linear(x.movedim(1, -1), weight, bias).movedim(-1, 1)
+
+
 def _conv(spatial_dims: int) -> type[nn.Module]:
     return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
 
@@ -119,10 +125,9 @@ class DecoderLevel(nn.Module):
             # The 1x1 conv (no bias) commutes with the interpolation (per channel, weights summing
             # to 1): project the deep map at its own size, upsample the fewer channels, add the
             # skip's projection; no concatenation.
-            weight, split = self.fuse[0].weight, x.shape[1]
-            conv = F.conv2d if x.dim() == 4 else F.conv3d
-            x = F.interpolate(conv(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)
-            x = self.fuse[2](self.fuse[1](x + conv(skip, weight[:, split:])))
+            weight, split = self.fuse[0].weight.flatten(1), x.shape[1]
+            x = F.interpolate(pointwise(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)
+            x = self.fuse[2](self.fuse[1](x + pointwise(skip, weight[:, split:])))
         x = x + self.local(x)
         if self.block is not None:
             x = self.block(x.movedim(1, -1)).movedim(-1, 1)
@@ -221,7 +226,10 @@ class MedSegRWKV(nn.Module):
 
     def _head(self, x: Tensor, skip1: Tensor, skip0: Tensor) -> tuple[Tensor]:
         """The two decoder levels back to full resolution and the class logits."""
-        return (self.head(self.stem_decoder[1](self.stem_decoder[0](x, skip1), skip0)),)
+        x = self.stem_decoder[1](self.stem_decoder[0](x, skip1), skip0)
+        if self.reference or torch.is_grad_enabled():
+            return (self.head(x),)
+        return (pointwise(x, self.head.weight.flatten(1), self.head.bias),)
 
     def _pieces(self, fn, x: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
         """`fn` on the batch, or in inference on pieces of at most `piece_voxels` input voxels at
