@@ -43,7 +43,7 @@ from medsegrwkv.grading.simulator import GRADE_OF_SCORE
 from medsegrwkv.inference.device import describe_device, resolve_device
 from medsegrwkv.inference.plausibility import input_warnings
 from medsegrwkv.nets.registry import DEFAULT_MODELS
-from medsegrwkv.preprocess import prepare_image
+from medsegrwkv.preprocess import prepare_image, slice_layout
 from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
 from medsegrwkv.weights import load_model
 
@@ -214,7 +214,7 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     grader = grader or Grader.from_pretrained(model, device)
     progress(0.0, "model loaded")
 
-    axis, reversed_order = _slice_layout(study.phases[phases[0]])
+    axis, reversed_order = slice_layout(study.phases[phases[0]])
     count = study.phases[phases[0]].GetSize()[axis]
 
     def index_of(k: int) -> int:  # canonical slice k -> the input's voxel index along `axis`
@@ -315,15 +315,6 @@ def volume_levels(slices: list[dict[str, Any]], lv: list[int]) -> list[dict[str,
                     "cmrxmotion_level": CMRXMOTION_LEVEL[worst["grade"]] if worst else None,
                     "graded_lv_slices": len(graded)})
     return out
-
-
-def _slice_layout(image: sitk.Image) -> tuple[int, bool]:
-    """The input's index axis (0 i, 1 j, 2 k) across the short-axis slices, and whether the
-    canonical slice order (right-handed frame) runs against the input's index order on it."""
-    from medsegrwkv.preprocess.orientation import canonical_layout
-
-    order, flips = canonical_layout(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing())
-    return int(order[2]), bool(flips[2])
 
 
 def strip_picture(report: dict[str, Any], pictures: list[np.ndarray], tile: int = 128):  # -> PIL.Image.Image
