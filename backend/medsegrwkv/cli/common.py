@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from medsegrwkv.errors import ErrorCode, MedSegError
 
@@ -55,10 +55,30 @@ def check_report_outputs(output: str, csv: str | None, png: str | None) -> tuple
     return paths
 
 
+def write_outputs(outputs: Sequence[tuple[Path | None, Callable[[Path], None]]]) -> list[Path]:
+    """Write each requested output (None: not asked for) with its writer; the paths written."""
+    written = []
+    for path, write in outputs:
+        if path is not None:
+            write(path)
+            written.append(path)
+    return written
+
+
 def print_warnings(warnings: Sequence[str]) -> None:
     """Results outside what the models saw (medsegrwkv.inference.plausibility), on stderr."""
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def bar_progress(bar: Any) -> Callable[[float, str], None]:
+    """A progress callback (medsegrwkv.progress) that moves a `progress_bar`."""
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction, 1)
+        bar.set_postfix_str(message)
+        bar.refresh()
+
+    return progress
 
 
 def progress_bar(total: float, desc: str):  # -> tqdm

@@ -8,18 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from medsegrwkv.cli.common import check_report_outputs, print_warnings, progress_bar
+from medsegrwkv.cli.common import bar_progress, check_report_outputs, print_warnings, progress_bar, write_outputs
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.io.text import rows_csv, write_text_atomic
-
-
-def _bar_progress(bar: Any):
-    def progress(fraction: float, message: str) -> None:
-        bar.n = round(100 * fraction, 1)
-        bar.set_postfix_str(message)
-        bar.refresh()
-
-    return progress
 
 
 def print_summary(data: dict[str, Any], file=None) -> None:
@@ -82,21 +73,18 @@ def cmd_function(args: argparse.Namespace) -> int:
               file=sys.stderr)
     with progress_bar(100, "function") as bar:
         result = study_function(study, segmenter, phase_labels=labels, ed=args.ed, es=args.es, height_cm=height,
-                                weight_kg=weight, tta=args.tta, progress=_bar_progress(bar))
+                                weight_kg=weight, tta=args.tta, progress=bar_progress(bar))
     report = {**result.report, "labels_from": list(args.labels) if args.labels else None}
     if info is not None:
         report["body_size_from"] = info
     print_warnings(report["warnings"])
-    write_text_atomic(output, json.dumps(report, indent=2) + "\n")
-    written = [output]
-    if csv_path:
-        write_text_atomic(csv_path, rows_csv(result.function.curve()))
-        written.append(csv_path)
-    if png_path:
-        from medsegrwkv.function.plots import save_curve_png
+    from medsegrwkv.function.plots import save_curve_png
 
-        save_curve_png(result.function, png_path, title=Path(study.source).name)
-        written.append(png_path)
+    written = write_outputs([
+        (output, lambda path: write_text_atomic(path, json.dumps(report, indent=2) + "\n")),
+        (csv_path, lambda path: write_text_atomic(path, rows_csv(result.function.curve()))),
+        (png_path, lambda path: save_curve_png(result.function, path, title=Path(study.source).name)),
+    ])
     print_summary(report)
     for path in written:
         print(f"wrote {path}")
@@ -125,12 +113,12 @@ def cmd_evaluate_function(args: argparse.Namespace) -> int:
     check_writable(output / "function_validation.json")
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     with progress_bar(100, "evaluate-function") as bar:
-        report = validate_function(args.data, segmenter, args.split, progress=_bar_progress(bar))
+        report = validate_function(args.data, segmenter, args.split, progress=bar_progress(bar))
     if args.sunnybrook:
         contours = args.contours or str(Path(args.sunnybrook).parent / "contours")
         with progress_bar(100, "sunnybrook") as bar:
             report["sunnybrook"] = sunnybrook_function(args.sunnybrook, contours, segmenter,
-                                                       progress=_bar_progress(bar))
+                                                       progress=bar_progress(bar))
     paths = write_validation(report, output)
     print(report_markdown(report))
     for path in paths:

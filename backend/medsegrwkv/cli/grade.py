@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from medsegrwkv.cli.common import (
-    acdc_option_help, check_report_outputs, data_root, given_options, print_warnings, progress_bar, show_config,
+    acdc_option_help, bar_progress, check_report_outputs, data_root, given_options, print_warnings, progress_bar,
+    show_config, write_outputs,
 )
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
@@ -72,25 +73,15 @@ def cmd_grade(args: argparse.Namespace) -> int:
     select_phases(study, args.phase)
     grader = Grader.from_pretrained(args.weights or args.model, args.device)
     with progress_bar(100, "grade") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction, 1)
-            bar.set_postfix_str(message)
-            bar.refresh()
-
         report, pictures = grade_study_with_pictures(study, phase=args.phase, grader=grader,
-                                                     lv_detection=not args.all_slices, progress=progress)
+                                                     lv_detection=not args.all_slices, progress=bar_progress(bar))
     print(f"{report['description']}; model {report['model']} on {report['device']}", file=sys.stderr)
     print_warnings(report["warnings"])
-    text = json.dumps(report, indent=2) + "\n"
-    picture = strip_picture(report, pictures) if png_path else None
-    write_text_atomic(output, text)
-    written = [output]
-    if csv_path:
-        write_text_atomic(csv_path, csv_text(report))
-        written.append(csv_path)
-    if png_path and picture is not None:
-        save_png_atomic(picture, png_path)
-        written.append(png_path)
+    written = write_outputs([
+        (output, lambda path: write_text_atomic(path, json.dumps(report, indent=2) + "\n")),
+        (csv_path, lambda path: write_text_atomic(path, csv_text(report))),
+        (png_path, lambda path: save_png_atomic(strip_picture(report, pictures), path)),
+    ])
     print_table(report)
     for path in written:
         print(f"wrote {path}")

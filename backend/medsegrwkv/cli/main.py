@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from medsegrwkv import __version__
 from medsegrwkv.cli.common import (
-    acdc_option_help, check_output, data_root, given_options, print_warnings, progress_bar, show_config,
+    acdc_option_help, bar_progress, check_output, data_root, given_options, print_warnings, progress_bar, show_config,
 )
 from medsegrwkv.errors import ErrorCode, MedSegError
 
@@ -44,12 +44,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
           file=sys.stderr)
     with progress_bar(100, "segment") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction, 1)
-            bar.set_postfix_str(message)
-
         result = segment_study(study, phases, segmenter, roi=roi, tta=args.tta,
-                               postprocessing=not args.no_postprocess, progress=progress)
+                               postprocessing=not args.no_postprocess, progress=bar_progress(bar))
     write_labelmap(result.labels, output)
     for row in result.volume_rows():
         print(f"phase {row.pop('phase')}: " + ", ".join(f"{name} {ml:.1f} mL" for name, ml in row.items()))
