@@ -49,6 +49,16 @@ def test_unknown_model_fails_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "benchmark.json").exists()
 
 
+def test_plain_route_is_named_after_the_model(tmp_path: Path) -> None:
+    """`NAME:plain` measures a network's plain route beside its fast one; other routes are refused."""
+    from medsegrwkv.benchmark.measure import model_and_route
+
+    assert model_and_route("medsegrwkv-t:plain") == ("medsegrwkv-t", "plain")
+    assert model_and_route("unet2d") == ("unet2d", "")
+    assert main(["benchmark", "--quick", "--models", "medsegrwkv-t:turbo", "--output", str(tmp_path)]) == 2
+    assert not (tmp_path / "benchmark.json").exists()
+
+
 def test_compare_reads_metrics_from_the_manifest_and_times_each_model(tmp_path: Path, capsys) -> None:
     from medsegrwkv.weights import load_manifest
 

@@ -311,3 +311,15 @@ def test_fast_route_keeps_the_labels_on_validation_volumes(acdc) -> None:
     assert summary["identical_share"] >= 0.999, summary
     assert abs(summary["mean_dice_change"]) <= 0.001, summary
     assert summary["mean_dice_fast"] > 0.8, summary
+
+
+@pytest.mark.gpu
+def test_fast_route_computes_the_plain_function_on_cuda() -> None:
+    """The fast route has no CPU-only step: on CUDA it gives the plain route's logits too."""
+    torch.manual_seed(0)
+    model = create_model("medsegrwkv-t").eval().cuda()
+    x = torch.randn(3, 1, 96, 160, device="cuda")
+    with torch.inference_mode():
+        fast = model(x)
+        plain = model.use_reference()(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-3, atol=1e-3)
