@@ -280,6 +280,17 @@ def test_fast_route_computes_the_plain_function() -> None:
         torch.testing.assert_close(model(x[:2]), plain[:2], rtol=1e-4, atol=1e-4)
 
 
+def test_fast_route_computes_the_plain_function_in_3d() -> None:
+    """3D: six paths and six Q-Shift groups, so two of 32 channels stay unshifted."""
+    torch.manual_seed(0)
+    model = create_model("medsegrwkv-t-3d").eval()
+    x = torch.randn(2, 1, 16, 64, 96)
+    with torch.inference_mode():
+        fast = model(x)
+        plain = model.use_reference()(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_fast_route_tables_follow_the_weights() -> None:
     """The cached Bi-WKV tables are rebuilt when the weights change (optimizer step, load)."""
     torch.manual_seed(0)

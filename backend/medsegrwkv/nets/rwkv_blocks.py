@@ -108,6 +108,9 @@ class SpatialMix(nn.Module):
         K = tables.shift.shape[0]
         xs = x.index_select(1, tables.tokens).view(B, K, T, C)
         shifted = shift_tokens(x, tables.path_shift)
+        rest = C - C // tables.shift.shape[1] * tables.shift.shape[1]
+        if rest:  # the unshifted channels: the token itself, in path order too
+            shifted[..., C - rest:] = xs[..., C - rest:]
         k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[None, :, None, :]).view(-1, C).t())
                    for linear, ratio in zip((self.key, self.value, self.receptance), self.ratio))
         wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B * K, T), v.view(C, B * K, T),
