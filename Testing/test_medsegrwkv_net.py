@@ -303,7 +303,12 @@ def test_fast_route_tables_follow_the_weights() -> None:
                 p.add_(0.5)
         fast = model(x)
         plain = model.use_reference()(x)
+        model.use_reference(False)
+        for width in range(32, 32 * 12, 32):  # many input sizes: the cache keeps the last few
+            model(torch.zeros(2, 1, 32, width))
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    from medsegrwkv.nets.rwkv_blocks import TABLES_KEPT, SpatialMix
+    assert all(len(m._tables) <= TABLES_KEPT for m in model.modules() if isinstance(m, SpatialMix))
 
 
 def test_fast_route_keeps_the_labels_on_validation_volumes(acdc) -> None:

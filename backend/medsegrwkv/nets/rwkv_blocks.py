@@ -23,6 +23,8 @@ from medsegrwkv.nets.scan import ScanPath, ScanTables, scan_tables
 
 PIECE_ELEMENTS = 2 ** 18
 """Inference pieces: at most this many token-channel-path activations (1 MiB in float32)."""
+TABLES_KEPT = 8
+"""Bi-WKV tables kept per spatial mix: one per sequence length, for the last few input sizes."""
 
 
 def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
@@ -126,7 +128,9 @@ class SpatialMix(nn.Module):
         key = (T, w.device, w.dtype, w.data_ptr(), u.data_ptr(), w._version, u._version)
         tables = self._tables.get(key)
         if tables is None:
-            self._tables = {cached: t for cached, t in self._tables.items() if cached[1:] == key[1:]}
+            # Only tables of the current parameters, and of the last few lengths (input sizes).
+            kept = [(cached, t) for cached, t in self._tables.items() if cached[1:] == key[1:]]
+            self._tables = dict(kept[-(TABLES_KEPT - 1):])
             with torch.autocast(device_type=w.device.type, enabled=False):
                 tables = self._tables[key] = biwkv_tables(w.float(), u.float(), T)
         return tables
