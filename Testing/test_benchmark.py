@@ -36,8 +36,14 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
     assert biwkv["loop_ms"] > 0 and biwkv["biwkv_ms"] > 0 and biwkv["max_abs_difference"] < 1e-4
     refine = report["refine"]
     assert "error" not in refine and refine["median_ms"] > 0 and refine["model"] == DEFAULT_MODELS["refinement"]
+    cine = {c["name"]: c for c in report["cine"]}
+    assert set(cine) == {default}  # the default (and unet2d when it is measured): a whole cine through segment_study
+    for c in cine.values():
+        assert "error" not in c, c
+        assert (c["phases"], c["slices"], c["size"]) == (3, 2, [64, 64]) and c["cine_ms"] > 0 < c["one_phase_ms"]
+        assert c["ratio_to_one_phase"] == pytest.approx(c["cine_ms"] / c["one_phase_ms"])
     markdown = (tmp_path / "benchmark.md").read_text()
-    assert "## Click refinement" in markdown
+    assert "## Click refinement" in markdown and "## A whole cine, end to end" in markdown
     assert f"**{default}** (default)" in markdown and f"| {other} | 2D |" in markdown
     assert "## 2D resolution sweep" in markdown and "## Bi-WKV operator" in markdown
     assert "medsegrwkv compare" in markdown

@@ -29,6 +29,7 @@ class Settings:
     device: str = "auto"
     repeats: int = 5
     study: tuple[int, int, int] = (10, 256, 256)  # slices, rows, columns
+    cine: tuple[int, int, int] = (20, 12, 256)  # phases, slices, rows = columns: a whole cine end to end
     sizes_2d: tuple[int, ...] = (128, 256, 512, 1024)  # square slices
     sizes_3d: tuple[int, ...] = (64, 128, 256)  # in-plane size of 3D crops; depth is the model's crop depth
     biwkv_tokens: int = 4096
@@ -45,7 +46,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(quick=True, repeats=1, study=(2, 64, 64), sizes_2d=(32, 64), sizes_3d=(32, 64), biwkv_tokens=256,
+QUICK = Settings(quick=True, repeats=1, study=(2, 64, 64), cine=(3, 2, 64), sizes_2d=(32, 64), sizes_3d=(32, 64), biwkv_tokens=256,
                  loop_budget_s=1.0)
 
 
@@ -58,7 +59,9 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
     from medsegrwkv.benchmark.measure import model_and_route  # lazily: `-m ...measure` imports this package
 
     specs = [get_spec(model_and_route(n)[0]) for n in names]  # unknown names fail here, before any work
+    cine_models = [n for n in dict.fromkeys([default, "unet2d"]) if n in names or n == default]
     steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 2
+    steps += 2 * len(cine_models)
     output.mkdir(parents=True, exist_ok=True)
     common = {"device": settings.device, "repeats": settings.repeats}
     with tqdm(total=steps, desc="benchmark", unit="step", file=sys.stderr, disable=not show_progress) as bar:
@@ -68,6 +71,8 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
                            "loop_budget_s": settings.loop_budget_s, **common}, "Bi-WKV", bar)
         refine = _run_task({"kind": "refine", "study": settings.study, "refine_size": settings.study[1], **common},
                            "click refinement", bar)
+        cine = [_run_task({"kind": "cine", "model": n, "cine": settings.cine, **common}, f"{n} cine", bar)
+                for n in cine_models]
     for row in rows:
         row["time_exponent"], row["memory_exponent"] = (_exponent(row.get("sweep", []), key)
                                                         for key in ("time_ms", "peak_mib"))
@@ -81,6 +86,7 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
         "models": _with_ratios(rows, default),
         "biwkv": biwkv,
         "refine": refine,
+        "cine": cine,
     }
     write_text_atomic(output / "benchmark.json", json.dumps(report, indent=2))
     write_text_atomic(output / "benchmark.md", render_markdown(report))
@@ -211,6 +217,19 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"volume, {r['device'].upper()} ({_threads(r['threads'])}): median **{r['median_ms']:,.1f} ms** "
                   "per click for the worker's whole path (mask decoding, click mapping, the network on the clicked "
                   "slice, mapping back, encoding the answer); the pipe to Slicer is not included."]
+    cine = [c for c in report.get("cine", []) if "error" not in c]
+    if cine:
+        c = cine[0]
+        lines += ["", "## A whole cine, end to end", "",
+                  f"{c['phases']} phases of {c['slices']} slices of {c['size'][0]}×{c['size'][1]} (a synthetic "
+                  "phantom, 1.5 mm pixels) through `segment_study`, the study-level segmentation of the CLI, the "
+                  "worker and `function`: preprocessing, slices of consecutive phases in shared batches, resampling "
+                  f"back and post-processing; {c['device'].upper()} ({_threads(c['threads'])}).", "",
+                  "| model | one phase (ms) | whole cine (ms) | ratio to one phase | per phase (ms) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['name']} | {_cell(c['one_phase_ms'])} | {_cell(c['cine_ms'])} | "
+                  f"{_cell(c['ratio_to_one_phase'], digits=2)} | {_cell(c['ms_per_phase'])} |" for c in cine]
+    lines += [f"\n{c['name']} whole cine failed: {c['error']}" for c in report.get("cine", []) if "error" in c]
     lines += ["", "Accuracy is not part of this run (the networks above are untrained copies): validation Dice "
               "of trained weights, at one training budget, comes from `medsegrwkv compare` (docs/benchmark.md, "
               "*Accuracy at the same budget*).", ""]
