@@ -23,9 +23,11 @@ VOLUME_ML = {1: (LABELS[1], 5.0, 500.0), 2: (LABELS[2], 15.0, 450.0), 3: (LABELS
 
 def label_volumes_ml(labels: sitk.Image) -> dict[int, float]:
     """Volume in mL of each ACDC label (1 RV cavity, 2 LV myocardium, 3 LV cavity) of a labelmap."""
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.Cast(labels, sitk.sitkUInt8))
-    return {v: stats.GetPhysicalSize(v) / 1000.0 if stats.HasLabel(v) else 0.0 for v in VOLUME_ML}
+    # A voxel count (ITK's shape statistics, which also measure perimeters, took 0.15 s a phase)
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel().astype(np.intp, copy=False),
+                         minlength=max(VOLUME_ML) + 1)
+    voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
+    return {v: float(counts[v]) * voxel_ml for v in VOLUME_ML}
 
 
 def input_warnings(image: sitk.Image) -> list[str]:
@@ -46,9 +48,10 @@ def input_warnings(image: sitk.Image) -> list[str]:
     return warnings
 
 
-def result_warnings(labels: sitk.Image, phase: int) -> list[str]:
-    """Sentences about a segmentation of one phase with no heart, or volumes no heart has."""
-    volumes = label_volumes_ml(labels)
+def result_warnings(labels: sitk.Image, phase: int, volumes: dict[int, float] | None = None) -> list[str]:
+    """Sentences about a segmentation of one phase with no heart, or volumes no heart has
+    (`volumes`: its label_volumes_ml, when the caller has them already)."""
+    volumes = volumes if volumes is not None else label_volumes_ml(labels)
     if not any(volumes.values()):
         return [f"Phase {phase}: no heart was found (the labelmap is empty); check that this is a short-axis "
                 "cardiac study."]

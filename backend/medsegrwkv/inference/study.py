@@ -78,7 +78,8 @@ def segment_study(study: Study, phases: Sequence[int], segmenter: Segmenter, roi
                                       cancel=cancel)
     slices = len(phases) * first.GetSize()[slice_layout(first)[0]]
     volumes = [label_volumes_ml(image) for image in labels]
-    warnings = input_warnings(first) + [w for p, image in zip(shown, labels) for w in result_warnings(image, p)]
+    warnings = input_warnings(first) + [w for p, image, v in zip(shown, labels, volumes)
+                                        for w in result_warnings(image, p, v)]
     return StudySegmentation(phases=shown, labels=labels, roi=roi, label_names=segmenter.manifest["labels"],
                              volumes_ml=volumes, warnings=warnings, model=segmenter.manifest["name"],
                              device=segmenter.device, seconds_per_slice=(time.time() - started) / max(1, slices))
