@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from medsegrwkv.errors import ErrorCode, MedSegError
-from medsegrwkv.function import compute_function
+from medsegrwkv.function.study import study_function
 from medsegrwkv.inference.device import describe_device, resolve_device
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.inference.study import segment_study
@@ -122,9 +122,9 @@ def _process(path: Path, folder: Path, segmenter: Segmenter, with_function: bool
     record: dict[str, Any] = {"phases": len(result.labels), "warnings": list(result.warnings)}
     rows = result.volume_rows()
     if with_function and len(result.labels) >= 2:
-        function = compute_function(result.labels, result.label_names, trigger_times_ms=study.trigger_times)
-        report = function.to_json()
-        write_text_atomic(folder / FUNCTION, json.dumps({"source": str(path), **report}, indent=2) + "\n")
+        measured = study_function(study, phase_labels=result.labels)  # the labels just made: no second pass
+        report = {**measured.report, "model": result.model}
+        write_text_atomic(folder / FUNCTION, json.dumps(report, indent=2) + "\n")
         record.update(ed_phase=report["ed_phase"], es_phase=report["es_phase"],
                       lv_edv_ml=report["lv"]["edv_ml"], lv_esv_ml=report["lv"]["esv_ml"],
                       lv_ef_percent=report["lv"]["ef_percent"], lv_mass_g=report["lv"]["mass_g"],

@@ -138,16 +138,11 @@ class Operations:
         """Segment one phase or every phase of a study and write the labelmap atomically."""
         from medsegrwkv.inference.device import describe_device
         from medsegrwkv.inference.study import resolve_roi, segment_study
-        from medsegrwkv.io import read_study, select_phases, volume_suffix, write_labelmap
-        from medsegrwkv.io.atomic import check_writable
+        from medsegrwkv.io import read_study, select_phases, write_labelmap
         from medsegrwkv.nets.registry import DEFAULT_MODELS
 
         started = time.time()
-        output = Path(fields["output"])
-        if volume_suffix(output) is None:
-            raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
-                              code=ErrorCode.BAD_OUTPUT)
-        check_writable(output)
+        output = _labelmap_output(fields["output"])
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
         phases = select_phases(study, fields["phase"])
@@ -178,20 +173,14 @@ class Operations:
         """Segment every phase of a cine (or take the client's labelmaps, e.g. after correction) and
         measure its function; the phases' labelmap is written when an output is named."""
         from medsegrwkv.function.study import study_function
-        from medsegrwkv.io import read_phase_files, read_study, volume_suffix, write_labelmap
-        from medsegrwkv.io.atomic import check_writable
+        from medsegrwkv.io import read_phase_files, read_study, write_labelmap
         from medsegrwkv.nets.registry import DEFAULT_MODELS
 
         started = time.time()
         if (fields["input"] is None) == (fields["inputs"] is None):
             raise MedSegError("A function request needs either 'input' (a cine file or DICOM folder) or 'inputs' "
                               "(one volume file per phase), not both.", code=ErrorCode.BAD_INPUT)
-        output = Path(fields["output"]) if fields["output"] else None
-        if output is not None:
-            if volume_suffix(output) is None:
-                raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
-                                  code=ErrorCode.BAD_OUTPUT)
-            check_writable(output)
+        output = _labelmap_output(fields["output"]) if fields["output"] else None
         progress(0.0, "reading the input")
         study = (read_study(fields["input"], series=fields["series"]) if fields["input"] is not None
                  else read_phase_files(_str_list(fields["inputs"], "inputs")))
@@ -300,6 +289,19 @@ def _voxel_click(point: Any) -> "VoxelClick":
                                                              for c in ijk) and isinstance(positive, bool)):
         raise MedSegError('Each point must be {"ijk": [i, j, k], "positive": true or false}.', code=ErrorCode.BAD_CLICK)
     return VoxelClick((float(ijk[0]), float(ijk[1]), float(ijk[2])), positive)
+
+
+def _labelmap_output(path: str) -> Path:
+    """A labelmap path the worker may write, checked before any work (format by suffix, writable)."""
+    from medsegrwkv.io import volume_suffix
+    from medsegrwkv.io.atomic import check_writable
+
+    output = Path(path)
+    if volume_suffix(output) is None:
+        raise MedSegError(f"The output {output} must end in .nrrd, .nii.gz, .nii, .mha or .mhd.",
+                          code=ErrorCode.BAD_OUTPUT)
+    check_writable(output)
+    return output
 
 
 def _str_list(values: list[Any], field: str) -> list[str]:
