@@ -128,14 +128,15 @@ class Segmenter:
         done, total = 0, sum(sub.GetSize()[slice_layout(sub)[0]] if self.spec.spatial_dims == 2 else 1 for sub in subs)
         names = list(phase_names) if phase_names is not None else (list(range(len(subs))) if len(subs) > 1 else [])
         results: list[sitk.Image] = []
-        n = 0
+        n, pending = 0, None  # pending: a phase prepared for a group it did not fit, first of the next
         while n < len(subs):
-            first = prepare_image(subs[n], self.manifest.get("preprocessing"))
-            group = [first]
+            first = pending or prepare_image(subs[n], self.manifest.get("preprocessing"))
+            group, pending = [first], None
             while (self.spec.spatial_dims == 2 and n + len(group) < len(subs)
                    and sum(p.array.shape[0] for p in group) < PHASE_BATCHES * self.batch_size):
                 following = prepare_image(subs[n + len(group)], self.manifest.get("preprocessing"))
                 if following.array.shape[1:] != first.array.shape[1:]:
+                    pending = following
                     break
                 group.append(following)
             depths = [p.array.shape[0] for p in group]
