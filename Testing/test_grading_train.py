@@ -61,3 +61,44 @@ def test_training_samples_carry_their_score(acdc: Path):
     assert errors[5] < errors[3] < errors[1]
     item = data[index]
     assert item["image"].shape == (1, 224, 224) and int(item["mask"].sum()) == 1
+
+
+def test_a_grader_on_a_coarser_backbone_grid_keeps_its_field_of_view_and_compares(tmp_path: Path, acdc: Path,
+                                                                                    capsys):
+    """`--set backbone_size=112` (how the seed study's graders were trained on a CPU): the backbone sees the
+    whole 224 x 224 input area-averaged to 112 x 112; the weights reload with that grid, the card reproduces
+    it, and `compare` puts the grader beside the default in one table (and refuses to mix tasks)."""
+    import torch
+    import torch.nn.functional as F
+
+    from medsegrwkv.nets.graders import Downsampled
+    from medsegrwkv.nets.registry import DEFAULT_MODELS, create_model
+
+    model = create_model("grader_regnetx_002", backbone_size=112).eval()
+    x = torch.rand(2, 1, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.backbone(F.avg_pool2d(x, 2)), atol=1e-5)
+
+    out = tmp_path / "run"
+    assert main(["train", "grade", "--data", str(acdc), "--output", str(out), "--sunnybrook", "none", "--epochs", "1",
+                 "--batch-size", "4", "--max-cases", "1", "--max-val-cases", "1", "--max-steps", "1",
+                 "--device", "cpu", "--set", "backbone_size=112"]) == 0
+    weights = out / "weights"
+    assert json.loads((weights / "manifest.json").read_text())["config"]["backbone_size"] == 112
+    grader = Grader.from_pretrained(str(weights), "cpu")
+    assert isinstance(grader.model, Downsampled) and grader.model.size == 112
+    assert grader.probabilities(np.zeros((3, 1, 224, 224), np.float32)).shape == (3, 5)
+    assert "--set backbone_size=112" in (weights / "MODEL_CARD.md").read_text()
+
+    table = tmp_path / "graders.md"
+    capsys.readouterr()
+    assert main(["compare", str(weights), DEFAULT_MODELS["grading"], "--output", str(table), "--repeats", "1",
+                 "--record-in", str(weights), "--title", "Graders"]) == 0
+    rows = json.loads(table.with_suffix(".json").read_text())
+    assert [r["task"] for r in rows] == ["grading", "grading"] and rows[0]["config"] == "backbone_size=112"
+    assert rows[0]["cpu_ms_per_slice"] > 0 and rows[0]["params"] == rows[1]["params"]  # the wrapper adds none
+    text = table.read_text()
+    assert "lin. kappa 5" in text and f"**{rows[1]['validation']['kappa_linear']:.3f}**" in text
+    assert "Graders" in (weights / "MODEL_CARD.md").read_text()
+    assert main(["compare", str(weights), DEFAULT_MODELS["segmentation"], "--output", str(table)]) == 2
+    assert "one task at a time" in capsys.readouterr().err

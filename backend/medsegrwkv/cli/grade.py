@@ -203,6 +203,8 @@ def add_train_grade_args(p: argparse.ArgumentParser) -> None:
 def cmd_train_grade(args: argparse.Namespace) -> int:
     from medsegrwkv.grading.train import GradeTrainConfig, train_grader
 
+    from medsegrwkv.nets.registry import parse_overrides
+
     sunny = None if str(args.sunnybrook).lower() == "none" else Path(args.sunnybrook)
     cfg = GradeTrainConfig(
         output=Path(args.output), data=Path(args.data), sunnybrook=sunny,
@@ -211,7 +213,7 @@ def cmd_train_grade(args: argparse.Namespace) -> int:
         max_val_cases=args.max_val_cases, max_minutes=args.max_minutes,
         cmrxmotion=Path(args.cmrxmotion) if args.cmrxmotion else None, init=args.init,
         validate=not args.no_validation, clean_fraction=args.clean_fraction, position_balance=args.position_balance,
-        nuisance=not args.no_nuisance)
+        nuisance=not args.no_nuisance, overrides=parse_overrides(args.model or GradeTrainConfig.model, args.set or []))
     if args.show_config:
         return show_config(cfg)
     result = train_grader(cfg)

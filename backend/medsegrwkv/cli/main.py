@@ -193,7 +193,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from medsegrwkv.training.loop import record_comparison
         from medsegrwkv.weights.model_card import render_segmentation_card
 
-        record_comparison(Path(args.record_in), args.title, rows, render_segmentation_card)
+        if rows[0]["task"] == "grading":
+            from medsegrwkv.grading.train import model_card
+
+            record_comparison(Path(args.record_in), args.title, rows, lambda manifest, *_: model_card(manifest))
+        else:
+            record_comparison(Path(args.record_in), args.title, rows, render_segmentation_card)
         print(f"recorded the table in {Path(args.record_in) / 'manifest.json'} and its model card")
     return 0
 
@@ -379,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
     p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one entry of the model's config, e.g. --set scan=raster (repeatable; "
+                   help="override one entry of the model's config, e.g. --set scan=raster, or for a grader --set backbone_size=112 (repeatable; "
                         "`medsegrwkv models --json` lists each model's config)")
     p.add_argument("--init", metavar="NAME|DIR",
                    help="start from these weights (an installed model name or a weights folder) to fine-tune, "

@@ -14,9 +14,10 @@ divides its logits by it. AdamW, warm-up then cosine decay, a checkpoint every e
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ from medsegrwkv.grading.dataset import (
 )
 from medsegrwkv.grading.metrics import grading_metrics
 from medsegrwkv.inference.device import resolve_device, training_autocast
-from medsegrwkv.nets.registry import create_model, get_spec, model_config
+from medsegrwkv.nets.registry import config_changes, create_model, get_spec, model_config
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.weights.manifest import ACDC_LICENCE
+from medsegrwkv.weights.model_card import comparison_lines
 from medsegrwkv.weights.store import load_model, save_weights
 
 SCORE_LABELS = {
@@ -59,6 +61,7 @@ class GradeTrainConfig:
     sunnybrook: Path | None = None  # a cine study added to the training data (the CLI adds the shared one)
     sunnybrook_phases: int = 4
     model: str = "grader_regnetx_002"
+    overrides: dict[str, Any] = field(default_factory=dict)  # model config entries, e.g. backbone_size=112
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
@@ -106,7 +109,7 @@ def _manifest(cfg: GradeTrainConfig, info: dict[str, Any], metrics: dict[str, An
     return {
         "name": cfg.model,
         "architecture": cfg.model,
-        "config": model_config(cfg.model),
+        "config": model_config(cfg.model, **cfg.overrides),
         "task": "grading",
         "spatial_dims": 2,
         "labels": SCORE_LABELS,
@@ -129,13 +132,17 @@ def model_card(manifest: dict[str, Any]) -> str:
     name, training = manifest["name"], manifest.get("training", {})
     val = manifest.get("metrics", {}).get("validation", {})
     params = count_parameters(create_model(manifest["architecture"], **manifest.get("config", {})))
+    changes = config_changes(manifest["architecture"], manifest.get("config", {}))
     lines = [
         f"# Model card: {name} (respiratory-motion artefact grader)", "",
         f"- Architecture: `{manifest['architecture']}` = timm `{manifest['config'].get('arch')}`, 1 input channel, "
         f"5 outputs (Likert scores 1-5), {params / 1e6:.2f} M parameters, "
         + (f"fine-tuned from {training['init']}." if training.get("init") else "trained from scratch."),
         "- Input: one short-axis slice, canonical orientation, 1.5625 mm pixels, volume then slice percentile "
-        "normalisation, centre crop/pad to 224 x 224 (`medsegrwkv.grading.dataset`).",
+        "normalisation, centre crop/pad to 224 x 224 (`medsegrwkv.grading.dataset`)"
+        + (f"; the backbone runs on it area-averaged to {changes['backbone_size']} x {changes['backbone_size']} "
+           "(the same field of view, coarser pixels: a reduced size for CPU training)."
+           if changes.get("backbone_size") else "."),
         f"- Output: softmax(logits / T) with the temperature T = {manifest['calibration']['temperature']:.3f} fitted "
         "on the validation set; reported as expected score, median score, CMRxMotion level (mild 4-5, "
         "moderate 3, severe 1-2), confidence and diagnostic flag (score >= 3).",
@@ -219,8 +226,10 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"--epochs {training.get('epochs_planned', training.get('epochs_completed'))} "
         f"--batch-size {training.get('batch_size')} --lr {training.get('lr')} --workers 1 --device cpu"
         + (f" --init {str(training['init']).split()[0]}" if training.get("init") else "")
-        + (f" --max-minutes {training['max_minutes']}" if training.get("max_minutes") else ""),
+        + (f" --max-minutes {training['max_minutes']}" if training.get("max_minutes") else "")
+        + "".join(f" --set {k}={json.dumps(v)}" for k, v in changes.items()),
         "```", "",
+        *comparison_lines(manifest.get("comparisons", [])),
     ]
     return "\n".join(lines)
 
@@ -327,11 +336,11 @@ def train_grader(cfg: GradeTrainConfig, show_progress: bool = True) -> dict[str,
 
     if cfg.init:
         model, _ = load_model(cfg.init, device)
-        if model.__class__ is not create_model(cfg.model).__class__:
+        if model.__class__ is not create_model(cfg.model, **cfg.overrides).__class__:
             raise MedSegError(f"--init weights {cfg.init} are not a {cfg.model} model.", code=ErrorCode.BAD_WEIGHTS)
         model.train()
     else:
-        model = create_model(cfg.model).to(device)
+        model = create_model(cfg.model, **cfg.overrides).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     run = RunFolder(out, config=cfg)

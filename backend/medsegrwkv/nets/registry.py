@@ -75,6 +75,12 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {**get_spec(name).defaults, **overrides}
 
 
+def config_changes(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a (manifest) config that differ from the architecture's registered defaults."""
+    defaults = json.loads(json.dumps(get_spec(name).defaults))  # tuples as a manifest's lists
+    return {k: v for k, v in config.items() if k not in defaults or defaults[k] != v}
+
+
 def parse_overrides(name: str, items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings (VALUE as JSON, else a plain string), checked by building the model once."""
     overrides: dict[str, Any] = {}

@@ -23,6 +23,8 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """`medsegrwkv compare` rows as a Markdown table; here because cards embed the same table."""
+    if rows and rows[0].get("task") == "grading":
+        return render_grading_table(rows)
     names = list(STRUCTURES.values())
     header = ["model", "config", "Dice mean", *(f"Dice {n}" for n in names), "HD95 mean (mm)",
               *(f"HD95 {n}" for n in names), "params", "GFLOPs (256² slice; 3D: crop)", "CPU ms/slice",
@@ -39,7 +41,26 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+def render_grading_table(rows: list[dict[str, Any]]) -> str:
+    """Motion graders side by side: the simulated-motion validation of `train grade` (5 scores and
+    CMRxMotion's 3 levels), calibration, clean slices graded mild in the worst slice position, cost."""
+    header = ["grader", "config", "acc 5", "lin. kappa 5", "acc 3", "kappa 3", "ECE after T",
+              "clean graded mild, worst position", "params", "GFLOPs / slice", "CPU ms/slice", "best epoch",
+              "training time"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in rows:
+        v = r["validation"]
+        worst = v.get("clean", {}).get("min_position_mild_rate")
+        clean = "-" if worst is None else f"{worst:.2f}"
+        minutes = f"{r['wall_time_s'] / 60:.0f} min" if r.get("wall_time_s") else "-"
+        lines.append(f"| `{r['name']}` | {r['config'] or 'default'} | {v['accuracy']:.3f} | **{v['kappa_linear']:.3f}** | "
+                     f"{v['accuracy_3level']:.3f} | {v['kappa_3level']:.3f} | "
+                     f"{v.get('ece_temperature_scaled', v['ece']):.3f} | {clean} | {r['params'] / 1e6:.1f} M | "
+                     f"{r['gflops']:.2f} | {r['cpu_ms_per_slice']:.0f} | {r['best_epoch']}/{r['epochs']} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """Tables of `medsegrwkv compare` rows (this model beside others on the same validation split),
     stored in the manifest as [{"title": ..., "rows": [...]}], so the card shows the evidence for it."""
     if not comparisons:
@@ -91,7 +112,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
          "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
         "",
-        *_comparison_lines(manifest.get("comparisons", [])),
+        *comparison_lines(manifest.get("comparisons", [])),
         "## Limitations",
         "- ACDC comes from one centre (Dijon, 1.5 T and 3 T Siemens); other vendors and sequences may do worse.",
         "- The shared ACDC copy has nominal spacing (1.5625 x 1.5625 x 10 mm), so HD95 in mm and volumes are "
