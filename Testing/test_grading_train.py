@@ -34,9 +34,10 @@ def test_train_grade_writes_calibrated_weights_and_resumes(tmp_path: Path, acdc:
     grader = Grader.from_pretrained(str(out / "weights"), "cpu")
     assert grader.temperature == pytest.approx(manifest["calibration"]["temperature"])
 
-    # Resume: a second epoch continues from checkpoint.pt instead of starting again.
+    # Resume: a second epoch continues from checkpoint.pt instead of starting again; a longer schedule and a
+    # time budget may be given to a resumed run.
     cfg = GradeTrainConfig(output=out, data=acdc, sunnybrook=None, epochs=2, batch_size=4, max_cases=2,
-                           max_val_cases=1, max_steps=4, device="cpu")
+                           max_val_cases=1, max_steps=4, device="cpu", max_minutes=60.0)
     result = train_grader(cfg, show_progress=False)
     history = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and result["steps"] == 4 and history[1]["step"] == 4

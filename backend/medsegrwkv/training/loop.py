@@ -65,11 +65,11 @@ def new_state() -> dict[str, Any]:
     return {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "seconds": 0.0}
 
 
-# Settings a resumed run may change: the length of the schedule, where and how it runs. Any other
-# difference (model, learning rate, batch size, crop, overrides, seed, ...) would silently mix two
-# recipes in one checkpoint, so it stops the run instead.
-RESUMABLE_CHANGES = frozenset({"output", "data", "sunnybrook", "cmrxmotion", "epochs", "val_every", "device",
-                               "workers", "max_steps", "validate", "val_cases"})
+# Settings a resumed run may change: the length of the schedule and its time budget, where and how it
+# runs. Any other difference (model, learning rate, batch size, crop, overrides, seed, ...) would
+# silently mix two recipes in one checkpoint, so it stops the run instead.
+RESUMABLE_CHANGES = frozenset({"output", "data", "sunnybrook", "cmrxmotion", "epochs", "max_minutes", "val_every",
+                               "device", "workers", "max_steps", "validate", "val_cases"})
 
 
 def _plain(value: Any) -> Any:
