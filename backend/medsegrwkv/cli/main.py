@@ -393,11 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_grade_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="trained weights folders side by side: validation Dice/HD95, size, CPU time",
+    p = sub.add_parser("compare", help="trained weights folders side by side: validation Dice/HD95 (graders: "
+                       "accuracy, kappa, ECE), size, CPU time",
                        description="One Markdown table (and a JSON file beside it) from weights folders written by "
-                       "`medsegrwkv train` (RUN/weights): each folder's validation metrics and training budget from "
-                       "its manifest, its parameters and GFLOPs, and the CPU time per 256x256 slice measured now, in "
-                       "this process, for every row alike.")
+                       "`medsegrwkv train` or `train grade` (RUN/weights), all of one task: each folder's validation "
+                       "metrics and training budget from its manifest, its parameters and GFLOPs, and the CPU time "
+                       "per slice (256x256; graders: their 224x224 input) measured now, in this process, for every "
+                       "row alike.")
     p.add_argument("weights", nargs="+", metavar="WEIGHTS_DIR", help="weights folders (or installed model names)")
     p.add_argument("--output", required=True, help="Markdown file to write (the JSON goes beside it)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the timing (default 1)")
