@@ -50,14 +50,14 @@ def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any
         if not validation:
             raise MedSegError(f"{folder} has no validation metrics in its manifest (trained with --no-validation?).",
                               code=ErrorCode.BAD_WEIGHTS)
-        ms, slices = _time_per_study(model, manifest, cpu, repeats)
+        ms = _time_per_study(model, manifest, cpu, repeats)
         training = manifest.get("training", {})
         run = _run_history(Path(folder).parent / "history.jsonl") if Path(folder).is_dir() else {}
         rows.append({
             "task": task, "folder": str(folder), "name": manifest["name"], "config": describe_config(manifest),
             "params": count_parameters(model),
             "gflops": count_gflops(model, reference_input_shape(manifest["architecture"], manifest.get("config"))),
-            "cpu_ms_per_slice": ms / slices, "threads": torch.get_num_threads(),
+            "cpu_ms_per_slice": ms / STUDY[0], "threads": torch.get_num_threads(),
             "epochs": run.get("epochs", training.get("epochs_completed")), "best_epoch": validation.get("epoch"),
             "crop": training.get("crop"), "batch_size": training.get("batch_size"), "lr": training.get("lr"),
             "wall_time_s": run.get("seconds", training.get("wall_time_s")), "validation": validation,
@@ -65,23 +65,20 @@ def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any
     return rows
 
 
-def _time_per_study(model: torch.nn.Module, manifest: dict[str, Any], device: torch.device,
-                    repeats: int) -> tuple[float, int]:
+def _time_per_study(model: torch.nn.Module, manifest: dict[str, Any], device: torch.device, repeats: int) -> float:
     """Median ms for a 10-slice study (segmentation: 256x256 slices through the pipeline's network call;
-    grading: the grader's inputs of 10 slices), and the slice count."""
+    grading: the grader's inputs of 10 slices)."""
     rng = np.random.default_rng(0)
     if manifest.get("task") == "grading":
         from medsegrwkv.grading.grade import Grader
 
         grader = Grader(model, manifest, device)
         inputs = rng.random((STUDY[0], 1, grader.size, grader.size), dtype=np.float32)
-        ms, _ = median_ms(lambda: grader.probabilities(inputs), device, repeats)
-        return ms, STUDY[0]
+        return median_ms(lambda: grader.probabilities(inputs), device, repeats)[0]
     segmenter = Segmenter(model, manifest, device)
     study = rng.standard_normal(STUDY).astype(np.float32)
     with torch.inference_mode():
-        ms, _ = median_ms(lambda: segmenter.predict_probabilities(study), device, repeats)
-    return ms, STUDY[0]
+        return median_ms(lambda: segmenter.predict_probabilities(study), device, repeats)[0]
 
 
 def _run_history(path: Path) -> dict[str, Any]:

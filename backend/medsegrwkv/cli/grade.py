@@ -202,7 +202,6 @@ def add_train_grade_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train_grade(args: argparse.Namespace) -> int:
     from medsegrwkv.grading.train import GradeTrainConfig, train_grader
-
     from medsegrwkv.nets.registry import parse_overrides
 
     sunny = None if str(args.sunnybrook).lower() == "none" else Path(args.sunnybrook)

@@ -384,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
     p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one entry of the model's config, e.g. --set scan=raster, or for a grader --set backbone_size=112 (repeatable; "
-                        "`medsegrwkv models --json` lists each model's config)")
+                   help="override one entry of the model's config, e.g. --set scan=raster, or for a grader "
+                        "--set backbone_size=112 (repeatable; `medsegrwkv models --json` lists each model's config)")
     p.add_argument("--init", metavar="NAME|DIR",
                    help="start from these weights (an installed model name or a weights folder) to fine-tune, "
                         "e.g. the bundled model on your own data; segment: the same model and config; "
