@@ -311,6 +311,58 @@ def test_fast_route_tables_follow_the_weights() -> None:
     assert all(len(m._tables) <= TABLES_KEPT for m in model.modules() if isinstance(m, SpatialMix))
 
 
+def test_fast_route_scans_decisive_windows_along_their_path_alone() -> None:
+    """The fast route computes what the plain route computes with hardened gates: one-hot where a
+    window's gate gives a path >= DECISIVE_GATE, the gate's own weights elsewhere. Gates scaled so
+    that a batch holds both kinds of window, and windows of several chosen paths."""
+    from medsegrwkv.nets.rwkv_blocks import DECISIVE_GATE
+
+    torch.manual_seed(0)
+    model = create_model("medsegrwkv-t").eval()
+    with torch.no_grad():
+        for stage in model.stages:
+            stage.gate.proj.weight.mul_(60.0)
+        for name, parameter in model.named_parameters():
+            if name.endswith("ratio"):  # paths mix differently, as trained ones do (init: all 0.5)
+                parameter.uniform_(0.0, 1.0)
+    seen: list[torch.Tensor] = []
+    hardening = [False]
+
+    def harden(module, inputs, weights):
+        if not hardening[0]:
+            seen.append(weights)
+            return weights
+        top, best = weights.max(dim=1)
+        hard = torch.nn.functional.one_hot(best, weights.shape[1]).to(weights.dtype)
+        return torch.where((top >= DECISIVE_GATE)[:, None], hard, weights)
+
+    for stage in model.stages:
+        stage.gate.register_forward_hook(harden)
+    x = torch.randn(4, 1, 128, 128)
+    with torch.inference_mode():
+        fast = model(x)
+        hardening[0] = True
+        plain = model.use_reference()(x)
+    gates = torch.cat(seen)
+    decisive = gates.max(dim=1).values >= DECISIVE_GATE
+    assert 0 < int(decisive.sum()) < len(decisive), "the test needs both kinds of window"
+    assert len(set(gates[decisive].argmax(dim=1).tolist())) > 1, "and several chosen paths"
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_route_runs_a_model_built_in_inference_mode() -> None:
+    """A model created (or loaded) inside torch.inference_mode() has inference-tensor parameters,
+    which carry no version counter: the fast route builds its tables per call instead of failing."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 64, 96)
+    with torch.inference_mode():
+        model = create_model("medsegrwkv-t").eval()
+        assert model.stages[0].local[0].spatial.decay.is_inference()
+        fast = model(x)
+        plain = model.use_reference()(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_fast_route_keeps_the_labels_on_validation_volumes(acdc) -> None:
     """The bundled weights through the deployed pipeline on real validation volumes: the fast
     route labels >= 99.9% of voxels as the plain route does and moves mean Dice by <= 0.001

@@ -61,6 +61,18 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x.movedim(1, -1), weight, bias).movedim(-1, 1)
 
 
+def conv_by_matmul(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A stride-1 2D conv (groups 1, zero padding) as im2col and one matmul, returned
+    channels-last. For the stem's first conv on the 1-channel image this is about 3x faster on
+    the CPU than oneDNN's direct convolution, whose output also comes channels-first."""
+    B, _, H, W = x.shape
+    columns = F.unfold(x, conv.kernel_size, padding=conv.padding)  # (B, Cin k k, H W)
+    out = torch.matmul(columns.transpose(1, 2), conv.weight.flatten(1).t())  # (B, H W, Cout)
+    if conv.bias is not None:
+        out += conv.bias
+    return out.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+
 def _conv(spatial_dims: int) -> type[nn.Module]:
     return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
 
@@ -220,7 +232,11 @@ class MedSegRWKV(nn.Module):
 
     def _stem(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The full- and half-resolution skips and the first stage's input."""
-        skip0 = self.stem[0](x)
+        conv = self.stem[0][0]
+        if self.reference or torch.is_grad_enabled() or x.dim() != 4 or conv.in_channels > 4:
+            skip0 = self.stem[0](x)
+        else:  # a few input channels: im2col + matmul, straight into channels-last
+            skip0 = self.stem[0][2](self.stem[0][1](conv_by_matmul(conv, x)))
         skip1 = self.stem[1](skip0)
         return skip0, skip1, self.embed(skip1)
 

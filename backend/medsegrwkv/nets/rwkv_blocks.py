@@ -4,11 +4,14 @@ A block holds K candidate paths. With K = 1 it is a plain VRWKV block scanned al
 with K > 1 it takes per-sample path weights (from `PathGate`) and outputs the weighted mix of
 its K scans, which keeps the choice of path differentiable.
 
-Inference (autograd off) takes a faster route that computes the same function: the batch of
-windows or slices runs through a block in pieces of at most `PIECE_ELEMENTS` activations (the
-temporaries then stay in the CPU caches instead of being mapped afresh for every operation),
-and the Bi-WKV weight tables are kept per sequence length. `reference = True` (set through
-`MedSegRWKV.use_reference`) restores the plain route: whole batch, cumulative-sum Bi-WKV.
+Inference (autograd off) takes a faster route: the batch of windows or slices runs through a
+block in pieces of at most `PIECE_ELEMENTS` activations (the temporaries then stay in the CPU
+caches instead of being mapped afresh for every operation), the Bi-WKV weight tables are kept
+per sequence length, and a window whose gate is decisive (`DECISIVE_GATE`) is scanned along its
+chosen path alone. The last is the one step that is not the same function: it drops paths of
+weight < 0.1, measured to keep the labels. `reference = True` (set through
+`MedSegRWKV.use_reference`) restores the plain route: whole batch, all K paths, cumulative-sum
+Bi-WKV.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ PIECE_ELEMENTS = 2 ** 18
 """Inference pieces: at most this many token-channel-path activations (1 MiB in float32)."""
 TABLES_KEPT = 8
 """Bi-WKV tables kept per spatial mix: one per sequence length, for the last few input sizes."""
+DECISIVE_GATE = 0.9
+"""Inference: a window whose gate gives one path at least this weight is scanned along that path
+only. The trained gates are nearly one-hot (docs/medsegrwkv.md, "What the gates chose"), so this
+skips most of the K-fold work and keeps the labels (docs/benchmark.md, "Same labels")."""
 
 
 def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
@@ -82,14 +89,16 @@ class SpatialMix(nn.Module):
         self.reference = False
         self._tables: dict[tuple, BiWKVTables] = {}  # inference only; not part of the state dict
 
-    def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None, path: int | None = None) -> Tensor:
+        """`path`: scan along that one of the K paths only (`tables` are then that path's)."""
+        ratio = self.ratio if path is None else self.ratio[:, path:path + 1]
         if not (self.reference or torch.is_grad_enabled()):
-            return self._forward_channels_first(x, tables, weights)
+            return self._forward_channels_first(x, tables, weights, ratio)
         B, T, C = x.shape
         shifted = shift_tokens(x, tables.shift)
-        k = self.key(_mix(shifted, x, self.ratio[0]))
-        v = self.value(_mix(shifted, x, self.ratio[1]))
-        r = self.receptance(_mix(shifted, x, self.ratio[2]))
+        k = self.key(_mix(shifted, x, ratio[0]))
+        v = self.value(_mix(shifted, x, ratio[1]))
+        r = self.receptance(_mix(shifted, x, ratio[2]))
         K = tables.shift.shape[0]
         k, v = (t.flatten(1, 2).index_select(1, tables.perm).view(B * K, T, C) for t in (k, v))
         wkv = self._wkv(k, v).view(B, K * T, C).index_select(1, tables.inv)
@@ -101,7 +110,8 @@ class SpatialMix(nn.Module):
             return biwkv_cumsum(self.decay, self.bonus, k, v)
         return biwkv(self.decay, self.bonus, k, v)
 
-    def _forward_channels_first(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+    def _forward_channels_first(self, x: Tensor, tables: ScanTables, weights: Tensor | None,
+                                ratios: Tensor) -> Tensor:
         """Inference: the same computation in each path's order, with k, v, r channel-major
         (C, B K T). The tokens are gathered into path order as whole rows; the projections W @ mix^T
         give the channel-major layout that the Bi-WKV's batched matmuls read as it is; one 2D
@@ -114,17 +124,20 @@ class SpatialMix(nn.Module):
         if rest:  # the unshifted channels: the token itself, in path order too
             shifted[..., C - rest:] = xs[..., C - rest:]
         k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[None, :, None, :]).view(-1, C).t())
-                   for linear, ratio in zip((self.key, self.value, self.receptance), self.ratio))
+                   for linear, ratio in zip((self.key, self.value, self.receptance), ratios))
         wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B * K, T), v.view(C, B * K, T),
                                    self._cached_tables(T))
         y = torch.sigmoid(r).mul_(wkv.view(C, B * K * T)).t().contiguous().view(B, K * T, C)
         y = y.index_select(1, tables.inv).view(B, K, T, C)
         return self.output(_combine(y, weights))
 
-    def _cached_tables(self, T: int) -> BiWKVTables:
+    def _cached_tables(self, T: int) -> BiWKVTables | None:
         """The Bi-WKV tables depend on the parameters and T only: kept while the parameters are
-        unchanged (an optimizer step or load_state_dict bumps their version counters)."""
+        unchanged (an optimizer step or load_state_dict bumps their version counters). None (built
+        per call) for parameters created under torch.inference_mode(), which have no version counter."""
         w, u = self.decay, self.bonus
+        if w.is_inference() or u.is_inference():
+            return None
         key = (T, w.device, w.dtype, w.data_ptr(), u.data_ptr(), w._version, u._version)
         tables = self._tables.get(key)
         if tables is None:
@@ -150,10 +163,11 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(hidden_rate * dim, dim, bias=False)
         self.receptance = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None, path: int | None = None) -> Tensor:
+        ratio = self.ratio if path is None else self.ratio[:, path:path + 1]
         shifted = shift_tokens(x, tables.shift)
-        k = self.key(_combine(_mix(shifted, x, self.ratio[0]), weights))
-        r = self.receptance(_combine(_mix(shifted, x, self.ratio[1]), weights))
+        k = self.key(_combine(_mix(shifted, x, ratio[0]), weights))
+        r = self.receptance(_combine(_mix(shifted, x, ratio[1]), weights))
         if torch.is_grad_enabled():
             return torch.sigmoid(r) * self.value(torch.relu(k).square())
         return self.value(torch.relu_(k).square_()).mul_(torch.sigmoid_(r))
@@ -183,28 +197,50 @@ class RWKVBlock(nn.Module):
         """`weights` (B, K) sum to 1 over the paths; None when the block has one path."""
         if (weights is None) != (len(self.paths) == 1):
             raise ValueError(f"a block with {len(self.paths)} paths needs weights exactly when K > 1")
-        per_piece = max(1, PIECE_ELEMENTS // (x[0].numel() * len(self.paths)))
-        if self.reference or torch.is_grad_enabled() or per_piece >= x.shape[0]:
+        if self.reference or torch.is_grad_enabled():
             return self._forward(x, weights)
+        if weights is None:
+            return self._in_pieces(x, None, None)
+        # Windows with a decisive gate go along their path alone, grouped by path; the rest mix all K.
+        top, best = weights.max(dim=1)
+        decisive = top >= DECISIVE_GATE
+        groups = [(p, (decisive & (best == p)).nonzero().squeeze(1)) for p in range(len(self.paths))]
+        groups.append((None, (~decisive).nonzero().squeeze(1)))
+        out = torch.empty_like(x)
+        for path, rows in groups:
+            if len(rows) == x.shape[0]:
+                return self._in_pieces(x, weights if path is None else None, path)
+            if len(rows):
+                part = self._in_pieces(x.index_select(0, rows), weights[rows] if path is None else None, path)
+                out.index_copy_(0, rows, part)
+        return out
+
+    def _in_pieces(self, x: Tensor, weights: Tensor | None, path: int | None) -> Tensor:
+        """Inference on pieces of at most PIECE_ELEMENTS activations, written into one output."""
+        per_piece = max(1, PIECE_ELEMENTS // (x[0].numel() * (len(self.paths) if path is None else 1)))
+        if per_piece >= x.shape[0]:
+            return self._forward(x, weights, path)
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], per_piece):
             piece = slice(start, start + per_piece)
-            out[piece] = self._forward(x[piece], None if weights is None else weights[piece])
+            out[piece] = self._forward(x[piece], None if weights is None else weights[piece], path)
         return out
 
-    def _forward(self, x: Tensor, weights: Tensor | None) -> Tensor:
-        x = x + self.gamma1 * self._spatial(self.norm1(x), weights)
-        tables = scan_tables(tuple(x.shape[1:-1]), self.paths, x.device)
-        y = self.channel(self.norm2(x).flatten(1, -2), tables, weights)
+    def _forward(self, x: Tensor, weights: Tensor | None, path: int | None = None) -> Tensor:
+        """`path`: along that one path only (weights None), else all K mixed by `weights`."""
+        paths = self.paths if path is None else (self.paths[path],)
+        x = x + self.gamma1 * self._spatial(self.norm1(x), weights, paths, path)
+        tables = scan_tables(tuple(x.shape[1:-1]), paths, x.device)
+        y = self.channel(self.norm2(x).flatten(1, -2), tables, weights, path)
         return x + self.gamma2 * y.view_as(x)
 
-    def _spatial(self, h: Tensor, weights: Tensor | None) -> Tensor:
+    def _spatial(self, h: Tensor, weights: Tensor | None, paths: tuple[ScanPath, ...], path: int | None) -> Tensor:
         size = h.shape[1:-1]
         if self.pool > 1:
             pool = (F.avg_pool2d if h.dim() == 4 else F.avg_pool3d)
             h = pool(h.movedim(-1, 1), self.pool).movedim(1, -1)
-        tables = scan_tables(tuple(h.shape[1:-1]), self.paths, h.device)
-        y = self.spatial(h.flatten(1, -2), tables, weights).view_as(h)
+        tables = scan_tables(tuple(h.shape[1:-1]), paths, h.device)
+        y = self.spatial(h.flatten(1, -2), tables, weights, path).view_as(h)
         if self.pool > 1:
             mode = "bilinear" if y.dim() == 4 else "trilinear"
             y = F.interpolate(y.movedim(-1, 1), size=size, mode=mode, align_corners=False).movedim(1, -1)
