@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medsegrwkv.cli.main import main
@@ -31,6 +32,9 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
         assert isinstance(row["time_exponent"], float)
         assert set(row["ratios"]) == {"params", "gflops", "study_latency_ms", "study_peak_mib"}
     assert all(v == 1.0 for v in rows[default]["ratios"].values() if v is not None)
+    for name, row in rows.items():  # timed with the weights users run, where the model has them
+        bundled = weights_status(name) is WeightsStatus.VERIFIED
+        assert row["weights"] == ("bundled" if bundled else "untrained"), row
     assert rows[other]["ratios"]["params"] == rows[other]["params"] / rows[default]["params"]
     biwkv = report["biwkv"]
     assert biwkv["loop_ms"] > 0 and biwkv["biwkv_ms"] > 0 and biwkv["max_abs_difference"] < 1e-4
@@ -48,6 +52,16 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
     assert "## 2D resolution sweep" in markdown and "## Bi-WKV operator" in markdown
     assert "medsegrwkv compare" in markdown
     assert markdown in capsys.readouterr().out
+
+
+def test_benchmark_study_is_the_demo_study() -> None:
+    """The timed study is real anatomy (the gates act as on real data), of the requested shape."""
+    from medsegrwkv.benchmark.measure import demo_volume
+
+    volume = demo_volume((14, 128, 96))
+    assert volume.shape == (14, 128, 96) and volume.dtype == np.float32
+    assert abs(float(volume.mean())) < 1e-4 and abs(float(volume.std()) - 1.0) < 1e-3
+    assert np.corrcoef(volume[7].ravel(), volume[8].ravel())[0, 1] > 0.5  # neighbouring slices of one heart
 
 
 def test_unknown_model_fails_before_any_work(tmp_path: Path) -> None:

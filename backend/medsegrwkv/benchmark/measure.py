@@ -151,26 +151,58 @@ def model_and_route(name: str) -> tuple[str, str]:
     return model, route
 
 
+def demo_volume(shape: tuple[int, int, int]) -> np.ndarray:
+    """The bundled demo study's first phase as a normalised (z, y, x) volume of `shape`: its central
+    slices, resized in-plane. Real anatomy, so that the RWKV network's gates act as on real data
+    (on noise they are less decisive and the network slower)."""
+    import SimpleITK as sitk
+    import torch.nn.functional as F
+
+    from medsegrwkv.io import SAMPLE_CASE, read_study, sample_data_dir
+
+    volume = sitk.GetArrayFromImage(read_study(sample_data_dir() / SAMPLE_CASE / "dicom").phases[0]).astype(np.float32)
+    depth = shape[0]
+    volume = np.concatenate([volume] * -(-depth // volume.shape[0]))  # repeated when more slices are asked for
+    start = (volume.shape[0] - depth) // 2
+    slices = torch.from_numpy(volume[start:start + depth])[:, None]
+    slices = F.interpolate(slices, size=shape[1:], mode="bilinear", align_corners=False)[:, 0].numpy()
+    return (slices - slices.mean()) / slices.std()
+
+
+def timed_model(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The bundled weights where the model has them, else an untrained copy, and which it is.
+    The RWKV network's time depends on its weights (windows with a decisive gate take one path)."""
+    from medsegrwkv.nets.registry import create_model
+    from medsegrwkv.weights import WeightsStatus, load_model, weights_status
+
+    if weights_status(name) is WeightsStatus.VERIFIED:
+        model, manifest = load_model(name, device)
+        if manifest["architecture"] == name:
+            return model.eval(), "bundled"
+    torch.manual_seed(0)
+    return create_model(name).to(device).eval(), "untrained"
+
+
 def measure_model(task: dict[str, Any]) -> dict[str, Any]:
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.nets.complexity import count_gflops, count_parameters, reference_input_shape
-    from medsegrwkv.nets.registry import create_model, get_spec
+    from medsegrwkv.nets.registry import get_spec
 
     label, repeats = task["model"], task["repeats"]
     name, route = model_and_route(label)
     device = resolve_device(task["device"])
     spec = get_spec(name)
-    torch.manual_seed(0)
-    model = create_model(name).eval()
+    model, weights = timed_model(name, device)
     if route == "plain":
         if not hasattr(model, "use_reference"):
             raise ValueError(f"{name} has no fast route to leave")
         model.use_reference(True)
     result: dict[str, Any] = {"name": label, "spatial_dims": spec.spatial_dims, "params": count_parameters(model),
                               "gflops_input": list(reference_input_shape(name)), "device": describe_device(device),
-                              "threads": torch.get_num_threads(), "memory_method": memory_method(device)}
+                              "threads": torch.get_num_threads(), "memory_method": memory_method(device),
+                              "weights": weights}
     segmenter = Segmenter(model, {"architecture": name}, device)
-    study = np.random.default_rng(0).standard_normal(task["study"]).astype(np.float32)
+    study = demo_volume(tuple(task["study"]))
     sizes = task["sizes_2d"] if spec.spatial_dims == 2 else task["sizes_3d"]
     depth = (spec.roi_size or (16,))[0]
     shapes = [(1, 1, size, size) if spec.spatial_dims == 2 else (1, 1, depth, size, size) for size in sizes]
@@ -305,16 +337,15 @@ def phantom_phase(slices: int, size: int, phase: int, phases: int) -> Any:  # Si
 def measure_cine(task: dict[str, Any]) -> dict[str, Any]:
     """A whole cine end to end through segment_study (the study-level segmentation the CLI, the
     worker and `function` use: preprocessing, batches across phases, resampling back, post-
-    processing), against one phase of it; untrained weights (the time does not depend on them)."""
+    processing), against one phase of it; bundled weights where the model has them (`timed_model`)."""
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.inference.study import segment_study
     from medsegrwkv.io import Study
-    from medsegrwkv.nets.registry import create_model
 
     name, device = task["model"], resolve_device(task["device"])
     phases, slices, size = task["cine"][0], task["cine"][1], task["cine"][2]
-    torch.manual_seed(0)
-    segmenter = Segmenter(create_model(name).eval(), {"name": name, "architecture": name, "labels": []}, device)
+    model, weights = timed_model(name, device)
+    segmenter = Segmenter(model, {"name": name, "architecture": name, "labels": []}, device)
     cine = Study(Path("<phantom>"), [phantom_phase(slices, size, p, phases) for p in range(phases)], None, "phantom")
     one = Study(Path("<phantom>"), cine.phases[:1], None, "phantom")
     with torch.inference_mode():
@@ -325,7 +356,7 @@ def measure_cine(task: dict[str, Any]) -> dict[str, Any]:
                                max(1, task["repeats"] // 2))
         emit("progress", step=f"cine: {phases} phases")
     return {"name": name, "phases": phases, "slices": slices, "size": [size, size], "device": describe_device(device),
-            "threads": torch.get_num_threads(), "one_phase_ms": one_ms, "cine_ms": cine_ms,
+            "threads": torch.get_num_threads(), "weights": weights, "one_phase_ms": one_ms, "cine_ms": cine_ms,
             "ratio_to_one_phase": cine_ms / one_ms, "ms_per_phase": cine_ms / phases}
 
 

@@ -159,9 +159,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Ratios (×) are to the default model, `{default}`. GFLOPs by torch.utils.flop_counter (2 per "
         "multiply-add; element-wise work, such as VM-UNet's selective scan, is not counted) for one "
-        "256×256 slice (2D) or one sliding-window crop (3D). Study: {0} slices of {1}×{2}, untrained "
-        "weights, 2D models slice by slice in batches of 8, 3D models by sliding window over their "
-        "crop; median of {3} runs after a warm-up. Peak memory: the working memory of a run above the "
+        "256×256 slice (2D) or one sliding-window crop (3D). Study: {0} central slices of the demo "
+        "study's first phase at {1}×{2}, with each model's bundled weights where it has them (the RWKV "
+        "network's time depends on its gates), else untrained ones; 2D models slice by slice in "
+        "batches of 8, 3D models by sliding window over their crop; median of {3} runs after a warm-up. Peak memory: the working memory of a run above the "
         "loaded model, from the second of two runs in a row; the first run, which also sets up kernels "
         "once, is shown beside it. Method: {4}. Exponents: least-squares slope of log time and log "
         "memory against log voxels over the sweep below (1 = linear in the input size)."
@@ -230,7 +231,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {c['name']} | {_cell(c['one_phase_ms'])} | {_cell(c['cine_ms'])} | "
                   f"{_cell(c['ratio_to_one_phase'], digits=2)} | {_cell(c['ms_per_phase'])} |" for c in cine]
     lines += [f"\n{c['name']} whole cine failed: {c['error']}" for c in report.get("cine", []) if "error" in c]
-    lines += ["", "Accuracy is not part of this run (the networks above are untrained copies): validation Dice "
+    lines += ["", "Accuracy is not part of this run: validation Dice "
               "of trained weights, at one training budget, comes from `medsegrwkv compare` (docs/benchmark.md, "
               "*Accuracy at the same budget*).", ""]
     return "\n".join(lines)
