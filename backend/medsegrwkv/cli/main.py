@@ -427,10 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="size, GFLOPs, latency, memory and scaling of every model in one run",
                        description="Measure each segmentation model in a fresh process: parameters, GFLOPs, median "
-                       "latency and peak memory for a 10-slice 256x256 study (2D models slice by slice, 3D models by "
-                       "sliding window), and a resolution sweep with fitted time and memory exponents; plus the "
-                       "Bi-WKV operator against a per-token loop. Ratios are to the default model. Writes "
-                       "OUTPUT/benchmark.json and OUTPUT/benchmark.md. Untrained weights: accuracy is not measured.")
+                       "latency and peak memory for a 10-slice 256x256 study (the demo study's central slices; 2D "
+                       "models slice by slice, 3D models by sliding window), and a resolution sweep with fitted time "
+                       "and memory exponents; plus the Bi-WKV operator against a per-token loop and a whole cine. "
+                       "Ratios are to the default model. Each model runs with its bundled weights where it has "
+                       "them, else untrained; accuracy is `medsegrwkv compare`'s. Writes OUTPUT/benchmark.json "
+                       "and OUTPUT/benchmark.md.")
     p.add_argument("--models", help="comma-separated model names (default: every segmentation model; the default "
                    "model is always included)")
     p.add_argument("--output", default="outputs/benchmark", help="folder for benchmark.json and benchmark.md")
