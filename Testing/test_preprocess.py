@@ -114,3 +114,28 @@ def test_phases_in_one_batch_stream_match_phase_by_phase(acdc):
         assert sitk.GetArrayFromImage(a)[inside].any() and not sitk.GetArrayFromImage(a)[~inside].any()
     assert events[-1][0] == pytest.approx(1.0) and [f for f, _ in events] == sorted(f for f, _ in events)
     assert all(m.startswith("phase 3-7: ") for _, m in events)
+
+
+def test_cpu_batches_side_by_side_match_batches_in_turn(acdc):
+    """With several CPU threads the slice batches run side by side, one thread each: the same
+    probabilities as one thread taking them in turn, progress in slice order, and a cancel stops it."""
+    segmenter = Segmenter.from_pretrained("medsegrwkv-t", "cpu")
+    image = sitk.ReadImage(str(acdc / "patient013" / "patient013_frame01.nii.gz"), sitk.sitkFloat32)
+    from medsegrwkv.preprocess import prepare_image
+
+    volume = prepare_image(image, segmenter.manifest.get("preprocessing")).array
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        in_turn = segmenter.predict_probabilities(volume)
+        assert segmenter._pool is None
+        torch.set_num_threads(3)
+        events: list[float] = []
+        side_by_side = segmenter.predict_probabilities(volume, progress=lambda f, m: events.append(f))
+        assert segmenter._pool_workers == 3 and torch.get_num_threads() == 3  # the caller keeps its threads
+        with pytest.raises(Cancelled, match="cancelled"):
+            segmenter.predict_probabilities(volume, cancel=lambda: True)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(side_by_side, in_turn, atol=1e-5)
+    assert len(events) == 3 and events == sorted(events) and events[-1] == pytest.approx(1.0)

@@ -9,6 +9,7 @@ batches/windows, so the Slicer engine can stop a request midway.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,6 +31,13 @@ from medsegrwkv.weights import load_model
 
 PHASE_BATCHES = 4  # a 2D network is fed this many batches' worth of slices of consecutive phases at once
 
+
+def cpu_workers(device: torch.device, slices: int) -> int:
+    """Batches run side by side on a CPU: one per intra-op thread PyTorch may use, at most one per
+    slice; 1 (batches in turn, every thread on each) on a GPU."""
+    return 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), slices))
+
+
 class Segmenter:
     """A loaded segmentation model on a device, ready for many volumes."""
 
@@ -40,6 +48,8 @@ class Segmenter:
         self.spec: ModelSpec = get_spec(manifest["architecture"])
         self.device = device
         self.batch_size = batch_size
+        self._pool: ThreadPoolExecutor | None = None  # CPU batches side by side (`_cpu_pool`)
+        self._pool_workers = 0
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, device: str | torch.device = "auto") -> "Segmenter":
@@ -65,20 +75,46 @@ class Segmenter:
         return total / len(flips)
 
     def _predict_2d(self, volume: np.ndarray, tta: bool, progress: ProgressFn, cancel: CancelFn) -> np.ndarray:
+        """Batches of slices. On a CPU with several threads the batches run side by side, one thread
+        each (`cpu_workers`): the RWKV network's many small operations split poorly over threads,
+        whole batches split well (docs/benchmark.md, "CPU speed")."""
         z, h, w = volume.shape
         m = self.spec.pad_multiple
         ph, pw = (-h) % m, (-w) % m
         pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
         out = np.zeros((4, z, h, w), dtype=np.float32)
-        for start in range(0, z, self.batch_size):
+        workers = cpu_workers(self.device, z)
+        size = min(self.batch_size, -(-z // workers))
+        batches = [(start, min(z, start + size)) for start in range(0, z, size)]
+
+        def predict(start: int, stop: int) -> torch.Tensor:
             check_cancel(cancel)
-            stop = min(z, start + self.batch_size)
             x = torch.from_numpy(volume[start:stop, None]).to(self.device)
-            probs = self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
-            probs = probs[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
-            out[:, start:stop] = probs.permute(1, 0, 2, 3).cpu().numpy()
-            progress(stop / z, f"slice {stop}/{z}")
+            return self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
+
+        pending = [self._cpu_pool(workers).submit(predict, *b) for b in batches] if workers > 1 else []
+        try:
+            for n, (start, stop) in enumerate(batches):
+                check_cancel(cancel)
+                probs = pending[n].result() if pending else predict(start, stop)
+                probs = probs[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
+                out[:, start:stop] = probs.permute(1, 0, 2, 3).cpu().numpy()
+                progress(stop / z, f"slice {stop}/{z}")
+        finally:
+            for future in pending:
+                future.cancel()
         return out
+
+    def _cpu_pool(self, workers: int) -> ThreadPoolExecutor:
+        """Threads of one intra-op thread each, kept for the next volume: fresh threads would
+        start with cold allocator arenas and caches, which costs more than they gain."""
+        if self._pool is None or self._pool_workers != workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="medsegrwkv-cpu",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+            self._pool_workers = workers
+        return self._pool
 
     def _predict_3d(self, volume: np.ndarray, tta: bool, progress: ProgressFn, cancel: CancelFn) -> np.ndarray:
         roi = self.spec.roi_size
