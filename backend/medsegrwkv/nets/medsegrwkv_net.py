@@ -203,8 +203,9 @@ class MedSegRWKV(nn.Module):
                                   for a in range(spatial_dims))
 
     def use_reference(self, on: bool = True) -> "MedSegRWKV":
-        """The plain route (whole batches, cumulative-sum Bi-WKV) instead of the fast inference
-        route (`rwkv_blocks`); both compute the same function, for tests and measurements."""
+        """The plain route (whole batches, all K paths, cumulative-sum Bi-WKV) instead of the fast
+        inference route (`rwkv_blocks`), for tests and measurements. They compute the same function
+        but for the fast route's decisive gates, which drop paths of weight < 0.1."""
         for module in self.modules():
             if hasattr(module, "reference"):
                 module.reference = on
