@@ -133,6 +133,8 @@ def test_cpu_batches_side_by_side_match_batches_in_turn(acdc):
         events: list[float] = []
         side_by_side = segmenter.predict_probabilities(volume, progress=lambda f, m: events.append(f))
         assert segmenter._pool_workers == 3 and torch.get_num_threads() == 3  # the caller keeps its threads
+        segmenter.predict_probabilities(volume[:2])  # fewer slices than threads: the same pool
+        assert segmenter._pool_workers == 3
         with pytest.raises(Cancelled, match="cancelled"):
             segmenter.predict_probabilities(volume, cancel=lambda: True)
     finally:

@@ -92,7 +92,8 @@ class Segmenter:
             x = torch.from_numpy(volume[start:stop, None]).to(self.device)
             return self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
 
-        pending = [self._cpu_pool(workers).submit(predict, *b) for b in batches] if workers > 1 else []
+        pool = self._cpu_pool(torch.get_num_threads()) if workers > 1 else None
+        pending = [pool.submit(predict, *b) for b in batches] if pool is not None else []
         try:
             for n, (start, stop) in enumerate(batches):
                 check_cancel(cancel)
@@ -106,8 +107,8 @@ class Segmenter:
         return out
 
     def _cpu_pool(self, workers: int) -> ThreadPoolExecutor:
-        """Threads of one intra-op thread each, kept for the next volume: fresh threads would
-        start with cold allocator arenas and caches, which costs more than they gain."""
+        """One thread (of one intra-op thread) per CPU thread, kept for the next volume: fresh
+        threads would start with cold allocator arenas and caches, which costs more than they gain."""
         if self._pool is None or self._pool_workers != workers:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
