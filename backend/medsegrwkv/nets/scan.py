@@ -103,7 +103,8 @@ class ScanTables:
 
 @lru_cache(maxsize=256)
 def scan_tables(shape: tuple[int, ...], paths: tuple[ScanPath, ...], device: torch.device) -> ScanTables:
-    """Cached per grid, path set and device: built once, then free for every forward pass."""
+    """Cached per grid, path set and device: built once, then free for every forward pass. Built
+    as normal tensors even under torch.inference_mode(), so that a later training step may use them."""
     perm = np.stack([visit_order(shape, p) for p in paths])
     # Offsets per path let one index_select reorder all K copies of (B, K T, C) at once.
     offsets = np.arange(len(paths))[:, None] * perm.shape[1]
@@ -112,8 +113,9 @@ def scan_tables(shape: tuple[int, ...], paths: tuple[ScanPath, ...], device: tor
     shift = np.stack([shift_sources(shape, p) for p in paths])
     tokens = perm.reshape(len(paths), -1) - offsets
     path_shift = np.stack([shift[p][:, tokens[p]] for p in range(len(paths))])
-    return ScanTables(*(torch.as_tensor(a, dtype=torch.long, device=device)
-                        for a in (perm, inv, shift, tokens.reshape(-1), path_shift)))
+    with torch.inference_mode(False):
+        return ScanTables(*(torch.as_tensor(a, dtype=torch.long, device=device)
+                            for a in (perm, inv, shift, tokens.reshape(-1), path_shift)))
 
 
 def to_windows(x: Tensor, counts: tuple[int, ...]) -> Tensor:
