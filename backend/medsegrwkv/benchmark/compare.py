@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegrwkv.benchmark.measure import median_ms
+from medsegrwkv.benchmark.measure import demo_volume, median_ms
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.complexity import count_gflops, count_parameters, reference_input_shape
@@ -66,8 +66,8 @@ def compare_weights(folders: list[Path], repeats: int = 3) -> list[dict[str, Any
 
 
 def _time_per_study(model: torch.nn.Module, manifest: dict[str, Any], device: torch.device, repeats: int) -> float:
-    """Median ms for a 10-slice study (segmentation: 256x256 slices through the pipeline's network call;
-    grading: the grader's inputs of 10 slices)."""
+    """Median ms for a 10-slice study (segmentation: the demo study's 256x256 slices through the
+    pipeline's network call, as `benchmark` times them; grading: the grader's inputs of 10 slices)."""
     rng = np.random.default_rng(0)
     if manifest.get("task") == "grading":
         from medsegrwkv.grading.grade import Grader
@@ -76,7 +76,7 @@ def _time_per_study(model: torch.nn.Module, manifest: dict[str, Any], device: to
         inputs = rng.random((STUDY[0], 1, grader.size, grader.size), dtype=np.float32)
         return median_ms(lambda: grader.probabilities(inputs), device, repeats)[0]
     segmenter = Segmenter(model, manifest, device)
-    study = rng.standard_normal(STUDY).astype(np.float32)
+    study = demo_volume(STUDY)
     with torch.inference_mode():
         return median_ms(lambda: segmenter.predict_probabilities(study), device, repeats)[0]
 
