@@ -176,9 +176,7 @@ def timed_model(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
     from medsegrwkv.weights import WeightsStatus, load_model, weights_status
 
     if weights_status(name) is WeightsStatus.VERIFIED:
-        model, manifest = load_model(name, device)
-        if manifest["architecture"] == name:
-            return model.eval(), "bundled"
+        return load_model(name, device)[0].eval(), "bundled"
     torch.manual_seed(0)
     return create_model(name).to(device).eval(), "untrained"
 

@@ -228,18 +228,20 @@ class RWKVBlock(nn.Module):
 
     def _forward(self, x: Tensor, weights: Tensor | None, path: int | None = None) -> Tensor:
         """`path`: along that one path only (weights None), else all K mixed by `weights`."""
-        paths = self.paths if path is None else (self.paths[path],)
-        x = x + self.gamma1 * self._spatial(self.norm1(x), weights, paths, path)
-        tables = scan_tables(tuple(x.shape[1:-1]), paths, x.device)
+        x = x + self.gamma1 * self._spatial(self.norm1(x), weights, path)
+        tables = scan_tables(tuple(x.shape[1:-1]), self._paths(path), x.device)
         y = self.channel(self.norm2(x).flatten(1, -2), tables, weights, path)
         return x + self.gamma2 * y.view_as(x)
 
-    def _spatial(self, h: Tensor, weights: Tensor | None, paths: tuple[ScanPath, ...], path: int | None) -> Tensor:
+    def _paths(self, path: int | None) -> tuple[ScanPath, ...]:
+        return self.paths if path is None else (self.paths[path],)
+
+    def _spatial(self, h: Tensor, weights: Tensor | None, path: int | None) -> Tensor:
         size = h.shape[1:-1]
         if self.pool > 1:
             pool = (F.avg_pool2d if h.dim() == 4 else F.avg_pool3d)
             h = pool(h.movedim(-1, 1), self.pool).movedim(1, -1)
-        tables = scan_tables(tuple(h.shape[1:-1]), paths, h.device)
+        tables = scan_tables(tuple(h.shape[1:-1]), self._paths(path), h.device)
         y = self.spatial(h.flatten(1, -2), tables, weights, path).view_as(h)
         if self.pool > 1:
             mode = "bilinear" if y.dim() == 4 else "trilinear"
