@@ -1,7 +1,8 @@
 """The RWKV network's fast inference route against its plain route, on labelled volumes.
 
-`python -m medsegrwkv.benchmark.fast_path --data DIR [--split val] [--cases N] [--model medsegrwkv-t]`
-segments each volume twice through the deployed pipeline (post-processing on, no TTA) with the
+`python -m medsegrwkv.benchmark.fast_path --data DIR [--split val] [--cases N] [--model medsegrwkv-t]
+[--look NAME]` segments each volume (or its `--look`, another scanner's look from
+`training.robustness`, where the gates may be less decided) twice through the deployed pipeline (post-processing on, no TTA) with the
 same weights: once as the network runs by default, once with `MedSegRWKV.use_reference()` (whole
 batches, cumulative-sum Bi-WKV, the code as it was before the fast route). It reports the share of
 voxels whose label differs and the change of each structure's Dice against the expert labels, per
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.training.acdc import list_cases
+    from medsegrwkv.training.robustness import PERTURBATIONS, get_perturbation
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -70,17 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, help="only the first N volumes")
     parser.add_argument("--model", default="medsegrwkv-t")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--look", choices=[p.name for p in PERTURBATIONS],
+                        help="compare on this other-scanner look of each volume instead of the volume")
     args = parser.parse_args(argv)
+    look = get_perturbation(args.look) if args.look else None
     segmenter = Segmenter.from_pretrained(args.model, args.device)
     cases = list_cases(args.data, args.split)[:args.cases]
     rows = []
     with torch.inference_mode():
         for case in cases:
-            row = compare_volume(segmenter, sitk.ReadImage(str(case.image), sitk.sitkFloat32),
-                                 sitk.ReadImage(str(case.label)))
+            pair = sitk.ReadImage(str(case.image), sitk.sitkFloat32), sitk.ReadImage(str(case.label))
+            row = compare_volume(segmenter, *(look.apply(*pair) if look else pair))
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"model": args.model, "split": args.split, **summarize(rows), "per_volume": rows}, indent=1))
+    print(json.dumps({"model": args.model, "split": args.split, "look": args.look or "clean", **summarize(rows), "per_volume": rows}, indent=1))
     return 0
 
 

@@ -54,6 +54,22 @@ class ChannelNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
+    def of_centred(self, x: Tensor) -> Tensor:
+        """The same norm of a map whose channel mean is already zero (made by `centred` weights):
+        x / rms(x) * weight + bias, from one norm reduction and two in-place passes. On the CPU
+        about twice as fast as LayerNorm over 16-32 channels, whose per-pixel statistics cost more
+        than the pixels' arithmetic (docs/benchmark.md)."""
+        norm, h = self.norm, x.movedim(1, -1)
+        scale = torch.linalg.vector_norm(h, dim=-1, keepdim=True).square_().div_(h.shape[-1]).add_(norm.eps).rsqrt_()
+        y = torch.mul(h, scale)
+        return torch.addcmul(norm.bias, y, norm.weight, out=y).movedim(-1, 1)
+
+
+def centred(weight: Tensor) -> Tensor:
+    """A linear map's weight (out, ...) or bias (out,) less its mean over the outputs: the map's
+    output then has zero mean over its channels, the mean that a LayerNorm after it would subtract."""
+    return weight - weight.mean(dim=0, keepdim=True)
+
 
 def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """A 1x1 conv (weight (out, in)) as a matmul over the channels of each voxel: on a
@@ -61,16 +77,26 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x.movedim(1, -1), weight, bias).movedim(-1, 1)
 
 
-def conv_by_matmul(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """A stride-1 2D conv (groups 1, zero padding) as im2col and one matmul, returned
-    channels-last. For the stem's first conv on the 1-channel image this is about 3x faster on
-    the CPU than oneDNN's direct convolution, whose output also comes channels-first."""
+def conv_by_matmul(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`conv` (stride 1, groups 1, zero padding) with `weight` and `bias` as im2col and one matmul,
+    returned channels-last. For the stem's first conv on the 1-channel image this is about 3x
+    faster on the CPU than oneDNN's direct convolution, whose output also comes channels-first."""
     B, _, H, W = x.shape
     columns = F.unfold(x, conv.kernel_size, padding=conv.padding)  # (B, Cin k k, H W)
-    out = torch.matmul(columns.transpose(1, 2), conv.weight.flatten(1).t())  # (B, H W, Cout)
-    if conv.bias is not None:
-        out += conv.bias
+    out = torch.matmul(columns.transpose(1, 2), weight.flatten(1).t())  # (B, H W, Cout)
+    if bias is not None:
+        out += bias
     return out.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+
+def conv_and_norm(conv: nn.Conv2d, norm: ChannelNorm, x: Tensor) -> Tensor:
+    """Inference: a 2D conv (groups 1) and the ChannelNorm after it, the norm's mean subtraction folded into
+    the conv's weights and bias (`centred`). A few input channels at stride 1 (the stem's first
+    conv) go through `conv_by_matmul`."""
+    weight, bias = centred(conv.weight), None if conv.bias is None else centred(conv.bias)
+    if conv.in_channels <= 4 and conv.stride == (1, 1):
+        return norm.of_centred(conv_by_matmul(conv, x, weight, bias))
+    return norm.of_centred(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -129,21 +155,29 @@ class DecoderLevel(nn.Module):
         self.reference = False
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        mode = "bilinear" if x.dim() == 4 else "trilinear"
         if torch.is_grad_enabled() or self.reference:
+            mode = "bilinear" if x.dim() == 4 else "trilinear"
             x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
             x = self.fuse(torch.cat((x, skip), dim=1))
+            x = x + self.local(x)
         else:
-            # The 1x1 conv (no bias) commutes with the interpolation (per channel, weights summing
-            # to 1): project the deep map at its own size, upsample the fewer channels, add the
-            # skip's projection; no concatenation.
-            weight, split = self.fuse[0].weight.flatten(1), x.shape[1]
-            x = F.interpolate(pointwise(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)
-            x = self.fuse[2](self.fuse[1](x + pointwise(skip, weight[:, split:])))
-        x = x + self.local(x)
+            x = self._fuse_inference(x, skip)
+            x = self.local(x).add_(x)
         if self.block is not None:
             x = self.block(x.movedim(1, -1)).movedim(-1, 1)
         return x
+
+    def _fuse_inference(self, x: Tensor, skip: Tensor) -> Tensor:
+        """`fuse` without the concatenation. The 1x1 conv (no bias) commutes with the
+        interpolation (per channel, weights summing to 1): the deep map is projected at its own
+        size and the fewer channels upsampled; the skip's projection is accumulated onto them in
+        one GEMM; the norm's mean subtraction is folded into the projection (`centred`)."""
+        mode = "bilinear" if x.dim() == 4 else "trilinear"
+        weight, split = centred(self.fuse[0].weight.flatten(1)), x.shape[1]
+        x = F.interpolate(pointwise(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)
+        rows = x.movedim(1, -1).reshape(-1, x.shape[1])
+        rows.addmm_(skip.movedim(1, -1).reshape(-1, skip.shape[1]), weight[:, split:].t())
+        return self.fuse[2](self.fuse[1].of_centred(rows.view(x.movedim(1, -1).shape).movedim(-1, 1)))
 
 
 class MedSegRWKV(nn.Module):
@@ -203,9 +237,10 @@ class MedSegRWKV(nn.Module):
                                   for a in range(spatial_dims))
 
     def use_reference(self, on: bool = True) -> "MedSegRWKV":
-        """The plain route (whole batches, all K paths, cumulative-sum Bi-WKV) instead of the fast
-        inference route (`rwkv_blocks`), for tests and measurements. They compute the same function
-        but for the fast route's decisive gates, which drop paths of weight < 0.1."""
+        """The plain route (whole batches, all K paths mixed by the gates, cumulative-sum Bi-WKV)
+        instead of the fast inference route (`rwkv_blocks`), for tests and measurements. They
+        compute the same function but for the fast route's hardened gates, which scan each window
+        along its strongest path alone."""
         for module in self.modules():
             if hasattr(module, "reference"):
                 module.reference = on
@@ -233,13 +268,13 @@ class MedSegRWKV(nn.Module):
 
     def _stem(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The full- and half-resolution skips and the first stage's input."""
-        conv = self.stem[0][0]
-        if self.reference or torch.is_grad_enabled() or x.dim() != 4 or conv.in_channels > 4:
+        if self.reference or torch.is_grad_enabled() or x.dim() != 4:
             skip0 = self.stem[0](x)
-        else:  # a few input channels: im2col + matmul, straight into channels-last
-            skip0 = self.stem[0][2](self.stem[0][1](conv_by_matmul(conv, x)))
-        skip1 = self.stem[1](skip0)
-        return skip0, skip1, self.embed(skip1)
+            skip1 = self.stem[1](skip0)
+            return skip0, skip1, self.embed(skip1)
+        skip0 = self.stem[0][2](conv_and_norm(self.stem[0][0], self.stem[0][1], x))
+        skip1 = self.stem[1][2](conv_and_norm(self.stem[1][0], self.stem[1][1], skip0))
+        return skip0, skip1, conv_and_norm(self.embed[0], self.embed[1], skip1)
 
     def _head(self, x: Tensor, skip1: Tensor, skip0: Tensor) -> tuple[Tensor]:
         """The two decoder levels back to full resolution and the class logits."""

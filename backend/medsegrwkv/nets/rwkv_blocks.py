@@ -7,11 +7,12 @@ its K scans, which keeps the choice of path differentiable.
 Inference (autograd off) takes a faster route: the batch of windows or slices runs through a
 block in pieces of at most `PIECE_ELEMENTS` activations (the temporaries then stay in the CPU
 caches instead of being mapped afresh for every operation), the Bi-WKV weight tables are kept
-per sequence length, and a window whose gate is decisive (`DECISIVE_GATE`) is scanned along its
-chosen path alone. The last is the one step that is not the same function: it drops paths of
-weight < 0.1, measured to keep the labels. `reference = True` (set through
-`MedSegRWKV.use_reference`) restores the plain route: whole batch, all K paths, cumulative-sum
-Bi-WKV.
+per sequence length, and each window is scanned along its gate's strongest path alone (hardened
+gates). The last is the one step that is not the same function: the trained gates are nearly
+one-hot (docs/medsegrwkv.md, "What the gates chose"), and dropping the weaker paths was measured
+to keep the labels (docs/benchmark.md, "Same labels"). `reference = True` (set through
+`MedSegRWKV.use_reference`) restores the plain route: whole batch, all K paths mixed by the
+gate, cumulative-sum Bi-WKV.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ PIECE_ELEMENTS = 2 ** 18
 """Inference pieces: at most this many token-channel-path activations (1 MiB in float32)."""
 TABLES_KEPT = 8
 """Bi-WKV tables kept per spatial mix: one per sequence length, for the last few input sizes."""
-DECISIVE_GATE = 0.9
-"""Inference: a window whose gate gives one path at least this weight is scanned along that path
-only. The trained gates are nearly one-hot (docs/medsegrwkv.md, "What the gates chose"), so this
-skips most of the K-fold work and keeps the labels (docs/benchmark.md, "Same labels")."""
 
 
 def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
@@ -59,14 +56,7 @@ def _combine(y: Tensor, weights: Tensor | None) -> Tensor:
     """(B, K, T, C) -> (B, T, C): the path-weighted sum, or the only path."""
     if weights is None:
         return y[:, 0]
-    if torch.is_grad_enabled():
-        return torch.einsum("bktc,bk->btc", y, weights.to(y.dtype))
-    # Inference: a sum of K scaled maps (einsum's batched matmul reads y across its paths).
-    w = weights.to(y.dtype)[:, :, None, None]
-    out = y[:, 0] * w[:, 0]
-    for p in range(1, y.shape[1]):
-        out.addcmul_(y[:, p], w[:, p])
-    return out
+    return torch.einsum("bktc,bk->btc", y, weights.to(y.dtype))
 
 
 class SpatialMix(nn.Module):
@@ -93,7 +83,7 @@ class SpatialMix(nn.Module):
         """`path`: scan along that one of the K paths only (`tables` are then that path's)."""
         ratio = self.ratio if path is None else self.ratio[:, path:path + 1]
         if not (self.reference or torch.is_grad_enabled()):
-            return self._forward_channels_first(x, tables, weights, ratio)
+            return self._forward_channels_first(x, tables, ratio)
         B, T, C = x.shape
         shifted = shift_tokens(x, tables.shift)
         k = self.key(_mix(shifted, x, ratio[0]))
@@ -104,32 +94,30 @@ class SpatialMix(nn.Module):
         wkv = self._wkv(k, v).view(B, K * T, C).index_select(1, tables.inv)
         return self.output(_combine(torch.sigmoid(r) * wkv.view(B, K, T, C), weights))
 
-
     def _wkv(self, k: Tensor, v: Tensor) -> Tensor:
         if self.reference:
             return biwkv_cumsum(self.decay, self.bonus, k, v)
         return biwkv(self.decay, self.bonus, k, v)
 
-    def _forward_channels_first(self, x: Tensor, tables: ScanTables, weights: Tensor | None,
-                                ratios: Tensor) -> Tensor:
-        """Inference: the same computation in each path's order, with k, v, r channel-major
-        (C, B K T). The tokens are gathered into path order as whole rows; the projections W @ mix^T
-        give the channel-major layout that the Bi-WKV's batched matmuls read as it is; one 2D
-        transpose brings the gated result back to rows, which are gathered back to grid order."""
+    def _forward_channels_first(self, x: Tensor, tables: ScanTables, ratios: Tensor) -> Tensor:
+        """Inference along one path: the same computation in the path's order, with k, v, r
+        channel-major (C, B T). The tokens are gathered into path order as whole rows; the
+        projections W @ mix^T give the channel-major layout that the Bi-WKV's batched matmuls read
+        as it is; one 2D transpose brings the gated result back to rows, which are gathered back
+        to grid order."""
         B, T, C = x.shape
-        K = tables.shift.shape[0]
-        xs = x.index_select(1, tables.tokens).view(B, K, T, C)
-        shifted = shift_tokens(x, tables.path_shift)
+        if tables.shift.shape[0] != 1:
+            raise ValueError(f"the inference route scans one path at a time, not {tables.shift.shape[0]}")
+        xs = x.index_select(1, tables.tokens).view(B, T, C)
+        shifted = shift_tokens(x, tables.path_shift)[:, 0]
         rest = C - C // tables.shift.shape[1] * tables.shift.shape[1]
         if rest:  # the unshifted channels: the token itself, in path order too
             shifted[..., C - rest:] = xs[..., C - rest:]
-        k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[None, :, None, :]).view(-1, C).t())
+        k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[0]).view(-1, C).t())
                    for linear, ratio in zip((self.key, self.value, self.receptance), ratios))
-        wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B * K, T), v.view(C, B * K, T),
-                                   self._cached_tables(T))
-        y = torch.sigmoid(r).mul_(wkv.view(C, B * K * T)).t().contiguous().view(B, K * T, C)
-        y = y.index_select(1, tables.inv).view(B, K, T, C)
-        return self.output(_combine(y, weights))
+        wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B, T), v.view(C, B, T), self._cached_tables(T))
+        y = torch.sigmoid(r).mul_(wkv.view(C, B * T)).t().contiguous().view(B, T, C)
+        return self.output(y.index_select(1, tables.inv))
 
     def _cached_tables(self, T: int) -> BiWKVTables | None:
         """The Bi-WKV tables depend on the parameters and T only: kept while the parameters are
@@ -200,38 +188,41 @@ class RWKVBlock(nn.Module):
         if self.reference or torch.is_grad_enabled():
             return self._forward(x, weights)
         if weights is None:
-            return self._in_pieces(x, None, None)
-        # Windows with a decisive gate go along their path alone, grouped by path; the rest mix all K.
-        top, best = weights.max(dim=1)
-        decisive = top >= DECISIVE_GATE
-        groups = [(p, (decisive & (best == p)).nonzero().squeeze(1)) for p in range(len(self.paths))]
-        groups.append((None, (~decisive).nonzero().squeeze(1)))
+            return self._in_pieces(x, None)
+        # Hardened gates: each window along its strongest path alone, the windows grouped by path.
+        best = weights.argmax(dim=1)
         out = torch.empty_like(x)
-        for path, rows in groups:
+        for path in range(len(self.paths)):
+            rows = (best == path).nonzero().squeeze(1)
             if len(rows) == x.shape[0]:
-                return self._in_pieces(x, weights if path is None else None, path)
+                return self._in_pieces(x, path)
             if len(rows):
-                part = self._in_pieces(x.index_select(0, rows), weights[rows] if path is None else None, path)
-                out.index_copy_(0, rows, part)
+                out.index_copy_(0, rows, self._in_pieces(x.index_select(0, rows), path))
         return out
 
-    def _in_pieces(self, x: Tensor, weights: Tensor | None, path: int | None) -> Tensor:
-        """Inference on pieces of at most PIECE_ELEMENTS activations, written into one output."""
-        per_piece = max(1, PIECE_ELEMENTS // (x[0].numel() * (len(self.paths) if path is None else 1)))
+    def _in_pieces(self, x: Tensor, path: int | None) -> Tensor:
+        """Inference along one path (None: the block's only one) on pieces of at most
+        PIECE_ELEMENTS activations, written into one output."""
+        per_piece = max(1, PIECE_ELEMENTS // x[0].numel())
         if per_piece >= x.shape[0]:
-            return self._forward(x, weights, path)
+            return self._forward(x, None, path)
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], per_piece):
             piece = slice(start, start + per_piece)
-            out[piece] = self._forward(x[piece], None if weights is None else weights[piece], path)
+            out[piece] = self._forward(x[piece], None, path)
         return out
 
     def _forward(self, x: Tensor, weights: Tensor | None, path: int | None = None) -> Tensor:
         """`path`: along that one path only (weights None), else all K mixed by `weights`."""
-        x = x + self.gamma1 * self._spatial(self.norm1(x), weights, path)
+        if self.reference or torch.is_grad_enabled():
+            x = x + self.gamma1 * self._spatial(self.norm1(x), weights, path)
+        else:  # in place on the branch's fresh output: a new map costs more than the arithmetic
+            x = self._spatial(self.norm1(x), weights, path).mul_(self.gamma1).add_(x)
         tables = scan_tables(tuple(x.shape[1:-1]), self._paths(path), x.device)
-        y = self.channel(self.norm2(x).flatten(1, -2), tables, weights, path)
-        return x + self.gamma2 * y.view_as(x)
+        y = self.channel(self.norm2(x).flatten(1, -2), tables, weights, path).view_as(x)
+        if self.reference or torch.is_grad_enabled():
+            return x + self.gamma2 * y
+        return y.mul_(self.gamma2).add_(x)
 
     def _paths(self, path: int | None) -> tuple[ScanPath, ...]:
         return self.paths if path is None else (self.paths[path],)
