@@ -153,8 +153,8 @@ def model_and_route(name: str) -> tuple[str, str]:
 
 def demo_volume(shape: tuple[int, int, int]) -> np.ndarray:
     """The bundled demo study's first phase as a normalised (z, y, x) volume of `shape`: its central
-    slices, resized in-plane. Real anatomy, so that the RWKV network's gates act as on real data
-    (on noise they are less decisive and the network slower)."""
+    slices, resized in-plane. Real anatomy, so that the RWKV network's gates choose their paths as
+    on users' studies (its cost per path differs a little: grouped windows, table sizes)."""
     import SimpleITK as sitk
     import torch.nn.functional as F
 
@@ -171,7 +171,7 @@ def demo_volume(shape: tuple[int, int, int]) -> np.ndarray:
 
 def timed_model(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
     """The bundled weights where the model has them, else an untrained copy, and which it is.
-    The RWKV network's time depends on its weights (windows with a decisive gate take one path)."""
+    The RWKV network's gates come from its weights (each window takes its gate's strongest path)."""
     from medsegrwkv.nets.registry import create_model
     from medsegrwkv.weights import WeightsStatus, load_model, weights_status
 

@@ -90,9 +90,9 @@ def conv_by_matmul(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | No
 
 
 def conv_and_norm(conv: nn.Conv2d, norm: ChannelNorm, x: Tensor) -> Tensor:
-    """Inference: a 2D conv (groups 1) and the ChannelNorm after it, the norm's mean subtraction folded into
-    the conv's weights and bias (`centred`). A few input channels at stride 1 (the stem's first
-    conv) go through `conv_by_matmul`."""
+    """Inference: a 2D conv (groups 1) and the ChannelNorm after it, the norm's mean subtraction
+    folded into the conv's weights and bias (`centred`). A few input channels at stride 1 (the
+    stem's first conv) go through `conv_by_matmul`."""
     weight, bias = centred(conv.weight), None if conv.bias is None else centred(conv.bias)
     if conv.in_channels <= 4 and conv.stride == (1, 1):
         return norm.of_centred(conv_by_matmul(conv, x, weight, bias))
