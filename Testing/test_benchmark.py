@@ -46,7 +46,14 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path, capsys) -> Non
         assert "error" not in c, c
         assert (c["phases"], c["slices"], c["size"]) == (3, 2, [64, 64]) and c["cine_ms"] > 0 < c["one_phase_ms"]
         assert c["ratio_to_one_phase"] == pytest.approx(c["cine_ms"] / c["one_phase_ms"])
+    (pair,) = report["paired"]  # the other 2D model's study alternating with the default's, in one process
+    assert "error" not in pair and pair["models"] == [default, other] and pair["rounds"] == 2
+    ratios = [o / b for b, o in zip(pair["samples_ms"][default], pair["samples_ms"][other])]
+    assert pair["ratio_median"] == pytest.approx(float(np.median(ratios)))
+    assert pair["ratio_min"] <= pair["ratio_median"] <= pair["ratio_max"]
+    assert pair["weights"] == {n: rows[n]["weights"] for n in (default, other)}
     markdown = (tmp_path / "benchmark.md").read_text()
+    assert "## Study latency, paired with the default" in markdown and f"| {other} |" in markdown
     assert "## Click refinement" in markdown and "## A whole cine, end to end" in markdown
     assert f"**{default}** (default)" in markdown and f"| {other} | 2D |" in markdown
     assert "## 2D resolution sweep" in markdown and "## Bi-WKV operator" in markdown

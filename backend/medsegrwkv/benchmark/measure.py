@@ -332,6 +332,35 @@ def phantom_phase(slices: int, size: int, phase: int, phases: int) -> Any:  # Si
     return result
 
 
+def measure_paired(task: dict[str, Any]) -> dict[str, Any]:
+    """The default's and another 2D model's study latency in alternating rounds, in one process.
+    The per-model tasks time one model a minute after the other, and on a shared machine whose
+    speed drifts (other tenants) their ratio moves by 10-20%; alternating exposes both to the same
+    drift, so the median of the per-round ratios is the comparison to trust."""
+    from medsegrwkv.inference.segmenter import Segmenter
+
+    device = resolve_device(task["device"])
+    base, other = task["models"]
+    segmenters, weights = {}, {}
+    for name in (base, other):
+        model, weights[name] = timed_model(name, device)
+        segmenters[name] = Segmenter(model, {"architecture": name}, device)
+    study = demo_volume(tuple(task["study"]))
+    samples: dict[str, list[float]] = {base: [], other: []}
+    with torch.inference_mode():
+        for segmenter in segmenters.values():
+            segmenter.predict_probabilities(study)  # warm-up
+        for _ in range(task["rounds"]):
+            for name, segmenter in segmenters.items():
+                samples[name].append(median_ms(partial(segmenter.predict_probabilities, study), device, 1)[1][0])
+        emit("progress", step="paired study")
+    ratios = [o / b for b, o in zip(samples[base], samples[other])]
+    return {"models": [base, other], "device": describe_device(device), "threads": torch.get_num_threads(),
+            "weights": weights, "rounds": len(ratios), "samples_ms": samples,
+            "median_ms": {name: statistics.median(times) for name, times in samples.items()},
+            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
 def measure_cine(task: dict[str, Any]) -> dict[str, Any]:
     """A whole cine end to end through segment_study (the study-level segmentation the CLI, the
     worker and `function` use: preprocessing, batches across phases, resampling back, post-
@@ -360,7 +389,8 @@ def measure_cine(task: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     task = json.loads((argv or sys.argv[1:])[0])
-    measure = {"biwkv": measure_biwkv, "refine": measure_refine, "cine": measure_cine}.get(task["kind"], measure_model)
+    measure = {"biwkv": measure_biwkv, "refine": measure_refine, "cine": measure_cine,
+               "paired": measure_paired}.get(task["kind"], measure_model)
     result = measure(task)
     emit("result", result=result)
     return 0

@@ -62,6 +62,8 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
     cine_models = [n for n in dict.fromkeys([default, "unet2d"]) if n in names or n == default]
     steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 2
     steps += 2 * len(cine_models)
+    paired = [n for n, s in zip(names, specs) if n != default and s.spatial_dims == 2 == specs[0].spatial_dims]
+    steps += len(paired)
     output.mkdir(parents=True, exist_ok=True)
     common = {"device": settings.device, "repeats": settings.repeats}
     with tqdm(total=steps, desc="benchmark", unit="step", file=sys.stderr, disable=not show_progress) as bar:
@@ -73,6 +75,8 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
                            "click refinement", bar)
         cine = [_run_task({"kind": "cine", "model": n, "cine": settings.cine, **common}, f"{n} cine", bar)
                 for n in cine_models]
+        pairs = [_run_task({"kind": "paired", "models": [default, n], "study": settings.study,
+                            "rounds": 2 * settings.repeats, **common}, f"{n} paired", bar) for n in paired]
     for row in rows:
         row["time_exponent"], row["memory_exponent"] = (_exponent(row.get("sweep", []), key)
                                                         for key in ("time_ms", "peak_mib"))
@@ -87,6 +91,7 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
         "biwkv": biwkv,
         "refine": refine,
         "cine": cine,
+        "paired": pairs,
     }
     write_text_atomic(output / "benchmark.json", json.dumps(report, indent=2))
     write_text_atomic(output / "benchmark.md", render_markdown(report))
@@ -218,6 +223,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"volume, {r['device'].upper()} ({_threads(r['threads'])}): median **{r['median_ms']:,.1f} ms** "
                   "per click for the worker's whole path (mask decoding, click mapping, the network on the clicked "
                   "slice, mapping back, encoding the answer); the pipe to Slicer is not included."]
+    pairs = [p for p in report.get("paired", []) if "error" not in p]
+    if pairs:
+        p = pairs[0]
+        lines += ["", "## Study latency, paired with the default", "",
+                  f"The study above timed for `{default}` and each other 2D model in {p['rounds']} alternating rounds "
+                  f"in one process ({p['device'].upper()}, {_threads(p['threads'])}), so that a drift of the "
+                  "machine's speed moves both alike: the median of the per-round ratios (model / default) is the "
+                  "ratio to trust on a shared machine.", "",
+                  "| model | default (ms) | model (ms) | ratio, median of rounds | range |", "|---|---|---|---|---|"]
+        lines += [f"| {q['models'][1]} | {_cell(q['median_ms'][q['models'][0]])} | {_cell(q['median_ms'][q['models'][1]])} | "
+                  f"×{q['ratio_median']:.2f} | ×{q['ratio_min']:.2f}-{q['ratio_max']:.2f} |" for q in pairs]
+    lines += [f"\n{p.get('name', 'paired')} paired study failed: {p['error']}" for p in report.get("paired", []) if "error" in p]
     cine = [c for c in report.get("cine", []) if "error" not in c]
     if cine:
         c = cine[0]

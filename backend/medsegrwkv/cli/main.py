@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "latency and peak memory for a 10-slice 256x256 study (the demo study's central slices; 2D "
                        "models slice by slice, 3D models by sliding window), and a resolution sweep with fitted time "
                        "and memory exponents; plus the Bi-WKV operator against a per-token loop and a whole cine. "
-                       "Ratios are to the default model. Each model runs with its bundled weights where it has "
+                       "Ratios are to the default model; each other 2D model's study is also timed in rounds "
+                       "alternating with the default's, the ratio to trust on a machine whose speed drifts. Each model runs with its bundled weights where it has "
                        "them, else untrained; accuracy is `medsegrwkv compare`'s. Writes OUTPUT/benchmark.json "
                        "and OUTPUT/benchmark.md.")
     p.add_argument("--models", help="comma-separated model names (default: every segmentation model; the default "
