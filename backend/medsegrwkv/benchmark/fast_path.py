@@ -2,11 +2,12 @@
 
 `python -m medsegrwkv.benchmark.fast_path --data DIR [--split val] [--cases N] [--model medsegrwkv-t]
 [--look NAME]` segments each volume (or its `--look`, another scanner's look from
-`training.robustness`, where the gates may be less decided) twice through the deployed pipeline (post-processing on, no TTA) with the
-same weights: once as the network runs by default, once with `MedSegRWKV.use_reference()` (whole
-batches, cumulative-sum Bi-WKV, the code as it was before the fast route). It reports the share of
-voxels whose label differs and the change of each structure's Dice against the expert labels, per
-volume and over all of them, as one JSON object on stdout.
+`training.robustness`, where the gates may be less decided) twice through the deployed pipeline
+(post-processing on, no TTA) with the same weights: once as the network runs by default, once
+with `MedSegRWKV.use_reference()` (whole batches, all paths mixed by the gates, cumulative-sum
+Bi-WKV, the code as it was before the fast route). It reports the share of voxels whose label
+differs and the change of each structure's Dice against the expert labels, per volume and over
+all of them, as one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = compare_volume(segmenter, *(look.apply(*pair) if look else pair))
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"model": args.model, "split": args.split, "look": args.look or "clean", **summarize(rows), "per_volume": rows}, indent=1))
+    print(json.dumps({"model": args.model, "split": args.split, "look": args.look or "clean", **summarize(rows),
+                      "per_volume": rows}, indent=1))
     return 0
 
 

@@ -62,7 +62,8 @@ def run_benchmark(models: list[str] | None, settings: Settings, output: Path, sh
     cine_models = [n for n in dict.fromkeys([default, "unet2d"]) if n in names or n == default]
     steps = sum(2 + len(settings.sizes_2d if s.spatial_dims == 2 else settings.sizes_3d) for s in specs) + 2
     steps += 2 * len(cine_models)
-    paired = [n for n, s in zip(names, specs) if n != default and s.spatial_dims == 2 == specs[0].spatial_dims]
+    paired = [n for n, s in zip(names, specs)  # other plain-route 2D models, each against the default
+              if n != default and not model_and_route(n)[1] and s.spatial_dims == 2 == specs[0].spatial_dims]
     steps += len(paired)
     output.mkdir(parents=True, exist_ok=True)
     common = {"device": settings.device, "repeats": settings.repeats}
