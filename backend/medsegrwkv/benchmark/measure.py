@@ -53,16 +53,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one run of `fn`, with the device's queued work finished on both sides."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, list[float]]:
     """Median wall time of `fn` over `repeats` runs after one warm-up run."""
     fn()
-    samples = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append((time.perf_counter() - start) * 1e3)
+    samples = [time_ms(fn, device) for _ in range(repeats)]
     return statistics.median(samples), [round(s, 2) for s in samples]
 
 
@@ -352,7 +355,7 @@ def measure_paired(task: dict[str, Any]) -> dict[str, Any]:
             segmenter.predict_probabilities(study)  # warm-up
         for _ in range(task["rounds"]):
             for name, segmenter in segmenters.items():
-                samples[name].append(median_ms(partial(segmenter.predict_probabilities, study), device, 1)[1][0])
+                samples[name].append(time_ms(partial(segmenter.predict_probabilities, study), device))
         emit("progress", step="paired study")
     ratios = [o / b for b, o in zip(samples[base], samples[other])]
     return {"models": [base, other], "device": describe_device(device), "threads": torch.get_num_threads(),
