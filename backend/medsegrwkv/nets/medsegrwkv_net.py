@@ -175,9 +175,10 @@ class DecoderLevel(nn.Module):
         mode = "bilinear" if x.dim() == 4 else "trilinear"
         weight, split = centred(self.fuse[0].weight.flatten(1)), x.shape[1]
         x = F.interpolate(pointwise(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)
-        rows = x.movedim(1, -1).reshape(-1, x.shape[1])
+        x = x.movedim(1, -1)  # channels last
+        rows = x.reshape(-1, x.shape[-1])
         rows.addmm_(skip.movedim(1, -1).reshape(-1, skip.shape[1]), weight[:, split:].t())
-        return self.fuse[2](self.fuse[1].of_centred(rows.view(x.movedim(1, -1).shape).movedim(-1, 1)))
+        return self.fuse[2](self.fuse[1].of_centred(rows.view(x.shape).movedim(-1, 1)))
 
 
 class MedSegRWKV(nn.Module):

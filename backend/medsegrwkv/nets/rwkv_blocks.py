@@ -214,15 +214,14 @@ class RWKVBlock(nn.Module):
 
     def _forward(self, x: Tensor, weights: Tensor | None, path: int | None = None) -> Tensor:
         """`path`: along that one path only (weights None), else all K mixed by `weights`."""
-        if self.reference or torch.is_grad_enabled():
-            x = x + self.gamma1 * self._spatial(self.norm1(x), weights, path)
-        else:  # in place on the branch's fresh output: a new map costs more than the arithmetic
-            x = self._spatial(self.norm1(x), weights, path).mul_(self.gamma1).add_(x)
+        # Inference scales and adds in place on each branch's fresh output: a new map costs more
+        # than the arithmetic.
+        in_place = not (self.reference or torch.is_grad_enabled())
+        s = self._spatial(self.norm1(x), weights, path)
+        x = s.mul_(self.gamma1).add_(x) if in_place else x + self.gamma1 * s
         tables = scan_tables(tuple(x.shape[1:-1]), self._paths(path), x.device)
         y = self.channel(self.norm2(x).flatten(1, -2), tables, weights, path).view_as(x)
-        if self.reference or torch.is_grad_enabled():
-            return x + self.gamma2 * y
-        return y.mul_(self.gamma2).add_(x)
+        return y.mul_(self.gamma2).add_(x) if in_place else x + self.gamma2 * y
 
     def _paths(self, path: int | None) -> tuple[ScanPath, ...]:
         return self.paths if path is None else (self.paths[path],)
