@@ -54,15 +54,27 @@ class ChannelNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
-    def of_centred(self, x: Tensor) -> Tensor:
-        """The same norm of a map whose channel mean is already zero (made by `centred` weights):
-        x / rms(x) * weight + bias, from one norm reduction and two in-place passes. On the CPU
-        about twice as fast as LayerNorm over 16-32 channels, whose per-pixel statistics cost more
-        than the pixels' arithmetic (docs/benchmark.md)."""
+    def of_centred_(self, x: Tensor) -> Tensor:
+        """Inference: the same norm, in place, of a fresh map whose channel mean is already zero
+        (made by `centred` weights): x / rms(x) * weight + bias, from one norm reduction and two
+        in-place passes. On the CPU about twice as fast as LayerNorm over 16-32 channels, whose
+        per-pixel statistics cost more than the pixels' arithmetic, and no new map
+        (docs/benchmark.md)."""
         norm, h = self.norm, x.movedim(1, -1)
         scale = torch.linalg.vector_norm(h, dim=-1, keepdim=True).square_().div_(h.shape[-1]).add_(norm.eps).rsqrt_()
-        y = torch.mul(h, scale)
-        return torch.addcmul(norm.bias, y, norm.weight, out=y).movedim(-1, 1)
+        return torch.addcmul(norm.bias, h.mul_(scale), norm.weight, out=h).movedim(-1, 1)
+
+    def inference_(self, x: Tensor) -> Tensor:
+        """Inference: the norm in place on a fresh map, its channel mean subtracted first."""
+        h = x.movedim(1, -1)
+        h.sub_(h.mean(dim=-1, keepdim=True))
+        return self.of_centred_(x)
+
+
+def gelu_(x: Tensor) -> Tensor:
+    """Inference: GELU in place. A fresh full-resolution map costs the CPU more than the GELU
+    itself (the allocator maps its pages anew)."""
+    return torch.ops.aten.gelu_(x)
 
 
 def centred(weight: Tensor) -> Tensor:
@@ -95,8 +107,8 @@ def conv_and_norm(conv: nn.Conv2d, norm: ChannelNorm, x: Tensor) -> Tensor:
     stem's first conv) go through `conv_by_matmul`."""
     weight, bias = centred(conv.weight), None if conv.bias is None else centred(conv.bias)
     if conv.in_channels <= 4 and conv.stride == (1, 1):
-        return norm.of_centred(conv_by_matmul(conv, x, weight, bias))
-    return norm.of_centred(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
+        return norm.of_centred_(conv_by_matmul(conv, x, weight, bias))
+    return norm.of_centred_(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -160,9 +172,9 @@ class DecoderLevel(nn.Module):
             x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
             x = self.fuse(torch.cat((x, skip), dim=1))
             x = x + self.local(x)
-        else:
+        else:  # in place on every fresh map: the depthwise conv's output is the only new one
             x = self._fuse_inference(x, skip)
-            x = self.local(x).add_(x)
+            x = gelu_(self.local[1].inference_(self.local[0](x))).add_(x)
         if self.block is not None:
             x = self.block(x.movedim(1, -1)).movedim(-1, 1)
         return x
@@ -178,7 +190,7 @@ class DecoderLevel(nn.Module):
         x = x.movedim(1, -1)  # channels last
         rows = x.reshape(-1, x.shape[-1])
         rows.addmm_(skip.movedim(1, -1).reshape(-1, skip.shape[1]), weight[:, split:].t())
-        return self.fuse[2](self.fuse[1].of_centred(rows.view(x.shape).movedim(-1, 1)))
+        return gelu_(self.fuse[1].of_centred_(rows.view(x.shape).movedim(-1, 1)))
 
 
 class MedSegRWKV(nn.Module):
@@ -273,8 +285,8 @@ class MedSegRWKV(nn.Module):
             skip0 = self.stem[0](x)
             skip1 = self.stem[1](skip0)
             return skip0, skip1, self.embed(skip1)
-        skip0 = self.stem[0][2](conv_and_norm(self.stem[0][0], self.stem[0][1], x))
-        skip1 = self.stem[1][2](conv_and_norm(self.stem[1][0], self.stem[1][1], skip0))
+        skip0 = gelu_(conv_and_norm(self.stem[0][0], self.stem[0][1], x))
+        skip1 = gelu_(conv_and_norm(self.stem[1][0], self.stem[1][1], skip0))
         return skip0, skip1, conv_and_norm(self.embed[0], self.embed[1], skip1)
 
     def _head(self, x: Tensor, skip1: Tensor, skip0: Tensor) -> tuple[Tensor]:
