@@ -172,7 +172,7 @@ class DecoderLevel(nn.Module):
             x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
             x = self.fuse(torch.cat((x, skip), dim=1))
             x = x + self.local(x)
-        else:  # in place on every fresh map: the depthwise conv's output is the only new one
+        else:  # norms and GELUs in place: the upsampled projection and the conv's output are the only new maps
             x = self._fuse_inference(x, skip)
             x = gelu_(self.local[1].inference_(self.local[0](x))).add_(x)
         if self.block is not None:
