@@ -81,18 +81,21 @@ def test_q_shift_follows_the_scan(path: ScanPath) -> None:
             assert src[group, t] == (np.ravel_multi_index(coord_n, shape) if inside else T)
 
 
-def test_shift_tokens_moves_channel_groups() -> None:
+@pytest.mark.parametrize("channels", [8, 9])  # 4 groups of 2, without and with a leftover channel
+def test_shift_tokens_moves_channel_groups(channels: int) -> None:
     shape = (3, 4)
     tables = scan_tables(shape, candidate_paths(2), torch.device("cpu"))
-    x = torch.arange(12.0)[None, :, None].expand(1, 12, 9).contiguous() + 1  # token id + 1; 9 = 4*2 + 1
+    # token id + 1 + channel / 100: every value says where it came from
+    x = (torch.arange(12.0)[:, None] + 1 + torch.arange(channels) / 100)[None].expand(2, 12, channels).contiguous()
     out = shift_tokens(x, tables.shift)
-    assert out.shape == (1, 4, 12, 9)
+    assert out.shape == (2, 4, 12, channels)
     for p in range(4):
         src = tables.shift[p]
         for g in range(4):
-            expected = torch.where(src[g] == 12, 0.0, src[g].float() + 1)
-            assert torch.equal(out[0, p, :, 2 * g], expected)
-        assert torch.equal(out[0, p, :, 8], x[0, :, 8])  # the leftover channel is not shifted
+            for c in (2 * g, 2 * g + 1):
+                expected = torch.where(src[g] == 12, 0.0, src[g].float() + 1 + c / 100)
+                assert torch.equal(out[1, p, :, c], expected)
+        assert torch.equal(out[:, p, :, 8:], x[:, :, 8:])  # a leftover channel is not shifted
 
 
 def test_windows_round_trip() -> None:

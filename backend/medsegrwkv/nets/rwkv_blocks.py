@@ -41,6 +41,9 @@ def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
     K, G, _ = shift.shape
     size = C // G
     padded = torch.cat((x, x.new_zeros(B, 1, C)), dim=1)
+    if size * G == C:  # one gather of channel groups: row t G + g of the output is row shift[p, g, t] G + g
+        rows = (shift * G + torch.arange(G, device=shift.device)[:, None]).transpose(1, 2).reshape(-1)
+        return padded.view(B, (T + 1) * G, size).index_select(1, rows).view(B, K, T, C)
     parts = [padded[..., g * size:(g + 1) * size].index_select(1, shift[:, g].reshape(-1)).view(B, K, T, size)
              for g in range(G)]
     parts.append(x[..., G * size:].unsqueeze(1).expand(B, K, T, C - G * size))
@@ -218,10 +221,10 @@ class RWKVBlock(nn.Module):
         # than the arithmetic.
         in_place = not (self.reference or torch.is_grad_enabled())
         s = self._spatial(self.norm1(x), weights, path)
-        x = s.mul_(self.gamma1).add_(x) if in_place else x + self.gamma1 * s
+        x = torch.addcmul(x, s, self.gamma1, out=s) if in_place else x + self.gamma1 * s
         tables = scan_tables(tuple(x.shape[1:-1]), self._paths(path), x.device)
         y = self.channel(self.norm2(x).flatten(1, -2), tables, weights, path).view_as(x)
-        return y.mul_(self.gamma2).add_(x) if in_place else x + self.gamma2 * y
+        return torch.addcmul(x, y, self.gamma2, out=y) if in_place else x + self.gamma2 * y
 
     def _paths(self, path: int | None) -> tuple[ScanPath, ...]:
         return self.paths if path is None else (self.paths[path],)
