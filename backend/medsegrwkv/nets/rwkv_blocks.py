@@ -119,8 +119,8 @@ class SpatialMix(nn.Module):
         k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[0]).view(-1, C).t())
                    for linear, ratio in zip((self.key, self.value, self.receptance), ratios))
         wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B, T), v.view(C, B, T), self._cached_tables(T))
-        y = torch.sigmoid(r).mul_(wkv.view(C, B * T)).t().contiguous().view(B, T, C)
-        return self.output(y.index_select(1, tables.inv))
+        y = torch.sigmoid(r).mul_(wkv.view(C, B * T)).view(C * B, T).index_select(1, tables.inv)
+        return torch.mm(y.view(C, B * T).t(), self.output.weight.t()).view(B, T, C)
 
     def _cached_tables(self, T: int) -> BiWKVTables | None:
         """The Bi-WKV tables depend on the parameters and T only: kept while the parameters are
