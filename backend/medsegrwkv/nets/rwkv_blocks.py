@@ -106,8 +106,8 @@ class SpatialMix(nn.Module):
         """Inference along one path: the same computation in the path's order, with k, v, r
         channel-major (C, B T). The tokens are gathered into path order as whole rows; the
         projections W @ mix^T give the channel-major layout that the Bi-WKV's batched matmuls read
-        as it is; one 2D transpose brings the gated result back to rows, which are gathered back
-        to grid order."""
+        as it is; the gated result is gathered back to grid order channel-major, and the output
+        projection reads it transposed."""
         B, T, C = x.shape
         if tables.shift.shape[0] != 1:
             raise ValueError(f"the inference route scans one path at a time, not {tables.shift.shape[0]}")
