@@ -87,7 +87,7 @@ def test_shift_tokens_moves_channel_groups(channels: int) -> None:
     tables = scan_tables(shape, candidate_paths(2), torch.device("cpu"))
     # token id + 1 + channel / 100: every value says where it came from
     x = (torch.arange(12.0)[:, None] + 1 + torch.arange(channels) / 100)[None].expand(2, 12, channels).contiguous()
-    out = shift_tokens(x, tables.shift)
+    out = shift_tokens(x, tables.shift, tables.shift_rows)
     assert out.shape == (2, 4, 12, channels)
     for p in range(4):
         src = tables.shift[p]

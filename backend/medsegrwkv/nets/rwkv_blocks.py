@@ -31,18 +31,18 @@ TABLES_KEPT = 8
 """Bi-WKV tables kept per spatial mix: one per sequence length, for the last few input sizes."""
 
 
-def shift_tokens(x: Tensor, shift: Tensor) -> Tensor:
+def shift_tokens(x: Tensor, shift: Tensor, rows: Tensor) -> Tensor:
     """Q-Shift of (B, T, C) tokens for K paths at once -> (B, K, T, C).
 
     Channel group g of token t takes token `shift[p, g, t]` (T means zeros); channels left over
-    by C // G stay unshifted.
+    by C // G stay unshifted. `rows` is `group_rows(shift)` (from the scan tables), the gather
+    used when the channels split evenly into the groups.
     """
     B, T, C = x.shape
     K, G, _ = shift.shape
     size = C // G
     padded = torch.cat((x, x.new_zeros(B, 1, C)), dim=1)
-    if size * G == C:  # one gather of channel groups: row t G + g of the output is row shift[p, g, t] G + g
-        rows = (shift * G + torch.arange(G, device=shift.device)[:, None]).transpose(1, 2).reshape(-1)
+    if size * G == C:
         return padded.view(B, (T + 1) * G, size).index_select(1, rows).view(B, K, T, C)
     parts = [padded[..., g * size:(g + 1) * size].index_select(1, shift[:, g].reshape(-1)).view(B, K, T, size)
              for g in range(G)]
@@ -88,7 +88,7 @@ class SpatialMix(nn.Module):
         if not (self.reference or torch.is_grad_enabled()):
             return self._forward_channels_first(x, tables, ratio)
         B, T, C = x.shape
-        shifted = shift_tokens(x, tables.shift)
+        shifted = shift_tokens(x, tables.shift, tables.shift_rows)
         k = self.key(_mix(shifted, x, ratio[0]))
         v = self.value(_mix(shifted, x, ratio[1]))
         r = self.receptance(_mix(shifted, x, ratio[2]))
@@ -112,7 +112,7 @@ class SpatialMix(nn.Module):
         if tables.shift.shape[0] != 1:
             raise ValueError(f"the inference route scans one path at a time, not {tables.shift.shape[0]}")
         xs = x.index_select(1, tables.tokens).view(B, T, C)
-        shifted = shift_tokens(x, tables.path_shift)[:, 0]
+        shifted = shift_tokens(x, tables.path_shift, tables.path_shift_rows)[:, 0]
         rest = C - C // tables.shift.shape[1] * tables.shift.shape[1]
         if rest:  # the unshifted channels: the token itself, in path order too
             shifted[..., C - rest:] = xs[..., C - rest:]
@@ -156,7 +156,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None, path: int | None = None) -> Tensor:
         ratio = self.ratio if path is None else self.ratio[:, path:path + 1]
-        shifted = shift_tokens(x, tables.shift)
+        shifted = shift_tokens(x, tables.shift, tables.shift_rows)
         k = self.key(_combine(_mix(shifted, x, ratio[0]), weights))
         r = self.receptance(_combine(_mix(shifted, x, ratio[1]), weights))
         if torch.is_grad_enabled():

@@ -99,6 +99,8 @@ class ScanTables:
     shift: Tensor  # (K, G, T): row-major source of each Q-Shift group, T = none
     tokens: Tensor  # (K T,): for path p, step s at p T + s: row-major index of the token
     path_shift: Tensor  # (K, G, T): `shift` of the token at each step of each path
+    shift_rows: Tensor  # (K T G,): `group_rows(shift)`
+    path_shift_rows: Tensor  # (K T G,): `group_rows(path_shift)`
 
 
 @lru_cache(maxsize=256)
@@ -115,7 +117,15 @@ def scan_tables(shape: tuple[int, ...], paths: tuple[ScanPath, ...], device: tor
     path_shift = np.stack([shift[p][:, tokens[p]] for p in range(len(paths))])
     with torch.inference_mode(False):
         return ScanTables(*(torch.as_tensor(a, dtype=torch.long, device=device)
-                            for a in (perm, inv, shift, tokens.reshape(-1), path_shift)))
+                            for a in (perm, inv, shift, tokens.reshape(-1), path_shift,
+                                      group_rows(shift), group_rows(path_shift))))
+
+
+def group_rows(shift: np.ndarray) -> np.ndarray:
+    """The Q-Shift as one gather of channel groups: with the zero-padded (B, T + 1, C) map viewed
+    as (B, (T + 1) G, C / G) rows, row t G + g of path p's output is row shift[p, g, t] G + g."""
+    G = shift.shape[1]
+    return (shift * G + np.arange(G)[:, None]).transpose(0, 2, 1).reshape(-1)
 
 
 def to_windows(x: Tensor, counts: tuple[int, ...]) -> Tensor:
