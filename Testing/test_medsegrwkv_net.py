@@ -134,6 +134,27 @@ def test_gradients_reach_every_parameter() -> None:
     _grads_reach_every_parameter(create_model("medsegrwkv-t"), torch.randn(2, 1, 64, 96))
 
 
+@pytest.mark.parametrize("size", [(64, 96), (50, 70)])
+def test_deep_supervision_adds_coarse_logits_in_training_only(size: tuple[int, int]) -> None:
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    model = create_model("medsegrwkv-t", deep_supervision=True, **SMALL)
+    plain = create_model("medsegrwkv-t", **SMALL)
+    # the heads are the only new parameters: weights without them keep loading
+    assert {n for n in model.state_dict() if not n.startswith("aux_heads.")} == set(plain.state_dict())
+    x = torch.randn(2, 1, *size)
+    outputs = model.train()(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 4, *(math.ceil(s / f) for s in size)) for f in (1, 2, 4, 8)]
+    target = torch.randint(0, 4, (2, 1, *size)).float()
+    DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))(outputs, target).backward()
+    assert all(head.weight.grad.abs().sum() > 0 for head in model.aux_heads)
+    # out of training mode: the full-resolution logits alone, the same as the list's first
+    assert torch.allclose(model.eval()(x), outputs[0], atol=1e-6)
+    plain.load_state_dict({n: p for n, p in model.state_dict().items() if not n.startswith("aux_heads.")})
+    with torch.no_grad():
+        assert torch.allclose(model(x), plain(x), atol=1e-6)
+
+
 @pytest.mark.parametrize("scan, local_blocks", list(itertools.product(("raster", "snake", "dynamic"), (True, False))))
 def test_ablation_switches_build_and_train(scan: str, local_blocks: bool) -> None:
     model = create_model("medsegrwkv-t", scan=scan, local_blocks=local_blocks, **SMALL)

@@ -93,6 +93,24 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     assert not (tmp_path / "bad").exists()
 
 
+def test_deep_supervision_trains_its_coarse_heads_and_exports_loadable_weights(tmp_path, acdc):
+    import torch
+
+    from medsegrwkv.nets.registry import create_model
+    from medsegrwkv.weights import load_model
+
+    cfg = TrainConfig(data=acdc, output=tmp_path / "ds", model="medsegrwkv-t", overrides={"deep_supervision": True},
+                      epochs=1, max_cases=1, batch_size=2, crop=64, lr=1e-2, warmup_epochs=0, max_steps=2,
+                      validate=False, device="cpu")
+    trained = train_segmentation(cfg, show_progress=False)["model"]
+    torch.manual_seed(cfg.seed)  # the run's initial weights
+    initial = create_model("medsegrwkv-t", deep_supervision=True)
+    for before, after in zip(initial.aux_heads.parameters(), trained.aux_heads.parameters()):
+        assert (after - before).abs().max() > 1e-3  # the loss reached every coarse head
+    model, manifest = load_model(tmp_path / "ds" / "weights", "cpu")
+    assert manifest["config"]["deep_supervision"] is True and len(model.aux_heads) == 3
+
+
 def test_training_autocast_is_bfloat16_on_cuda_and_off_on_the_cpu():
     """float16 autocast without loss scaling lets small gradients underflow; the trainers use bfloat16."""
     import torch

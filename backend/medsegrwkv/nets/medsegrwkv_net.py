@@ -199,7 +199,9 @@ class MedSegRWKV(nn.Module):
     Config: `dims` per stage; `stem_dims` at full and 1/2 resolution; `local_depths` local
     blocks per stage; `windows` per axis per stage (3D: the slice axis too); `global_pool` the
     pooling of each stage's global spatial mix; `decoder_blocks` an RWKV block on the decoder
-    level of each stage but the deepest; `scan` and `local_blocks` the ablation switches. 3D
+    level of each stage but the deepest; `scan` and `local_blocks` the ablation switches;
+    `deep_supervision`: in training mode also class logits from the decoder's 1/2, 1/4 and 1/8
+    resolution maps (their own 1x1 heads), for MONAI's `DeepSupervisionLoss`. 3D
     stems keep the slice axis (stride 1, 2, 2); merges halve every axis.
 
     Inputs of any size are zero-padded to `pad_multiple` per axis (32 in-plane; 8 across slices
@@ -214,7 +216,7 @@ class MedSegRWKV(nn.Module):
                  local_depths: Sequence[int] = (1, 1, 1, 1), windows: Sequence[int] = (8, 4, 2, 1),
                  global_pool: Sequence[int] = (2, 2, 1, 1), decoder_blocks: Sequence[bool] = (False, True, True),
                  hidden_rate: int = 4, layer_scale: float = 0.1, scan: str = "dynamic",
-                 local_blocks: bool = True) -> None:
+                 local_blocks: bool = True, deep_supervision: bool = False) -> None:
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {SCANS}, not {scan!r}")
@@ -242,6 +244,9 @@ class MedSegRWKV(nn.Module):
         self.stem_decoder = nn.ModuleList([DecoderLevel(spatial_dims, dims[0], stem_dims[1], stem_dims[1], None),
                                            DecoderLevel(spatial_dims, stem_dims[1], stem_dims[0], stem_dims[0], None)])
         self.head = conv(stem_dims[0], out_channels, 1)
+        # Training only; no parameters (the state dict unchanged) without deep supervision.
+        self.aux_heads = nn.ModuleList(conv(c, out_channels, 1) for c in (stem_dims[1], dims[0], dims[1])
+                                       if deep_supervision)
         # Every stage's grid must split into its windows: stride of the stage times its count.
         strides = [[d ** 2 * 2 ** s for d in down] for s in range(len(dims))]
         self.reference = False
@@ -259,7 +264,8 @@ class MedSegRWKV(nn.Module):
                 module.reference = on
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """The logits; with deep supervision in training mode, the list of `_deeply_supervised`."""
         size = x.shape[2:]
         pad = [(-s) % m for s, m in zip(size, self.pad_multiple)]
         x = F.pad(x, [p for amount in reversed(pad) for p in (0, amount)])
@@ -273,10 +279,12 @@ class MedSegRWKV(nn.Module):
                 x = self.merges[s - 1](x)
             x = stage(x)
             features.append(x.movedim(-1, 1))
-        x = features[-1]
+        decoded = [features[-1]]
         for level, skip in zip(self.decoder, reversed(features[:-1])):
-            x = level(x, skip)
-        (logits,) = self._pieces(self._head, x, skip1, skip0)
+            decoded.append(level(decoded[-1], skip))
+        if self.aux_heads and self.training:
+            return self._deeply_supervised(decoded, skip1, skip0, size)
+        (logits,) = self._pieces(self._head, decoded[-1], skip1, skip0)
         return logits[(..., *(slice(0, s) for s in size))]
 
     def _stem(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -295,6 +303,19 @@ class MedSegRWKV(nn.Module):
         if self.reference or torch.is_grad_enabled():
             return (self.head(x),)
         return (pointwise(x, self.head.weight.flatten(1), self.head.bias),)
+
+    def _deeply_supervised(self, decoded: list[Tensor], skip1: Tensor, skip0: Tensor, size: Sequence[int]
+                           ) -> list[Tensor]:
+        """Logits at full resolution, then from the 1/2, 1/4 and 1/8 resolution decoder maps, each
+        cropped to the part that covers the unpadded input."""
+        half = self.stem_decoder[0](decoded[-1], skip1)
+        full = self.stem_decoder[1](half, skip0)
+        padded = full.shape[2:]
+        outputs = []
+        for head, x in zip((self.head, *self.aux_heads), (full, half, decoded[-1], decoded[-2])):
+            extent = (-(-s * n // p) for s, n, p in zip(size, x.shape[2:], padded))
+            outputs.append(head(x)[(..., *(slice(0, e) for e in extent))])
+        return outputs
 
     def _pieces(self, fn, x: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
         """`fn` on the batch, or in inference on pieces of at most `piece_voxels` input voxels at

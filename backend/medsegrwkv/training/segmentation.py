@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import DataLoader
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -144,7 +144,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     net = DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    # One output passes straight to Dice + CE; a deeply supervised model's list is weighted 1, 1/2, 1/4, ...
+    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
 
     run = RunFolder(out, config=cfg)
     state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
