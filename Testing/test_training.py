@@ -110,6 +110,17 @@ def test_deep_supervision_trains_its_coarse_heads_and_exports_loadable_weights(t
     model, manifest = load_model(tmp_path / "ds" / "weights", "cpu")
     assert manifest["config"]["deep_supervision"] is True and len(model.aux_heads) == 3
 
+    # `--init` the bundled plain network: its weights carry over, the coarse heads start fresh
+    tuned = train_segmentation(TrainConfig(**{**vars(cfg), "output": tmp_path / "tuned", "init": "medsegrwkv-t",
+                                              "lr": 1e-7}), show_progress=False)["model"]
+    bundled, _ = load_model("medsegrwkv-t", "cpu")
+    tuned_state = tuned.state_dict()
+    for name, value in bundled.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(tuned_state[name], value.float(), rtol=1e-2, atol=1e-3, msg=name)
+    assert sorted(set(tuned_state) - set(bundled.state_dict())) == [
+        f"aux_heads.{i}.{p}" for i in range(3) for p in ("bias", "weight")]
+
 
 def test_training_autocast_is_bfloat16_on_cuda_and_off_on_the_cpu():
     """float16 autocast without loss scaling lets small gradients underflow; the trainers use bfloat16."""

@@ -39,6 +39,11 @@ from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
 from medsegrwkv.weights.model_card import render_segmentation_card
 
 
+# Model config keys that change only what training sees, and the state-dict entries they add.
+TRAINING_ONLY_CONFIG = ("deep_supervision",)
+TRAINING_ONLY_PREFIXES = ("aux_heads.",)
+
+
 @dataclass
 class TrainConfig:
     data: Path
@@ -100,11 +105,17 @@ def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, 
 
     start, manifest = load_model(cfg.init, "cpu")
     wanted = json.loads(json.dumps(model_config(cfg.model, **cfg.overrides)))  # tuples as the manifest's lists
-    if manifest["architecture"] != cfg.model or manifest.get("config", {}) != wanted:
+
+    def inference_config(config: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in config.items() if key not in TRAINING_ONLY_CONFIG}
+
+    if manifest["architecture"] != cfg.model or inference_config(manifest.get("config", {})) != inference_config(wanted):
         raise MedSegError(f"--init weights {cfg.init} are a {manifest['architecture']} model with config "
                           f"{manifest.get('config')}, not {cfg.model} with config {wanted}.",
                           code=ErrorCode.BAD_WEIGHTS)
-    model.load_state_dict(start.state_dict())
+    # Training-only parts (deep supervision's coarse heads) may be added (fresh) or dropped; nothing else.
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    assert all(key.startswith(TRAINING_ONLY_PREFIXES) for key in (*missing, *unexpected)), (missing, unexpected)
     training, validation = manifest.get("training", {}), manifest.get("metrics", {}).get("validation", {})
     return {"weights": cfg.init, "sha256": manifest.get("sha256"), "epochs_completed": training.get("epochs_completed"),
             "mean_dice": validation.get("mean_dice"), "device": training.get("device"), "note": training.get("note")}
