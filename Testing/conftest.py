@@ -54,6 +54,7 @@ SLOW: dict[str, set[str] | None] = {
     "test_preprocess": {"test_3d_sliding_window_path_keeps_geometry_reports_progress_and_cancels"},
     "test_robustness": None,
     "test_segment": None,
+    "test_slice_context": {"test_phases_segmented_together_take_neighbours_from_their_own_phase"},
     "test_slicer_module": None,
     "test_training": None,
 }

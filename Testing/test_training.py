@@ -122,6 +122,27 @@ def test_deep_supervision_trains_its_coarse_heads_and_exports_loadable_weights(t
         f"aux_heads.{i}.{p}" for i in range(3) for p in ("bias", "weight")]
 
 
+def test_a_25d_run_grows_from_the_bundled_default_and_its_weights_segment(tmp_path, acdc):
+    """`--set in_channels=3 --init medsegrwkv-t`: training sees 3-slice inputs, starts from the default
+    with zero neighbour kernels, and the exported weights segment with each slice's neighbours."""
+    import torch
+
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.weights import load_model
+
+    cfg = TrainConfig(data=acdc, output=tmp_path / "25d", model="medsegrwkv-t", overrides={"in_channels": 3},
+                      init="medsegrwkv-t", epochs=1, max_cases=1, batch_size=2, crop=64, lr=1e-3, warmup_epochs=0,
+                      max_steps=2, validate=False, device="cpu")
+    trained = train_segmentation(cfg, show_progress=False)["model"]
+    bundled, _ = load_model("medsegrwkv-t", "cpu")
+    first, start = trained.stem[0][0].weight, bundled.stem[0][0].weight
+    assert first.shape[1] == 3 and start.shape[1] == 1
+    torch.testing.assert_close(first[:, 1], start[:, 0].float(), rtol=0.05, atol=0.02)  # the centre grew on
+    assert 0 < first[:, [0, 2]].abs().max() < 0.02  # the neighbours' kernels left zero, a little
+    segmenter = Segmenter.from_pretrained(str(tmp_path / "25d" / "weights"), "cpu")
+    assert segmenter.context == 1 and segmenter.manifest["config"]["in_channels"] == 3
+
+
 def test_training_autocast_is_bfloat16_on_cuda_and_off_on_the_cpu():
     """float16 autocast without loss scaling lets small gradients underflow; the trainers use bfloat16."""
     import torch

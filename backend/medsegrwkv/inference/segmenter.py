@@ -22,9 +22,10 @@ from monai.inferers import sliding_window_inference
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.inference.postprocess import postprocess
-from medsegrwkv.nets.registry import ModelSpec, get_spec
+from medsegrwkv.nets.registry import ModelSpec, get_spec, slice_context
 from medsegrwkv.preprocess import (
-    Prepared, Roi, crop_to_roi, from_canonical, paste_from_roi, prepare_image, resample_probabilities, slice_layout,
+    Prepared, Roi, crop_to_roi, from_canonical, neighbour_slices, paste_from_roi, prepare_image,
+    resample_probabilities, slice_layout,
 )
 from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress, scaled
 from medsegrwkv.weights import load_model
@@ -48,6 +49,7 @@ class Segmenter:
         self.spec: ModelSpec = get_spec(manifest["architecture"])
         self.device = device
         self.batch_size = batch_size
+        self.context = slice_context(self.spec.name, manifest.get("config", {}))  # 2.5D: neighbours a side
         self._pool: ThreadPoolExecutor | None = None  # CPU batches side by side (`_cpu_pool`)
         self._pool_workers = 0
 
@@ -61,6 +63,10 @@ class Segmenter:
         return cls(model, manifest, dev)
 
     # -- network ------------------------------------------------------------------------------
+    def network_input(self, volume: np.ndarray) -> np.ndarray:
+        """One stack (z, y, x) as the 2D network's input (z, channels, y, x); a 3D volume as it is."""
+        return neighbour_slices(volume, self.context) if self.spec.spatial_dims == 2 else volume
+
     @torch.no_grad()
     def _forward(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
         """Softmax probabilities for a batch; TTA averages over in-plane flips."""
@@ -78,7 +84,7 @@ class Segmenter:
         """Batches of slices. On a CPU with several threads the batches run side by side, one thread
         each (`cpu_workers`): the RWKV network's many small operations split poorly over threads,
         whole batches split well (docs/benchmark.md, "CPU speed")."""
-        z, h, w = volume.shape
+        z, _, h, w = volume.shape
         m = self.spec.pad_multiple
         ph, pw = (-h) % m, (-w) % m
         pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
@@ -89,7 +95,7 @@ class Segmenter:
 
         def predict(start: int, stop: int) -> torch.Tensor:
             check_cancel(cancel)
-            x = torch.from_numpy(volume[start:stop, None]).to(self.device)
+            x = torch.from_numpy(volume[start:stop]).to(self.device)
             return self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
 
         pool = self._cpu_pool(torch.get_num_threads()) if workers > 1 else None
@@ -138,10 +144,12 @@ class Segmenter:
 
     def predict_probabilities(self, volume: np.ndarray, tta: bool = False, progress: ProgressFn = no_progress,
                               cancel: CancelFn = never_cancelled) -> np.ndarray:
-        """Class probabilities (4, z, y, x) for a normalised volume (z, y, x) on the model grid."""
-        predict = self._predict_2d if self.spec.spatial_dims == 2 else self._predict_3d
+        """Class probabilities (4, z, y, x) for a normalised stack (z, y, x) on the model grid, or for
+        a 2D network's input already made (`network_input`, e.g. of several phases end to end)."""
         try:
-            return predict(volume, tta, progress, cancel)
+            if self.spec.spatial_dims == 3:
+                return self._predict_3d(volume, tta, progress, cancel)
+            return self._predict_2d(self.network_input(volume) if volume.ndim == 3 else volume, tta, progress, cancel)
         except torch.OutOfMemoryError as exc:
             raise MedSegError(f"The {self.device.type.upper()} ran out of memory for a volume of "
                               f"{volume.shape}; use a smaller ROI or --device cpu.",
@@ -181,7 +189,9 @@ class Segmenter:
             shown = [str(names[k]) for k in range(n, n + len(group))] if names else []
             part = scaled(progress, done / total, min(1.0, (done + count) / total),
                           f"phase {'-'.join(dict.fromkeys([shown[0], shown[-1]]))}: " if shown else "")
-            probs = self.predict_probabilities(np.concatenate([p.array for p in group]), tta, part, cancel)
+            # each phase's slices get their neighbours from their own phase before the phases are joined
+            joined = np.concatenate([self.network_input(p.array) for p in group])
+            probs = self.predict_probabilities(joined, tta, part, cancel)
             for prepared, phase_probs in zip(group, np.split(probs, np.cumsum(depths)[:-1], axis=1)):
                 results.append(self._finish(phase_probs, prepared, subs[n], regions[n], images[n], postprocessing))
                 n += 1

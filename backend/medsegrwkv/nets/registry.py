@@ -75,6 +75,15 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {**get_spec(name).defaults, **overrides}
 
 
+def slice_context(name: str, config: dict[str, Any]) -> int:
+    """Neighbour slices a side in the input of a 2D segmentation network built with `config`: one
+    with 2n + 1 input channels sees each slice between n neighbours (2.5D); 0 for all others."""
+    spec = get_spec(name)
+    if spec.spatial_dims != 2 or spec.task != "segmentation":
+        return 0
+    return (model_config(name, **config).get("in_channels", 1) - 1) // 2
+
+
 def config_changes(name: str, config: dict[str, Any]) -> dict[str, Any]:
     """The entries of a (manifest) config that differ from the architecture's registered defaults."""
     defaults = json.loads(json.dumps(get_spec(name).defaults))  # tuples as a manifest's lists

@@ -36,6 +36,17 @@ def prepare_image(image: sitk.Image, preprocessing: dict[str, Any] | None = None
     return Prepared(canonical, grid, sitk.GetArrayFromImage(grid).astype(np.float32))
 
 
+def neighbour_slices(array: np.ndarray, context: int) -> np.ndarray:
+    """(z, y, x) -> (z, 2 context + 1, y, x): each slice between its `context` neighbours on either
+    side, in slice order, the end slices repeated past the stack's ends. The input of a 2.5D network,
+    which sees through-plane context (where the base and the apex are) that one slice lacks."""
+    if context == 0:
+        return array[:, None]
+    z = array.shape[0]
+    index = np.clip(np.arange(z)[:, None] + np.arange(-context, context + 1), 0, z - 1)
+    return array[index]
+
+
 def prepare_labels(labels: sitk.Image, prepared: Prepared) -> np.ndarray:
     """Ground-truth labels on the same network grid as `prepared` (nearest neighbour)."""
     canonical = to_canonical(labels).image

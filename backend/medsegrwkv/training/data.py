@@ -17,12 +17,12 @@ import SimpleITK as sitk
 from monai.data import Dataset
 from monai.transforms import (
     Compose, RandAdjustContrastd, RandAffined, RandBiasFieldd, RandCropByPosNegLabeld, RandFlipd,
-    RandGaussianSmoothd, RandGibbsNoised, RandHistogramShiftd, RandRicianNoised, RandRotate90d,
+    RandGaussianSmoothd, RandGibbsNoised, RandHistogramShiftd, RandLambdad, RandRicianNoised, RandRotate90d,
     RandScaleIntensityd, RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd,
 )
 from tqdm import tqdm
 
-from medsegrwkv.preprocess import prepare_image, prepare_labels
+from medsegrwkv.preprocess import neighbour_slices, prepare_image, prepare_labels
 from medsegrwkv.training.acdc import Case
 
 KEYS = ("image", "label")
@@ -39,7 +39,9 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
     return volumes
 
 
-def augmentation(spatial_dims: int, crop: tuple[int, ...]) -> Compose:
+def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0) -> Compose:
+    """`context` > 0: a 2.5D input whose neighbour channels are also reversed at random, since the
+    slice order of a study (base to apex or back) depends on how its in-plane axes were flipped."""
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
     rotate = (np.pi / 6,) if spatial_dims == 2 else (np.pi / 6, 0.0, 0.0)  # 3D: about the slice axis
     scale = (0.3, 0.3) if spatial_dims == 2 else (0.0, 0.3, 0.3)
@@ -62,14 +64,17 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...]) -> Compose:
         RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
         RandRicianNoised("image", prob=0.2, std=0.04, relative=False),
         RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6)),
+        *([RandLambdad("image", func=lambda x: x.flip(0), prob=0.5)] if context else []),
     ])
 
 
-def training_dataset(volumes: list[dict[str, np.ndarray]], spatial_dims: int, crop: tuple[int, ...]) -> Dataset:
-    """Slices (2D) or whole stacks (3D), each with a channel axis, behind the augmentation."""
+def training_dataset(volumes: list[dict[str, np.ndarray]], spatial_dims: int, crop: tuple[int, ...],
+                     context: int = 0) -> Dataset:
+    """Slices (2D; with `context` neighbours a side as further channels) or whole stacks (3D), each
+    with a channel axis, behind the augmentation."""
     if spatial_dims == 2:
-        items = [{"image": v["image"][z][None], "label": v["label"][z][None]}
-                 for v in volumes for z in range(v["image"].shape[0])]
+        items = [{"image": stack[z], "label": v["label"][z][None]}
+                 for v in volumes for stack in [neighbour_slices(v["image"], context)] for z in range(len(stack))]
     else:
         items = [{"image": v["image"][None], "label": v["label"][None]} for v in volumes]
-    return Dataset(items, transform=augmentation(spatial_dims, crop))
+    return Dataset(items, transform=augmentation(spatial_dims, crop, context))

@@ -28,7 +28,7 @@ from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import training_autocast
 from medsegrwkv.inference.segmenter import Segmenter
-from medsegrwkv.nets.registry import create_model, get_spec, model_config
+from medsegrwkv.nets.registry import create_model, get_spec, model_config, slice_context
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
 from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
@@ -42,6 +42,21 @@ from medsegrwkv.weights.model_card import render_segmentation_card
 # Model config keys that change only what training sees, and the state-dict entries they add.
 TRAINING_ONLY_CONFIG = ("deep_supervision",)
 TRAINING_ONLY_PREFIXES = ("aux_heads.",)
+
+
+def with_neighbour_channels(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`state` of a one-slice network for `model`, which takes 2n + 1 slices: each first-layer kernel
+    goes to the centre slice's channel and the neighbours' start at zero, so the 2.5D network begins
+    as exactly the network it grew from and training adds what the neighbours tell."""
+    target = model.state_dict()
+    grown = dict(state)
+    for key, value in state.items():
+        shape = target[key].shape if key in target else value.shape
+        if value.dim() > 2 and value.shape[1] == 1 and shape[1] > 1 and shape[1] % 2 and (
+                shape[:1] + shape[2:] == value.shape[:1] + value.shape[2:]):
+            grown[key] = torch.zeros(shape, dtype=value.dtype)
+            grown[key][:, shape[1] // 2] = value[:, 0]
+    return grown
 
 
 @dataclass
@@ -107,14 +122,17 @@ def load_initial_weights(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, 
     wanted = json.loads(json.dumps(model_config(cfg.model, **cfg.overrides)))  # tuples as the manifest's lists
 
     def inference_config(config: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in config.items() if key not in TRAINING_ONLY_CONFIG}
+        """What must match: all but training-only keys and the slice context the weights may grow to."""
+        grows = slice_context(cfg.model, wanted) > 0 and slice_context(cfg.model, manifest.get("config", {})) == 0
+        return {key: value for key, value in config.items()
+                if key not in TRAINING_ONLY_CONFIG and not (grows and key == "in_channels")}
 
     if manifest["architecture"] != cfg.model or inference_config(manifest.get("config", {})) != inference_config(wanted):
         raise MedSegError(f"--init weights {cfg.init} are a {manifest['architecture']} model with config "
                           f"{manifest.get('config')}, not {cfg.model} with config {wanted}.",
                           code=ErrorCode.BAD_WEIGHTS)
     # Training-only parts (deep supervision's coarse heads) may be added (fresh) or dropped; nothing else.
-    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(with_neighbour_channels(start.state_dict(), model), strict=False)
     assert all(key.startswith(TRAINING_ONLY_PREFIXES) for key in (*missing, *unexpected)), (missing, unexpected)
     training, validation = manifest.get("training", {}), manifest.get("metrics", {}).get("validation", {})
     return {"weights": cfg.init, "sha256": manifest.get("sha256"), "epochs_completed": training.get("epochs_completed"),
@@ -147,7 +165,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
     val_cases = list_cases(cfg.data, "val") if cfg.validate else []
     crop = tuple(spec.roi_size) if spec.spatial_dims == 3 else (cfg.crop, cfg.crop)
-    dataset = training_dataset(load_volumes(train_cases, show_progress=show), spec.spatial_dims, crop)
+    dataset = training_dataset(load_volumes(train_cases, show_progress=show), spec.spatial_dims, crop,
+                               slice_context(cfg.model, cfg.overrides))
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
