@@ -90,6 +90,8 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     assert_user_error(run_cli("train", "--model", "medsegrwkv-t", "--set", "scan=zigzag", "--output",
                               str(tmp_path / "bad")), "scan")
     assert_user_error(run_cli("train", "--set", "depth", "--output", str(tmp_path / "bad")), "KEY=VALUE")
+    assert_user_error(run_cli("train", "--model", "medsegrwkv-t", "--set", "in_channels=2", "--output",
+                              str(tmp_path / "bad")), "odd number")
     assert not (tmp_path / "bad").exists()
 
 

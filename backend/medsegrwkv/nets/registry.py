@@ -81,7 +81,11 @@ def slice_context(name: str, config: dict[str, Any]) -> int:
     spec = get_spec(name)
     if spec.spatial_dims != 2 or spec.task != "segmentation":
         return 0
-    return (model_config(name, **config).get("in_channels", 1) - 1) // 2
+    in_channels = model_config(name, **config).get("in_channels", 1)
+    if in_channels % 2 == 0:
+        raise MedSegError(f"A 2D segmentation network takes a slice and as many neighbours on either side, an odd "
+                          f"number of input channels, not in_channels={in_channels}.", code=ErrorCode.BAD_OVERRIDE)
+    return (in_channels - 1) // 2
 
 
 def config_changes(name: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +109,7 @@ def parse_overrides(name: str, items: list[str]) -> dict[str, Any]:
         create_model(name, **overrides)
     except (TypeError, ValueError) as error:
         raise MedSegError(f"Model '{name}' does not accept {overrides}: {error}", code=ErrorCode.BAD_OVERRIDE) from None
+    slice_context(name, overrides)
     return overrides
 
 
