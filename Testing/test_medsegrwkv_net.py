@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from medsegrwkv.nets import create_model, get_spec
+from medsegrwkv.nets import create_model, get_spec, onednn
 from medsegrwkv.nets.medsegrwkv_net import MedSegRWKV
 from medsegrwkv.nets.rwkv_blocks import PathGate, shift_tokens
 from medsegrwkv.nets.scan import (ScanPath, candidate_paths, from_windows, raster_path, scan_tables,
@@ -412,6 +412,49 @@ def test_fast_route_keeps_the_labels_on_validation_volumes(acdc) -> None:
     assert summary["identical_share"] >= 0.999, summary
     assert abs(summary["mean_dice_change"]) <= 0.001, summary
     assert summary["mean_dice_fast"] > 0.8, summary
+
+
+@pytest.mark.skipif(not onednn.ENABLED, reason="this PyTorch has no oneDNN linear")
+def test_onednn_linear_is_f_linear_on_every_layout_the_network_passes() -> None:
+    """`onednn.linear` gives F.linear's products (float32 rounding) for the layouts the fast route
+    hands it: transposed and channels-last views, sliced (strided) weights, a bias, N-d inputs,
+    and the weight-by-tokens product that makes channel-major maps. With autograd on it is
+    F.linear, gradients included."""
+    weight = torch.randn(24, 40)
+    cases = [
+        (torch.randn(40, 300).t(), weight, None),  # the output projection's transposed input
+        (torch.randn(2, 16, 9, 11).contiguous(memory_format=torch.channels_last).movedim(1, -1),
+         torch.randn(6, 16), torch.randn(6)),  # a channels-last map, with a bias
+        (torch.randn(3, 50, 16), weight[:, 24:], None),  # a slice of a weight (strided)
+        (weight, torch.randn(300, 40), None),  # W @ tokens^T: channel-major k, v, r
+    ]
+    with torch.inference_mode():
+        for x, w, b in cases:
+            expected = (x.double() @ w.double().t() + (0 if b is None else b.double())).float()
+            torch.testing.assert_close(onednn.linear(x, w, b), expected, rtol=1e-5, atol=1e-5)
+    x = torch.randn(7, 40, requires_grad=True)
+    y = onednn.linear(x, weight)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, weight.sum(0).expand(7, 40))
+
+
+def test_onednn_matmuls_keep_the_bundled_logits(monkeypatch) -> None:
+    """The bundled weights on real demo slices: the fast route with oneDNN's matmuls gives the
+    logits of the same route with PyTorch's default ones (MKL on the CPU), and class logits laid
+    out channels-first (the softmax over classes reads them several times faster)."""
+    from medsegrwkv.benchmark.measure import demo_volume
+    from medsegrwkv.weights import load_model
+
+    model = load_model("medsegrwkv-t", torch.device("cpu"))[0].eval()
+    x = torch.from_numpy(demo_volume((3, 224, 224)))[:, None]
+    with torch.inference_mode():
+        monkeypatch.setattr(onednn, "ENABLED", False)
+        default = model(x)
+        monkeypatch.setattr(onednn, "ENABLED", True)
+        fast = model(x)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, default, rtol=1e-4, atol=1e-4)
+    assert (fast.argmax(1) == default.argmax(1)).float().mean() > 0.9999
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medsegrwkv.nets.biwkv import BiWKVTables, biwkv, biwkv_channels_first, biwkv_cumsum, biwkv_tables
+from medsegrwkv.nets.onednn import linear
 from medsegrwkv.nets.scan import ScanPath, ScanTables, scan_tables
 
 PIECE_ELEMENTS = 2 ** 18
@@ -105,7 +106,7 @@ class SpatialMix(nn.Module):
     def _forward_channels_first(self, x: Tensor, tables: ScanTables, ratios: Tensor) -> Tensor:
         """Inference along one path: the same computation in the path's order, with k, v, r
         channel-major (C, B T). The tokens are gathered into path order as whole rows; the
-        projections W @ mix^T give the channel-major layout that the Bi-WKV's batched matmuls read
+        projections W @ mix^T (oneDNN's linear of W by the tokens) give the channel-major layout that the Bi-WKV's batched matmuls read
         as it is; the gated result is gathered back to grid order channel-major, and the output
         projection reads it transposed."""
         B, T, C = x.shape
@@ -116,11 +117,11 @@ class SpatialMix(nn.Module):
         rest = C - C // tables.shift.shape[1] * tables.shift.shape[1]
         if rest:  # the unshifted channels: the token itself, in path order too
             shifted[..., C - rest:] = xs[..., C - rest:]
-        k, v, r = (torch.mm(linear.weight, torch.lerp(shifted, xs, ratio[0]).view(-1, C).t())
-                   for linear, ratio in zip((self.key, self.value, self.receptance), ratios))
+        k, v, r = (linear(projection.weight, torch.lerp(shifted, xs, ratio[0]).view(-1, C))
+                   for projection, ratio in zip((self.key, self.value, self.receptance), ratios))
         wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B, T), v.view(C, B, T), self._cached_tables(T))
         y = torch.sigmoid(r).mul_(wkv.view(C, B * T)).view(C * B, T).index_select(1, tables.inv)
-        return torch.mm(y.view(C, B * T).t(), self.output.weight.t()).view(B, T, C)
+        return linear(y.view(C, B * T).t(), self.output.weight).view(B, T, C)
 
     def _cached_tables(self, T: int) -> BiWKVTables | None:
         """The Bi-WKV tables depend on the parameters and T only: kept while the parameters are
@@ -157,11 +158,11 @@ class ChannelMix(nn.Module):
     def forward(self, x: Tensor, tables: ScanTables, weights: Tensor | None, path: int | None = None) -> Tensor:
         ratio = self.ratio if path is None else self.ratio[:, path:path + 1]
         shifted = shift_tokens(x, tables.shift, tables.shift_rows)
-        k = self.key(_combine(_mix(shifted, x, ratio[0]), weights))
-        r = self.receptance(_combine(_mix(shifted, x, ratio[1]), weights))
+        k = linear(_combine(_mix(shifted, x, ratio[0]), weights), self.key.weight)
+        r = linear(_combine(_mix(shifted, x, ratio[1]), weights), self.receptance.weight)
         if torch.is_grad_enabled():
             return torch.sigmoid(r) * self.value(torch.relu(k).square())
-        return self.value(torch.relu_(k).square_()).mul_(torch.sigmoid_(r))
+        return linear(torch.relu_(k).square_(), self.value.weight).mul_(torch.sigmoid_(r))
 
 
 class RWKVBlock(nn.Module):
