@@ -12,9 +12,12 @@ backend emits); without it, or with autograd on, `linear` is `F.linear`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 
 def _onednn_linear_available() -> bool:
@@ -36,3 +39,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             and not torch.is_grad_enabled()):
         return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+if ENABLED:
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _linear_flops(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *args, out_shape=None, **kwargs) -> int:
+        """So that FlopCounterMode (`nets.complexity`) counts the oneDNN linear as it counts F.linear."""
+        return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
