@@ -93,15 +93,12 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def class_logits(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """The 1x1 class head (weight (classes, in)) on a map (B, in, *S), written channels-first:
-    weight @ each sample's (voxels, in) rows. The softmax over the classes and the copy into the
+    weight @ each sample's (in, voxels). The softmax over the classes and the copy into the
     study's array read a channels-first map about 6x faster than a channels-last one (4.9 against
     0.7 ms for 5 slices of 256^2), and this head costs no more than the channels-last one."""
     B, C, *size = x.shape
     rows = x.movedim(1, -1).reshape(B, -1, C)
-    out = torch.empty((B, weight.shape[0], rows.shape[1]), dtype=x.dtype, device=x.device)
-    for b in range(B):
-        out[b] = linear(weight, rows[b])
-    return out.add_(bias[:, None]).view(B, -1, *size)
+    return torch.matmul(weight, rows.transpose(1, 2)).add_(bias[:, None]).view(B, -1, *size)
 
 
 def conv_by_matmul(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
