@@ -1,4 +1,5 @@
-"""Inference matmuls of the RWKV network through oneDNN on the CPU (docs/benchmark.md, "oneDNN").
+"""Inference matmuls of the RWKV network through oneDNN on the CPU (docs/benchmark.md,
+"Session 15: the matmuls through oneDNN").
 
 PyTorch sends a float32 `F.linear` or `torch.mm` on the CPU to MKL's sgemm, and MKL runs its
 AVX2 kernels on AMD processors whatever they support: 100-110 GFLOP/s on one core of this
