@@ -114,7 +114,11 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     study = read_study(dicom)
     sitk.WriteImage(study.phases[0], str(folder / "phase0.nrrd"))
     sitk.WriteImage(sitk.JoinSeries(study.phases), str(folder / "cine.nrrd"))
-    return {"phase0": folder / "phase0.nrrd", "cine": folder / "cine.nrrd", "dicom": dicom}
+    # Requests cancelled, killed or restarted mid-way need work left after their first slice: the
+    # two phases four times over (8 x 12 slices; with TTA several seconds even where inference is fast).
+    sitk.WriteImage(sitk.JoinSeries(list(study.phases) * 4), str(folder / "long_cine.nrrd"))
+    return {"phase0": folder / "phase0.nrrd", "cine": folder / "cine.nrrd", "long_cine": folder / "long_cine.nrrd",
+            "dicom": dicom}
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +288,7 @@ def test_user_errors_are_one_sentence_with_a_code(worker: Worker, study_files: D
 
 def test_cancel_mid_study_and_busy_rejection(worker: Worker, study_files: Dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "cancelled.nrrd"
-    worker.send({"id": 30, **segment(study_files["cine"], output, tta=True)})  # 2 phases x 12 slices x 4 flips
+    worker.send({"id": 30, **segment(study_files["long_cine"], output, tta=True)})  # 8 phases x 12 slices x 4 flips
     worker.wait_for_slice_progress(30)
     worker.send({"id": 31, "op": "info"})
     worker.send({"id": 32, "op": "cancel", "target": 30})
@@ -404,7 +408,7 @@ def test_stray_output_of_an_op_goes_to_stderr_not_into_the_protocol() -> None:
 def test_closing_stdin_cancels_the_running_request_and_exits(study_files: Dict[str, Path], tmp_path: Path) -> None:
     worker = Worker()
     output = tmp_path / "never.nrrd"
-    worker.send({"id": 50, **segment(study_files["cine"], output, tta=True)})
+    worker.send({"id": 50, **segment(study_files["long_cine"], output, tta=True)})
     worker.wait_for_slice_progress(50)
     worker.proc.stdin.close()
     while True:
@@ -419,7 +423,8 @@ def test_closing_stdin_cancels_the_running_request_and_exits(study_files: Dict[s
 def test_client_restarts_a_worker_killed_mid_request(study_files: Dict[str, Path], tmp_path: Path) -> None:
     client = EngineClient(engine_command(sys.executable), cwd=str(REPO))
     output = tmp_path / "killed.nrrd"
-    request_id = client.send(protocol.segment_request(str(study_files["cine"]), str(output), device="cpu", tta=True))
+    request_id = client.send(protocol.segment_request(str(study_files["long_cine"]), str(output), device="cpu",
+                                                      tta=True))
     first_pid = client.pid
     deadline = time.monotonic() + TIMEOUT
     while not any(m.type == "progress" and "slice" in m.text for m in client.poll()):
@@ -433,7 +438,7 @@ def test_client_restarts_a_worker_killed_mid_request(study_files: Dict[str, Path
     info = client.wait(client.send(protocol.info_request()), TIMEOUT)  # a new worker starts on demand
     assert info.type == "result" and info.result["pid"] == client.pid != first_pid
 
-    busy_id = client.send(protocol.segment_request(str(study_files["cine"]), str(output), device="cpu", tta=True))
+    busy_id = client.send(protocol.segment_request(str(study_files["long_cine"]), str(output), device="cpu", tta=True))
     while not any(m.type == "progress" and "slice" in m.text for m in client.poll()):
         time.sleep(0.05)
     second_pid = client.pid
