@@ -4,8 +4,11 @@ on a real ACDC slice."""
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -440,6 +443,15 @@ def test_onednn_linear_is_f_linear_on_every_layout_the_network_passes() -> None:
     y = onednn.linear(x, weight)
     y.sum().backward()
     torch.testing.assert_close(x.grad, weight.sum(0).expand(7, 40))
+
+
+def test_onednn_can_be_switched_off_from_the_environment() -> None:
+    """MEDSEGRWKV_ONEDNN=0 keeps PyTorch's default matmuls (a site comparing on its own CPU)."""
+    code = "from medsegrwkv.nets import onednn; print(onednn.ENABLED)"
+    for value, expected in (("0", "False"), ("1", str(onednn._onednn_linear_available()))):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "MEDSEGRWKV_ONEDNN": value})
+        assert run.returncode == 0 and run.stdout.strip() == expected, run.stderr
 
 
 def test_onednn_matmuls_keep_the_bundled_logits(monkeypatch) -> None:

@@ -14,6 +14,7 @@ backend emits); without it, or with autograd on, `linear` is `F.linear`.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ def _onednn_linear_available() -> bool:
         return False
 
 
-ENABLED = _onednn_linear_available()
-"""Whether `linear` takes oneDNN for CPU float32 inference (tests and benchmarks may switch it)."""
+ENABLED = _onednn_linear_available() and os.environ.get("MEDSEGRWKV_ONEDNN", "1") != "0"
+"""Whether `linear` takes oneDNN for CPU float32 inference; MEDSEGRWKV_ONEDNN=0 keeps PyTorch's
+default (MKL), e.g. to compare on an Intel CPU, where MKL runs its AVX-512 kernels too."""
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
