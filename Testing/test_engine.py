@@ -5,6 +5,7 @@ requests, stdin closing, and the Lib's client restarting a worker that was kille
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -284,6 +285,53 @@ def test_user_errors_are_one_sentence_with_a_code(worker: Worker, study_files: D
     assert final["type"] == "error" and final["code"] == code, final
     assert final["message"].endswith(".") and "\n" not in final["message"] and "Traceback" not in final["message"]
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+def test_a_cancel_is_acknowledged_before_the_answer_of_the_request_it_stops() -> None:
+    """A running request that sees the cancel flag at once must not get its `cancelled` error out
+    before the cancel's own answer: the client reads the acknowledgment first. The race (it went
+    the wrong way once in CI) is made certain here: an op polls the flag in a tight loop, and the
+    reading thread is held up 50 ms on its way from setting the flag to writing the answer."""
+    from medsegrwkv.engine.ops import Operations
+    from medsegrwkv.engine.server import Engine
+    from medsegrwkv.progress import check_cancel
+
+    class Spinning(Operations):
+        def info(self, fields: Json, progress: Any, cancel: Any) -> Json:
+            progress(0.0, "spinning")
+            while True:
+                check_cancel(cancel)
+
+    class SlowAcknowledgment(Engine):
+        def send(self, message: Json) -> None:
+            if "cancelled" in message.get("result", {}):
+                time.sleep(0.05)
+            super().send(message)
+
+    class Lines(io.TextIOBase):
+        def __init__(self) -> None:
+            self.queue: "queue.Queue[Json]" = queue.Queue()
+
+        def write(self, text: str) -> int:
+            self.queue.put(json.loads(text))
+            return len(text)
+
+    out = Lines()
+    read, write = os.pipe()
+    server = threading.Thread(target=SlowAcknowledgment(out, Spinning()).serve, args=(os.fdopen(read, "rb"),),
+                              daemon=True)
+    server.start()
+    requests = os.fdopen(write, "wb", buffering=0)
+    for n in range(5):
+        requests.write(json.dumps({"id": n, "op": "info"}).encode() + b"\n")
+        assert out.queue.get(timeout=TIMEOUT) == {"id": n, "type": "progress", "fraction": 0.0, "message": "spinning"}
+        requests.write(json.dumps({"id": f"c{n}", "op": "cancel", "target": n}).encode() + b"\n")
+        first, second = out.queue.get(timeout=TIMEOUT), out.queue.get(timeout=TIMEOUT)
+        assert first == {"id": f"c{n}", "type": "result", "result": {"cancelled": True, "target": n}}, (first, second)
+        assert second["id"] == n and second["code"] == "cancelled", second
+    requests.close()
+    server.join(timeout=TIMEOUT)
+    assert not server.is_alive()
 
 
 def test_cancel_mid_study_and_busy_rejection(worker: Worker, study_files: Dict[str, Path], tmp_path: Path) -> None:

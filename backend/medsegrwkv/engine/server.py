@@ -7,7 +7,7 @@ a queue would only make a stale request run after the user moved on.
 
 `cancel` and `shutdown` are handled by the reading thread the moment they arrive: `cancel` sets
 a flag that the running request checks between slice batches (it then ends with the error
-`cancelled`, writing nothing); `shutdown` (and the end of stdin) cancels the running request,
+`cancelled`, writing nothing; the cancel's own answer always comes first); `shutdown` (and the end of stdin) cancels the running request,
 waits for its answer, and ends the process with exit code 0.
 
 Only protocol JSON goes to stdout: in `run_stdio` the real stdout is kept for the protocol and
@@ -98,13 +98,16 @@ class Engine:
         return True
 
     def _handle_cancel(self, request: Request) -> None:
+        """Answered under the state lock: the worker thread takes that lock to free the slot before
+        it sends the cancelled request's answer, so the client always reads the acknowledgment first
+        (without it, a fast worker's `cancelled` error could overtake it)."""
         target = request.fields["target"]
         with self._state_lock:
             running = self._running
             hit = running is not None and (target is None or target == running.id)
             if hit:
                 self._cancel.set()
-        self.send(result_message(request.id, {"cancelled": hit, "target": running.id if hit else target}))
+            self.send(result_message(request.id, {"cancelled": hit, "target": running.id if hit else target}))
 
     def _stop(self) -> None:
         """Cancel what runs, let the worker thread answer it, and end the worker thread."""
