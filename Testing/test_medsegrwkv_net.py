@@ -421,8 +421,8 @@ def test_fast_route_keeps_the_labels_on_validation_volumes(acdc) -> None:
     assert summary["mean_dice_fast"] > 0.8, summary
 
 
-@pytest.mark.skipif(not onednn.ENABLED, reason="this PyTorch has no oneDNN linear")
-def test_onednn_linear_is_f_linear_on_every_layout_the_network_passes() -> None:
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="this PyTorch has no oneDNN linear")
+def test_onednn_linear_is_f_linear_on_every_layout_the_network_passes(monkeypatch) -> None:
     """`onednn.linear` gives F.linear's products (float32 rounding) for the layouts the fast route
     hands it: transposed and channels-last views, sliced (strided) weights, a bias, N-d inputs,
     and the weight-by-tokens product that makes channel-major maps. With autograd on it is
@@ -435,6 +435,7 @@ def test_onednn_linear_is_f_linear_on_every_layout_the_network_passes() -> None:
         (torch.randn(3, 50, 16), weight[:, 24:], None),  # a slice of a weight (strided)
         (weight, torch.randn(300, 40), None),  # W @ tokens^T: channel-major k, v, r
     ]
+    monkeypatch.setattr(onednn, "ENABLED", True)  # also where MEDSEGRWKV_ONEDNN=0 switched it off
     with torch.inference_mode():
         for x, w, b in cases:
             expected = (x.double() @ w.double().t() + (0 if b is None else b.double())).float()
@@ -448,12 +449,13 @@ def test_onednn_linear_is_f_linear_on_every_layout_the_network_passes() -> None:
 def test_onednn_can_be_switched_off_from_the_environment() -> None:
     """MEDSEGRWKV_ONEDNN=0 keeps PyTorch's default matmuls (a site comparing on its own CPU)."""
     code = "from medsegrwkv.nets import onednn; print(onednn.ENABLED)"
-    for value, expected in (("0", "False"), ("1", str(onednn._onednn_linear_available()))):
+    for value, expected in (("0", "False"), ("1", str(onednn.AVAILABLE))):
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                              env={**os.environ, "MEDSEGRWKV_ONEDNN": value})
         assert run.returncode == 0 and run.stdout.strip() == expected, run.stderr
 
 
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="this PyTorch has no oneDNN linear")
 def test_onednn_matmuls_keep_the_bundled_logits(monkeypatch) -> None:
     """The bundled weights on real demo slices: the fast route with oneDNN's matmuls gives the
     logits of the same route with PyTorch's default ones (MKL on the CPU), and class logits laid

@@ -7,8 +7,9 @@ a queue would only make a stale request run after the user moved on.
 
 `cancel` and `shutdown` are handled by the reading thread the moment they arrive: `cancel` sets
 a flag that the running request checks between slice batches (it then ends with the error
-`cancelled`, writing nothing; the cancel's own answer always comes first); `shutdown` (and the end of stdin) cancels the running request,
-waits for its answer, and ends the process with exit code 0.
+`cancelled`, writing nothing; the cancel's own answer always comes first); `shutdown` (and the
+end of stdin) cancels the running request, waits for its answer, and ends the process with exit
+code 0.
 
 Only protocol JSON goes to stdout: in `run_stdio` the real stdout is kept for the protocol and
 file descriptor 1 is pointed at stderr, so a stray print (ours, a library's, or C code's) lands

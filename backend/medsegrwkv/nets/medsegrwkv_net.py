@@ -194,7 +194,8 @@ class DecoderLevel(nn.Module):
     def _fuse_inference(self, x: Tensor, skip: Tensor) -> Tensor:
         """`fuse` without the concatenation. The 1x1 conv (no bias) commutes with the
         interpolation (per channel, weights summing to 1): the deep map is projected at its own
-        size and the fewer channels upsampled; the skip's projection is added onto them; the norm's mean subtraction is folded into the projection (`centred`)."""
+        size and the fewer channels upsampled; the skip's projection is added onto them; the norm's
+        mean subtraction is folded into the projection (`centred`)."""
         mode = "bilinear" if x.dim() == 4 else "trilinear"
         weight, split = centred(self.fuse[0].weight.flatten(1)), x.shape[1]
         x = F.interpolate(pointwise(x, weight[:, :split]), size=skip.shape[2:], mode=mode, align_corners=False)

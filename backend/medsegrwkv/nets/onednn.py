@@ -29,7 +29,9 @@ def _onednn_linear_available() -> bool:
         return False
 
 
-ENABLED = _onednn_linear_available() and os.environ.get("MEDSEGRWKV_ONEDNN", "1") != "0"
+AVAILABLE = _onednn_linear_available()
+"""Whether this PyTorch build has oneDNN's linear."""
+ENABLED = AVAILABLE and os.environ.get("MEDSEGRWKV_ONEDNN", "1") != "0"
 """Whether `linear` takes oneDNN for CPU float32 inference; MEDSEGRWKV_ONEDNN=0 keeps PyTorch's
 default (MKL), e.g. to compare on an Intel CPU, where MKL runs its AVX-512 kernels too."""
 
@@ -44,7 +46,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
-if ENABLED:
+if AVAILABLE:  # also when switched off: tests and benchmarks may switch it on again
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
     def _linear_flops(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *args, out_shape=None, **kwargs) -> int:
         """So that FlopCounterMode (`nets.complexity`) counts the oneDNN linear as it counts F.linear."""

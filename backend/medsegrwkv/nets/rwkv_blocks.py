@@ -106,9 +106,9 @@ class SpatialMix(nn.Module):
     def _forward_channels_first(self, x: Tensor, tables: ScanTables, ratios: Tensor) -> Tensor:
         """Inference along one path: the same computation in the path's order, with k, v, r
         channel-major (C, B T). The tokens are gathered into path order as whole rows; the
-        projections W @ mix^T (oneDNN's linear of W by the tokens) give the channel-major layout that the Bi-WKV's batched matmuls read
-        as it is; the gated result is gathered back to grid order channel-major, and the output
-        projection reads it transposed."""
+        projections W @ mix^T (oneDNN's linear of W by the tokens) give the channel-major layout
+        that the Bi-WKV's batched matmuls read as it is; the gated result is gathered back to grid
+        order channel-major, and the output projection reads it transposed."""
         B, T, C = x.shape
         if tables.shift.shape[0] != 1:
             raise ValueError(f"the inference route scans one path at a time, not {tables.shift.shape[0]}")
