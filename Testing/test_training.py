@@ -75,10 +75,12 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     out = tmp_path / "raster"
     result = run_cli("train", "--model", "medsegrwkv-t", "--set", "scan=raster", "--set", "local_blocks=false",
                      "--data", str(acdc), "--output", str(out), "--epochs", "1", "--max-steps", "1", "--max-cases", "1",
-                     "--batch-size", "2", "--crop", "64", "--no-validation", "--device", "cpu")
+                     "--batch-size", "2", "--crop", "64", "--no-validation", "--device", "cpu",
+                     "--augmentation", "mild")
     assert result.returncode == 0, result.stderr
     model, manifest = load_model(out / "weights", "cpu")
     assert manifest["config"]["scan"] == "raster" and manifest["config"]["local_blocks"] is False
+    assert manifest["training"]["augmentation"] == "mild"
     from medsegrwkv.nets.registry import create_model
 
     plain = create_model("medsegrwkv-t", scan="raster", local_blocks=False)
@@ -90,6 +92,7 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     assert_user_error(run_cli("train", "--model", "medsegrwkv-t", "--set", "scan=zigzag", "--output",
                               str(tmp_path / "bad")), "scan")
     assert_user_error(run_cli("train", "--set", "depth", "--output", str(tmp_path / "bad")), "KEY=VALUE")
+    assert_user_error(run_cli("train", "--augmentation", "strong", "--output", str(tmp_path / "bad")), "augmentation")
     assert_user_error(run_cli("train", "--model", "medsegrwkv-t", "--set", "in_channels=2", "--output",
                               str(tmp_path / "bad")), "odd number")
     assert not (tmp_path / "bad").exists()
@@ -233,3 +236,18 @@ def test_default_models_card_shows_the_comparison_that_made_it_the_default():
     own = manifest["metrics"]["validation"]["mean_dice"]
     assert any(r["name"] == name and r["validation"]["mean_dice"] == own for c in comparisons for r in c["rows"])
     assert own >= 0.88  # the issue's target for medsegrwkv-t, through the deployed pipeline
+
+
+def test_mild_augmentation_leaves_out_the_simulated_scanners():
+    """'mild' (what trained the bundled default) is 'wide' without the other-scanner looks; both
+    keep the orientations, and a misspelt strength is refused."""
+    from medsegrwkv.training.data import augmentation
+
+    def names(strength: str) -> set[str]:
+        return {type(t).__name__ for t in augmentation(2, (64, 64), 0, strength).transforms}
+
+    scanners = {"RandSimulateLowResolutiond", "RandGibbsNoised", "RandRicianNoised", "RandHistogramShiftd"}
+    assert scanners <= names("wide") and not scanners & names("mild")
+    assert {"RandFlipd", "RandRotate90d", "RandAffined"} <= names("mild") & names("wide")
+    with pytest.raises(MedSegError, match="augmentation"):
+        augmentation(2, (64, 64), 0, "strong")

@@ -228,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       max_cases=args.max_cases, validate=not args.no_validation, init=args.init,
                       overrides=parse_overrides(model, args.set or []),
                       **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
-                                      "workers"))
+                                      "workers", "augmentation"))
     if args.show_config:
         return show_config(cfg)
     result = train_segmentation(cfg)
@@ -376,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--crop", type=int, help="in-plane training crop for 2D models (pixels)")
+    p.add_argument("--augmentation", metavar="wide|mild",
+                   help="segment and refine: 'wide' (default) also simulates other sites' scanners (lower "
+                        "resolution, strong gamma, ringing, Rician noise, rotation to 30 degrees, scale 0.7-1.3); "
+                        "'mild' keeps orientations, small rotations and scales and light intensity changes")
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)

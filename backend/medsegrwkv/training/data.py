@@ -17,11 +17,12 @@ import SimpleITK as sitk
 from monai.data import Dataset
 from monai.transforms import (
     Compose, RandAdjustContrastd, RandAffined, RandBiasFieldd, RandCropByPosNegLabeld, RandFlipd,
-    RandGaussianSmoothd, RandGibbsNoised, RandHistogramShiftd, RandLambdad, RandRicianNoised, RandRotate90d,
-    RandScaleIntensityd, RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd,
+    RandGaussianNoised, RandGaussianSmoothd, RandGibbsNoised, RandHistogramShiftd, RandLambdad, RandRicianNoised,
+    RandRotate90d, RandScaleIntensityd, RandShiftIntensityd, RandSimulateLowResolutiond, SpatialPadd,
 )
 from tqdm import tqdm
 
+from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.preprocess import neighbour_slices, prepare_image, prepare_labels
 from medsegrwkv.training.acdc import Case
 
@@ -39,37 +40,66 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
     return volumes
 
 
-def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0) -> Compose:
-    """`context` > 0: a 2.5D input whose neighbour channels are also reversed at random, since the
-    slice order of a study (base to apex or back) depends on how its in-plane axes were flipped."""
+AUGMENTATIONS = ("wide", "mild")
+
+
+def check_augmentation(strength: str) -> None:
+    if strength not in AUGMENTATIONS:
+        raise MedSegError(f"Unknown augmentation '{strength}'; choose {' or '.join(AUGMENTATIONS)}.",
+                          code=ErrorCode.BAD_ARGUMENT)
+
+
+def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, strength: str = "wide") -> Compose:
+    """`strength` "wide" adds to "mild" (the orientations, rotation by up to 15 degrees, scaling by
+    0.85-1.15, light intensity changes, which trained the bundled default) what other sites' studies
+    vary in: larger rotations and scales, lower resolution, gamma 0.6-1.8, histogram shift, Rician
+    noise and Gibbs ringing. `context` > 0: a 2.5D input whose neighbour channels are also reversed
+    at random, since the slice order of a study (base to apex or back) depends on how its in-plane
+    axes were flipped."""
+    check_augmentation(strength)
+    wide = strength == "wide"
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
-    rotate = (np.pi / 6,) if spatial_dims == 2 else (np.pi / 6, 0.0, 0.0)  # 3D: about the slice axis
-    scale = (0.3, 0.3) if spatial_dims == 2 else (0.0, 0.3, 0.3)
-    return Compose([
+    angle, zoom = (np.pi / 6, 0.3) if wide else (np.pi / 12, 0.15)
+    rotate = (angle,) if spatial_dims == 2 else (angle, 0.0, 0.0)  # 3D: about the slice axis
+    scale = (zoom, zoom) if spatial_dims == 2 else (0.0, zoom, zoom)
+    spatial = [
         SpatialPadd(KEYS, spatial_size=crop),
         RandCropByPosNegLabeld(KEYS, label_key="label", spatial_size=crop, pos=2, neg=1, num_samples=1),
         RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[0]),
         RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[1]),
         RandRotate90d(KEYS, prob=0.75, max_k=3, spatial_axes=inplane),
-        RandAffined(KEYS, prob=0.6, rotate_range=rotate, scale_range=scale, mode=("bilinear", "nearest"),
-                    padding_mode="zeros"),
-        RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
-                                   upsample_mode="bilinear" if spatial_dims == 2 else "trilinear"),
-        # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
-        RandBiasFieldd("image", prob=0.3, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
-        RandScaleIntensityd("image", factors=0.2, prob=0.5),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        RandAdjustContrastd("image", prob=0.4, gamma=(0.6, 1.8)),
-        RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2),
-        RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-        RandRicianNoised("image", prob=0.2, std=0.04, relative=False),
-        RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6)),
-        *([RandLambdad("image", func=lambda x: x.flip(0), prob=0.5)] if context else []),
-    ])
+        RandAffined(KEYS, prob=0.6 if wide else 0.5, rotate_range=rotate, scale_range=scale,
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+    ]
+    if wide:
+        intensity = [
+            RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
+                                       upsample_mode="bilinear" if spatial_dims == 2 else "trilinear"),
+            # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
+            RandBiasFieldd("image", prob=0.3, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
+            RandScaleIntensityd("image", factors=0.2, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandAdjustContrastd("image", prob=0.4, gamma=(0.6, 1.8)),
+            RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2),
+            RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            RandRicianNoised("image", prob=0.2, std=0.04, relative=False),
+            RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6)),
+        ]
+    else:
+        intensity = [
+            RandBiasFieldd("image", prob=0.2, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
+            RandScaleIntensityd("image", factors=0.15, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+            RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            RandGaussianNoised("image", prob=0.2, std=0.03),
+        ]
+    reverse = [RandLambdad("image", func=lambda x: x.flip(0), prob=0.5)] if context else []
+    return Compose(spatial + intensity + reverse)
 
 
 def training_dataset(volumes: list[dict[str, np.ndarray]], spatial_dims: int, crop: tuple[int, ...],
-                     context: int = 0) -> Dataset:
+                     context: int = 0, strength: str = "wide") -> Dataset:
     """Slices (2D; with `context` neighbours a side as further channels) or whole stacks (3D), each
     with a channel axis, behind the augmentation."""
     if spatial_dims == 2:
@@ -77,4 +107,4 @@ def training_dataset(volumes: list[dict[str, np.ndarray]], spatial_dims: int, cr
                  for v in volumes for stack in [neighbour_slices(v["image"], context)] for z in range(len(stack))]
     else:
         items = [{"image": v["image"][None], "label": v["label"][None]} for v in volumes]
-    return Dataset(items, transform=augmentation(spatial_dims, crop, context))
+    return Dataset(items, transform=augmentation(spatial_dims, crop, context, strength))

@@ -33,7 +33,7 @@ from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.click_evaluation import evaluate_clicks
-from medsegrwkv.training.data import load_volumes, training_dataset
+from medsegrwkv.training.data import check_augmentation, load_volumes, training_dataset
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
 from medsegrwkv.weights.model_card import render_refinement_card
@@ -54,6 +54,7 @@ class RefineTrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     crop: int = 128
+    augmentation: str = "wide"  # training.data.AUGMENTATIONS
     click_rounds: int = 3  # simulated refine-and-click rounds before the trained step: 0..this many
     p_automatic: float = 0.6  # share of samples that start from the automatic prediction
     val_every: int = 5
@@ -62,6 +63,9 @@ class RefineTrainConfig:
     seed: int = 0
     max_cases: int | None = None
     max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_augmentation(self.augmentation)  # before anything is loaded or written
 
 
 def transfer_weights(source: dict[str, torch.Tensor], model: torch.nn.Module) -> int:
@@ -144,7 +148,7 @@ def _manifest(cfg: RefineTrainConfig, state: dict[str, Any], n_train: int, metri
             "data": str(cfg.data), "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation",
             "train_volumes": n_train, "init": cfg.init, "epochs_completed": state["epoch"],
             "optimizer_steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "crop": cfg.crop,
-            "click_rounds": cfg.click_rounds, "p_automatic": cfg.p_automatic, "seed": cfg.seed,
+            "augmentation": cfg.augmentation, "click_rounds": cfg.click_rounds, "p_automatic": cfg.p_automatic, "seed": cfg.seed,
             "wall_time_s": round(state["seconds"], 1), "torch": torch.__version__,
         },
         "licence": ACDC_LICENCE,
@@ -167,7 +171,8 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
         p.requires_grad_(False)
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
     val_cases = list_cases(cfg.data, "val")[: cfg.val_cases] if cfg.val_cases else []
-    dataset = training_dataset(load_volumes(train_cases, show_progress=show_progress), 2, (cfg.crop, cfg.crop))
+    dataset = training_dataset(load_volumes(train_cases, show_progress=show_progress), 2, (cfg.crop, cfg.crop),
+                               strength=cfg.augmentation)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size)
 
     model = create_model(cfg.model).to(device)

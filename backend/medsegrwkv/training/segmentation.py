@@ -32,7 +32,7 @@ from medsegrwkv.nets.registry import create_model, get_spec, model_config, slice
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
 from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
-from medsegrwkv.training.data import load_volumes, training_dataset
+from medsegrwkv.training.data import check_augmentation, load_volumes, training_dataset
 from medsegrwkv.training.distributed import DistContext, barrier, init_distributed, shutdown
 from medsegrwkv.training.evaluation import evaluate_cases
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
@@ -70,6 +70,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     crop: int = 160  # in-plane crop (pixels); 3D models use their registered roi_size
+    augmentation: str = "wide"  # training.data.AUGMENTATIONS
     val_every: int = 5
     device: str = "auto"
     seed: int = 0
@@ -79,6 +80,9 @@ class TrainConfig:
     validate: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # start from these weights (a registered name or a folder): fine-tuning
+
+    def __post_init__(self) -> None:
+        check_augmentation(self.augmentation)  # before anything is loaded or written
 
 
 def _seed_everything(seed: int) -> None:
@@ -103,6 +107,7 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "train_volumes": n_train, "validation_volumes": n_val, "epochs_completed": epoch,
             "optimizer_steps": steps, "batch_size": cfg.batch_size * ctx.world_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "crop": list(spec.roi_size) if spec.spatial_dims == 3 else cfg.crop,
+            "augmentation": cfg.augmentation,
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
@@ -166,7 +171,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     val_cases = list_cases(cfg.data, "val") if cfg.validate else []
     crop = tuple(spec.roi_size) if spec.spatial_dims == 3 else (cfg.crop, cfg.crop)
     dataset = training_dataset(load_volumes(train_cases, show_progress=show), spec.spatial_dims, crop,
-                               slice_context(cfg.model, cfg.overrides))
+                               slice_context(cfg.model, cfg.overrides), cfg.augmentation)
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
