@@ -251,3 +251,29 @@ def test_mild_augmentation_leaves_out_the_simulated_scanners():
     assert {"RandFlipd", "RandRotate90d", "RandAffined"} <= names("mild") & names("wide")
     with pytest.raises(MedSegError, match="augmentation"):
         augmentation(2, (64, 64), 0, "strong")
+
+
+def test_all_patients_trains_on_the_validation_patients_too(tmp_path, acdc):
+    """The final model of a fixed recipe: `--all-patients` takes the validation patient's frames into
+    training and validates on nothing; a validated run on the same folder does not train on them."""
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.weights import load_model
+
+    data = tmp_path / "acdc"
+    data.mkdir()
+    for patient in ("patient001", "patient013"):  # a training and a validation patient
+        (data / patient).symlink_to(acdc / patient)
+    common = ("--data", str(data), "--epochs", "1", "--max-steps", "1", "--batch-size", "2", "--crop", "64",
+              "--device", "cpu")
+    result = run_cli("train", "--all-patients", "--output", str(tmp_path / "all"), *common)
+    assert result.returncode == 0, result.stderr
+    _, manifest = load_model(tmp_path / "all" / "weights", "cpu")
+    assert manifest["training"]["train_volumes"] == 4 and manifest["training"]["validation_volumes"] == 0
+    assert "validation patients included" in manifest["training"]["split"] and not manifest["metrics"]
+    result = run_cli("train", "--no-validation", "--output", str(tmp_path / "split"), *common)
+    assert result.returncode == 0, result.stderr
+    assert load_model(tmp_path / "split" / "weights", "cpu")[1]["training"]["train_volumes"] == 2
+    assert_user_error(run_cli("train", "grade", "--all-patients", "--output", str(tmp_path / "bad")), "train segment")
+    with pytest.raises(MedSegError, match="none to validate"):
+        TrainConfig(data=data, output=tmp_path / "bad", patients="all")
+    assert not (tmp_path / "bad").exists()

@@ -212,6 +212,10 @@ def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
+    for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine"))):
+        if getattr(args, option) and args.task not in tasks:
+            raise MedSegError(f"--{option.replace('_', '-')} is for `train {' or '.join(tasks)}`, not "
+                              f"`train {args.task}`.", code=ErrorCode.BAD_ARGUMENT)
     if args.task == "grade":
         from medsegrwkv.cli.grade import cmd_train_grade
 
@@ -225,7 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model = args.model or TrainConfig.model
     cfg = TrainConfig(data=Path(args.data), output=Path(args.output), device=args.device, max_steps=args.max_steps,
-                      max_cases=args.max_cases, validate=not args.no_validation, init=args.init,
+                      max_cases=args.max_cases, validate=not (args.no_validation or args.all_patients), init=args.init,
+                      patients="all" if args.all_patients else "train",
                       overrides=parse_overrides(model, args.set or []),
                       **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
                                       "workers", "augmentation"))
@@ -387,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     p.add_argument("--max-cases", type=int, help="use only the first N training volumes (smoke tests)")
     p.add_argument("--no-validation", action="store_true", help="skip validation; export the last weights")
+    p.add_argument("--all-patients", action="store_true",
+                   help="segment: train on every patient, the validation patients too, for the final model once a "
+                        "run on the split has fixed the recipe (implies --no-validation)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one entry of the model's config, e.g. --set scan=raster, or for a grader "
                         "--set backbone_size=112 (repeatable; `medsegrwkv models --json` lists each model's config)")

@@ -78,11 +78,19 @@ class TrainConfig:
     max_cases: int | None = None  # limit training volumes (smoke tests)
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
     validate: bool = True
+    # "all": the validation patients are trained on too (the final model, once validation has fixed
+    # the recipe), so nothing is left to validate on
+    patients: str = "train"
     overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # start from these weights (a registered name or a folder): fine-tuning
 
     def __post_init__(self) -> None:
         check_augmentation(self.augmentation)  # before anything is loaded or written
+        if self.patients not in ("train", "all"):
+            raise MedSegError(f"Unknown patients '{self.patients}'; choose train or all.", code=ErrorCode.BAD_ARGUMENT)
+        if self.patients == "all" and self.validate:
+            raise MedSegError("Training on all patients leaves none to validate on: turn validation off.",
+                              code=ErrorCode.BAD_ARGUMENT)
 
 
 def _seed_everything(seed: int) -> None:
@@ -103,7 +111,9 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
         "labels": SEGMENTATION_LABELS,
         "preprocessing": DEFAULT_PREPROCESSING,
         "training": {
-            "data": str(cfg.data), "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation",
+            "data": str(cfg.data),
+            "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation"
+            if cfg.patients == "train" else "every patient, the validation patients included (no validation)",
             "train_volumes": n_train, "validation_volumes": n_val, "epochs_completed": epoch,
             "optimizer_steps": steps, "batch_size": cfg.batch_size * ctx.world_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "crop": list(spec.roi_size) if spec.spatial_dims == 3 else cfg.crop,
@@ -167,7 +177,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     model = model.to(ctx.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
+    train_cases = list_cases(cfg.data, cfg.patients)[: cfg.max_cases]
     val_cases = list_cases(cfg.data, "val") if cfg.validate else []
     crop = tuple(spec.roi_size) if spec.spatial_dims == 3 else (cfg.crop, cfg.crop)
     dataset = training_dataset(load_volumes(train_cases, show_progress=show), spec.spatial_dims, crop,
