@@ -115,8 +115,9 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         *comparison_lines(manifest.get("comparisons", [])),
         "## Limitations",
         "- ACDC comes from one centre (Dijon, 1.5 T and 3 T Siemens); other vendors and sequences may do worse.",
-        "- The shared ACDC copy has nominal spacing (1.5625 x 1.5625 x 10 mm), so HD95 in mm and volumes are "
-        "approximate; Dice is unaffected.",
+        "- HD95 and volumes are in mm from each image's own pixel spacing and slice positions."
+        + (" These weights were trained on an ACDC copy that gave every image a nominal 1.5625 mm pixel, so they "
+           "saw hearts up to 25% off their true size." if t.get("pixel_spacing") == "nominal" else ""),
         "- Apical and basal slices are the hardest; check them, and the RV in particular.",
         "",
         f"Weights: `model.safetensors` ({manifest.get('dtype')}), SHA-256 `{manifest.get('sha256')}` (checked at load).",
