@@ -325,6 +325,20 @@ def test_fast_route_computes_the_plain_function() -> None:
         torch.testing.assert_close(model(x[:2]), plain[:2], rtol=1e-4, atol=1e-4)
 
 
+def test_fast_route_computes_the_plain_function_when_the_biwkv_pads() -> None:
+    """A wide field of view (410 x 346 on the network grid, padded to 416 x 352) leaves the deepest
+    stage 13 x 11 = 143 tokens, which no chunk length divides: the Bi-WKV pads its last chunk and
+    hands back a strided view. Several slices at once must still give the plain route's logits
+    (this crashed the fast route on such studies)."""
+    torch.manual_seed(0)
+    model = create_model("medsegrwkv-t").eval()
+    x = torch.randn(2, 1, 416, 352)
+    with torch.inference_mode():
+        fast = model(x)
+        plain = plain_with_hardened_gates(model, x)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_fast_route_computes_the_plain_function_in_3d() -> None:
     """3D: six paths and six Q-Shift groups, so two of 32 channels stay unshifted."""
     torch.manual_seed(0)

@@ -120,7 +120,8 @@ class SpatialMix(nn.Module):
         k, v, r = (linear(projection.weight, torch.lerp(shifted, xs, ratio[0]).view(-1, C))
                    for projection, ratio in zip((self.key, self.value, self.receptance), ratios))
         wkv = biwkv_channels_first(self.decay, self.bonus, k.view(C, B, T), v.view(C, B, T), self._cached_tables(T))
-        y = torch.sigmoid(r).mul_(wkv.view(C, B * T)).view(C * B, T).index_select(1, tables.inv)
+        # wkv is a strided view when the Bi-WKV padded its last chunk: multiplied as (C, B, T), never viewed flat
+        y = torch.sigmoid(r).view(C, B, T).mul_(wkv).view(C * B, T).index_select(1, tables.inv)
         return linear(y.view(C, B * T).t(), self.output.weight).view(B, T, C)
 
     def _cached_tables(self, T: int) -> BiWKVTables | None:
