@@ -273,6 +273,20 @@ def test_all_patients_trains_on_the_validation_patients_too(tmp_path, acdc):
     result = run_cli("train", "--no-validation", "--output", str(tmp_path / "split"), *common)
     assert result.returncode == 0, result.stderr
     assert load_model(tmp_path / "split" / "weights", "cpu")[1]["training"]["train_volumes"] == 2
+    # the recipe's validation (the run without the validation patients) goes into the final weights, labelled
+    result = run_cli("evaluate", "--data", str(data), "--weights", str(tmp_path / "split" / "weights"),
+                     "--record-recipe-in", str(tmp_path / "all" / "weights"), "--split", "val", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    final = load_model(tmp_path / "all" / "weights", "cpu")[1]
+    assert final["metrics"]["validation"]["volumes"] == 2 and "same recipe" in final["metrics"]["validation"]["source"]
+    assert final["training"]["validation_volumes"] == 0
+    card = (tmp_path / "all" / "weights" / "MODEL_CARD.md").read_text()
+    assert "## Validation of the recipe" in card and "Split: none; 4 training volumes" in card
+    assert_user_error(run_cli("evaluate", "--data", str(data), "--weights", str(tmp_path / "all" / "weights"),
+                              "--record", "--split", "val", "--device", "cpu"), "validation patients")
+    assert_user_error(run_cli("evaluate", "--data", str(data), "--weights", str(tmp_path / "all" / "weights"),
+                              "--record-recipe-in", str(tmp_path / "split" / "weights"), "--split", "val"),
+                      "--all-patients")
     assert_user_error(run_cli("train", "grade", "--all-patients", "--output", str(tmp_path / "bad")), "train segment")
     with pytest.raises(MedSegError, match="none to validate"):
         TrainConfig(data=data, output=tmp_path / "bad", patients="all")

@@ -112,6 +112,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medsegrwkv.training.evaluation import evaluate_cases
     from medsegrwkv.io.text import rows_csv
     from medsegrwkv.training.report import worst_structure_dice, write_report
+    from medsegrwkv.weights import load_manifest
+    from medsegrwkv.weights.model_card import all_patients
 
     output = Path(args.output) if args.output else None
     if output:
@@ -121,9 +123,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise MedSegError(f"--report {report} is a file; give a folder for the report.", code=ErrorCode.BAD_OUTPUT)
     if report:  # its folder, or the folder it will be made in, must be writable
         check_output((report if report.is_dir() else report.parent) / "report.md", (".md",))
-    if args.record and (not args.weights or args.split != "val" or args.tta or args.max_cases):
-        raise MedSegError("--record needs --weights DIR and --split val, without --tta or --max-cases: it stores the "
-                          "validation metrics in that folder's manifest.", code=ErrorCode.BAD_ARGUMENT)
+    if (args.record or args.record_recipe_in) and (not args.weights or args.split != "val" or args.tta
+                                                   or args.max_cases):
+        raise MedSegError("--record and --record-recipe-in need --weights DIR and --split val, without --tta or "
+                          "--max-cases: they store the validation metrics in a manifest.", code=ErrorCode.BAD_ARGUMENT)
+    if args.record and all_patients(load_manifest(args.weights) or {}):
+        raise MedSegError(f"{args.weights} was trained on the validation patients too, so it has no validation of "
+                          "its own; record its recipe's with --record-recipe-in.", code=ErrorCode.BAD_ARGUMENT)
+    final = load_manifest(args.record_recipe_in) if args.record_recipe_in else None
+    if args.record_recipe_in and not (final and all_patients(final)):
+        raise MedSegError(f"--record-recipe-in {args.record_recipe_in} is not a weights folder trained with "
+                          "--all-patients.", code=ErrorCode.BAD_ARGUMENT)
     if args.max_cases is not None and args.max_cases < 1:
         raise MedSegError("--max-cases must be at least 1.", code=ErrorCode.BAD_ARGUMENT)
     cases = list_cases(args.data, args.split)[: args.max_cases]
@@ -136,6 +146,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from medsegrwkv.weights.model_card import render_segmentation_card
 
         record_validation(Path(args.weights), summary, len(rows), render_segmentation_card)
+    if args.record_recipe_in:
+        from medsegrwkv.training.loop import record_validation
+        from medsegrwkv.weights.model_card import render_segmentation_card
+
+        epoch = (load_manifest(args.weights) or {}).get("training", {}).get("epochs_completed")
+        record_validation(Path(args.record_recipe_in), summary, len(rows), render_segmentation_card, source=(
+            f"Measured on the {len(rows)} validation volumes by the same recipe trained without the validation "
+            f"patients ({args.weights}, epoch {epoch}); these weights were trained on those patients too, so "
+            "they have no validation of their own."))
     if output:
         write_text_atomic(output, rows_csv(rows))
     name = segmenter.manifest["name"]
@@ -162,6 +181,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote the per-case report to {report}")
     if args.record:
         print(f"recorded the validation metrics in {Path(args.weights) / 'manifest.json'}")
+    if args.record_recipe_in:
+        print(f"recorded them as the recipe's in {Path(args.record_recipe_in) / 'manifest.json'}")
     return 0
 
 
@@ -362,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true",
                    help="store the validation metrics in the --weights folder's manifest and model card (for "
                    "weights trained without validation); needs --split val")
+    p.add_argument("--record-recipe-in", metavar="DIR",
+                   help="store these validation metrics, labelled as the recipe's, in DIR: the same recipe's weights "
+                        "trained with `train --all-patients`, which have no validation of their own")
     add_model_args(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -24,16 +24,20 @@ def export_weights(model: torch.nn.Module, manifest: dict[str, Any], folder: Pat
 
 
 def record_validation(folder: Path, summary: dict[str, float], volumes: int,
-                      render_card: Callable[[dict[str, Any], int, float], str]) -> None:
+                      render_card: Callable[[dict[str, Any], int, float], str], source: str | None = None) -> None:
     """Store a validation summary in a weights folder's manifest (checksum kept) and re-render its card:
-    for weights trained without validation, e.g. on a machine that only had the prepared training data."""
+    for weights trained without validation, e.g. on a machine that only had the prepared training data.
+    `source`: the summary is another run's, the recipe's (for weights trained on every patient), as it says."""
     from medsegrwkv.weights.store import load_manifest, save_manifest
 
     manifest = load_manifest(folder)
     training = manifest.setdefault("training", {})
-    epoch, training["validation_volumes"] = training.get("epochs_completed"), volumes
+    epoch = training.get("epochs_completed")
+    if source is None:
+        training["validation_volumes"] = volumes
     manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes,
-                                                         "selection": "final epoch"}
+                                                         "selection": "final epoch",
+                                                         **({"source": source} if source else {})}
     save_manifest(folder, manifest)
     _write_card(folder, manifest, render_card)
 

@@ -71,6 +71,12 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def all_patients(manifest: dict[str, Any]) -> bool:
+    """Weights trained on every patient, the validation patients too (`train --all-patients`)."""
+    return manifest.get("training", {}).get("validation_volumes") == 0 and "validation patients included" in str(
+        manifest.get("training", {}).get("split"))
+
+
 def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
     t = manifest.get("training", {})
     v = manifest.get("metrics", {}).get("validation", {})
@@ -90,8 +96,11 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         "",
         "## Training data and licence",
         f"- {manifest.get('licence', '')}",
-        f"- Split: {t.get('split')}; {t.get('train_volumes')} training volumes, {t.get('validation_volumes')} "
-        "validation volumes (ED and ES frames; patient-level, 4 validation patients per pathology group).",
+        (f"- Split: {t.get('split')}; {t.get('train_volumes')} training volumes, {t.get('validation_volumes')} "
+         "validation volumes (ED and ES frames; patient-level, 4 validation patients per pathology group)."
+         if not all_patients(manifest) else
+         f"- Split: none; {t.get('train_volumes')} training volumes (ED and ES frames): every patient, the validation "
+         "patients included, once a run on the split had fixed the recipe."),
         f"- {t.get('epochs_completed')} epochs ({t.get('optimizer_steps')} optimiser steps, batch {t.get('batch_size')}, "
         f"crop {t.get('crop')}, AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
         f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
@@ -99,7 +108,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         *_init_lines(t.get("init")),
         *([f"- {t['note']}"] if t.get("note") else []),
         "",
-        "## Validation (deployed pipeline, post-processing on, no TTA)",
+        "## Validation (deployed pipeline, post-processing on, no TTA)" if not v.get("source") else
+        "## Validation of the recipe (deployed pipeline, post-processing on, no TTA)",
         "",
         "| structure | Dice | HD95 (mm) |",
         "|---|---|---|",
@@ -109,6 +119,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
             lines.append(f"| {name} | {v[f'{name}_dice']:.4f} | {v[f'{name}_hd95']:.2f} |")
     lines += [
         "",
+        v["source"] if v.get("source") else
         ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
          "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
         "",
