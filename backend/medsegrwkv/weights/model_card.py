@@ -102,7 +102,9 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
          f"- Split: none; {t.get('train_volumes')} training volumes (ED and ES frames): every patient, the validation "
          "patients included, once a run on the split had fixed the recipe."),
         f"- {t.get('epochs_completed')} epochs ({t.get('optimizer_steps')} optimiser steps, batch {t.get('batch_size')}, "
-        f"crop {t.get('crop')}, AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
+        f"crop {t.get('crop')}, "
+        + (f"{t['augmentation']} augmentation, " if t.get("augmentation") else "")
+        + f"AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
         f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
         *_init_lines(t.get("init")),
