@@ -5,7 +5,10 @@ from other sites and vendors vary in: the dihedral orientations they come in (fl
 rotations), rotation, heart size (scaling by 0.7-1.3: children to dilated hearts), acquired
 resolution (down- then up-sampling, as a 2.6 mm acquisition looks after resampling to the
 network's 1.5625 mm), and contrast (intensity scale and shift, gamma 0.6-1.8, a non-linear
-histogram shift, bias field, Rician noise, blur and Gibbs ringing).
+histogram shift, bias field, Rician noise, blur and Gibbs ringing). That is the "wide"
+augmentation, the default; "mild" keeps the orientations, small rotations and scales and light
+intensity changes: in short fine-tuning cycles from the bundled weights it scored 0.3 points of
+validation Dice higher, at no measured cost under the simulated scanners (docs/medsegrwkv.md).
 """
 
 from __future__ import annotations
