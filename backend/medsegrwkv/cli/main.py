@@ -127,7 +127,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                                    or args.max_cases):
         raise MedSegError("--record and --record-recipe-in need --weights DIR and --split val, without --tta or "
                           "--max-cases: they store the validation metrics in a manifest.", code=ErrorCode.BAD_ARGUMENT)
-    if args.record and all_patients(load_manifest(args.weights) or {}):
+    weights_manifest = (load_manifest(args.weights) or {}) if args.weights else {}
+    if args.record and all_patients(weights_manifest):
         raise MedSegError(f"{args.weights} was trained on the validation patients too, so it has no validation of "
                           "its own; record its recipe's with --record-recipe-in.", code=ErrorCode.BAD_ARGUMENT)
     final = load_manifest(args.record_recipe_in) if args.record_recipe_in else None
@@ -141,16 +142,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     kept: dict[str, tuple] = {}
     rows, summary = evaluate_cases(segmenter, cases, tta=args.tta, on_prediction=(
         (lambda case, image, reference, pred: kept.__setitem__(case.name, (image, reference, pred))) if report else None))
-    if args.record:
+    if args.record or args.record_recipe_in:
         from medsegrwkv.training.loop import record_validation
         from medsegrwkv.weights.model_card import render_segmentation_card
-
+    if args.record:
         record_validation(Path(args.weights), summary, len(rows), render_segmentation_card)
     if args.record_recipe_in:
-        from medsegrwkv.training.loop import record_validation
-        from medsegrwkv.weights.model_card import render_segmentation_card
-
-        epoch = (load_manifest(args.weights) or {}).get("training", {}).get("epochs_completed")
+        epoch = weights_manifest.get("training", {}).get("epochs_completed")
         record_validation(Path(args.record_recipe_in), summary, len(rows), render_segmentation_card, source=(
             f"Measured on the {len(rows)} validation volumes by the same recipe trained without the validation "
             f"patients ({args.weights}, epoch {epoch}); these weights were trained on those patients too, so "

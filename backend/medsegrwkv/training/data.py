@@ -74,29 +74,21 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
         RandAffined(KEYS, prob=0.6 if wide else 0.5, rotate_range=rotate, scale_range=scale,
                     mode=("bilinear", "nearest"), padding_mode="zeros"),
     ]
-    if wide:
-        intensity = [
-            RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
-                                       upsample_mode="bilinear" if spatial_dims == 2 else "trilinear"),
-            # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
-            RandBiasFieldd("image", prob=0.3, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
-            RandScaleIntensityd("image", factors=0.2, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            RandAdjustContrastd("image", prob=0.4, gamma=(0.6, 1.8)),
-            RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2),
-            RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-            RandRicianNoised("image", prob=0.2, std=0.04, relative=False),
-            RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6)),
-        ]
-    else:
-        intensity = [
-            RandBiasFieldd("image", prob=0.2, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
-            RandScaleIntensityd("image", factors=0.15, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
-            RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-            RandGaussianNoised("image", prob=0.2, std=0.03),
-        ]
+    # "mild" is the "wide" list without the other scanners' looks, with gentler settings
+    intensity = [
+        *([RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
+                                      upsample_mode="bilinear" if spatial_dims == 2 else "trilinear")] if wide else []),
+        # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
+        RandBiasFieldd("image", prob=0.3 if wide else 0.2, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
+        RandScaleIntensityd("image", factors=0.2 if wide else 0.15, prob=0.5),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        RandAdjustContrastd("image", prob=0.4 if wide else 0.3, gamma=(0.6, 1.8) if wide else (0.7, 1.5)),
+        *([RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2)] if wide else []),
+        RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+        RandRicianNoised("image", prob=0.2, std=0.04, relative=False) if wide else
+        RandGaussianNoised("image", prob=0.2, std=0.03),
+        *([RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6))] if wide else []),
+    ]
     reverse = [RandLambdad("image", func=lambda x: x.flip(0), prob=0.5)] if context else []
     return Compose(spatial + intensity + reverse)
 

@@ -117,7 +117,7 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "train_volumes": n_train, "validation_volumes": n_val, "epochs_completed": epoch,
             "optimizer_steps": steps, "batch_size": cfg.batch_size * ctx.world_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "crop": list(spec.roi_size) if spec.spatial_dims == 3 else cfg.crop,
-            "augmentation": cfg.augmentation,
+            "patients": cfg.patients, "augmentation": cfg.augmentation,
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,

@@ -73,8 +73,7 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
 
 def all_patients(manifest: dict[str, Any]) -> bool:
     """Weights trained on every patient, the validation patients too (`train --all-patients`)."""
-    return manifest.get("training", {}).get("validation_volumes") == 0 and "validation patients included" in str(
-        manifest.get("training", {}).get("split"))
+    return manifest.get("training", {}).get("patients") == "all"
 
 
 def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
