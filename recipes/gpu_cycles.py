@@ -1,0 +1,203 @@
+r"""Fine-tuning cycles of `medsegrwkv-t` run side by side on one GPU machine that has PyTorch but not the
+project's imaging libraries (SimpleITK, nibabel, pydicom), within a fixed wall-clock budget.
+
+    # here: the training split, prepared by the project's own preprocessing, as 8-bit images
+    .venv/bin/python recipes/gpu_cycles.py prepare runs/gpu_carry
+    # there (MONAI carried as a wheel on PYTHONPATH): four cycles for 480 s, each its own seed
+    python3 recipes/gpu_cycles.py train runs/gpu_carry --budget 480 --device cuda --init medsegrwkv-t \
+        --job A:seed=10 --job B:seed=11 --job C:seed=12,in_channels=3 --job D:seed=13,deep_supervision=1
+
+Every job runs the project's trainer (`training.segmentation`: mild augmentation, lr 6e-4 unless given,
+batch 16, crop 160, no validation there) on the prepared volumes, and sizes its cosine schedule from its
+own measured step time beside the others, so that the schedule ends before the budget. Each job's
+weights come back as `weights_<name>.tar`; validate them here with `medsegrwkv evaluate --record`.
+Session 17 ran this on a lent H200 (docs/medsegrwkv.md, 'Levers measured').
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import types
+from pathlib import Path
+from unittest.mock import MagicMock
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "backend"))
+CACHE = "acdc_train_8bit.npz"
+ABSENT_THERE = ("SimpleITK", "nibabel", "pydicom", "torchio", "vtk")
+
+
+class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Stands in for an imaging library that is not installed: the prepared volumes need none of them,
+    but the package imports them at module level."""
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] not in ABSENT_THERE:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            real = None if os.environ.get("GPU_CYCLES_STUB_ALL") else importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        return real or importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attr: MagicMock(name=attr)
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def prepare(folder: Path, data: str) -> None:
+    import numpy as np
+    from medsegrwkv.training.acdc import list_cases
+    from medsegrwkv.training.data import load_volumes
+
+    cases = list_cases(data, "train")
+    arrays = {}
+    for case, volume in zip(cases, load_volumes(cases)):
+        arrays[f"{case.name}/image"] = np.round(np.clip(volume["image"], 0, 1) * 255).astype(np.uint8)
+        arrays[f"{case.name}/label"] = volume["label"]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / CACHE, **arrays)
+    print(f"{len(cases)} training volumes -> {folder / CACHE}")
+
+
+def parse_job(text: str) -> tuple[str, dict]:
+    """'A:seed=10,lr=3e-4,in_channels=3' -> ('A', {'seed': 10, 'lr': 3e-4, 'overrides': {'in_channels': 3}})."""
+    name, _, spec = text.partition(":")
+    job: dict = {"seed": 0, "lr": 6e-4, "overrides": {}}
+    for item in filter(None, spec.split(",")):
+        key, value = item.split("=")
+        if key in ("seed", "lr"):
+            job[key] = int(value) if key == "seed" else float(value)
+        else:
+            job["overrides"][key] = bool(int(value)) if key == "deep_supervision" else int(value)
+    return name, job
+
+
+def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, device: str) -> None:
+    sys.meta_path.insert(0, _Absent())
+    import numpy as np
+    import torch
+    from monai.data import DataLoader
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    from medsegrwkv.inference.device import training_autocast
+    from medsegrwkv.nets.registry import create_model, slice_context
+    from medsegrwkv.training import segmentation
+    from medsegrwkv.training.acdc import Case
+
+    torch.set_num_threads(2)
+    cache = np.load(folder / CACHE)
+    names = sorted({key.split("/")[0] for key in cache.files})
+    cases = [Case(n.split("_")[0], int(n[7:10]), int(n[-2:]), Path(n), Path(n), None) for n in names]
+    segmentation.list_cases = lambda root, split="all": cases
+    segmentation.load_volumes = lambda chosen, preprocessing=None, show_progress=True: [
+        {"image": cache[f"{c.name}/image"].astype(np.float32) / 255.0, "label": cache[f"{c.name}/label"]}
+        for c in chosen]
+
+    # this job's step time beside the others, on real augmented batches
+    dev = torch.device(device)
+    dataset = segmentation.training_dataset(segmentation.load_volumes(cases), 2, (160, 160),
+                                            slice_context("medsegrwkv-t", job["overrides"]), "mild")
+    batches = iter(DataLoader(dataset, batch_size=16, shuffle=True, num_workers=3, drop_last=True))
+    net = create_model("medsegrwkv-t", **job["overrides"]).to(dev)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+    steps, warm = int(os.environ.get("GPU_CYCLES_TIME_STEPS", 30)), 8
+    for i in range(steps):
+        if i == min(warm, steps // 2):
+            torch.cuda.synchronize() if dev.type == "cuda" else None
+            started = time.time()
+        batch = next(batches)
+        with training_autocast(dev):
+            loss = loss_fn(net(batch["image"].to(dev)), batch["label"].to(dev))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.cuda.synchronize() if dev.type == "cuda" else None
+    step = (time.time() - started) / (steps - min(warm, steps // 2))
+    del net, optimizer, batches
+    per_epoch = len(dataset) // 16
+    left = deadline - time.time() - 30
+    epochs = max(1, int(left / (per_epoch * step * 1.05 + 1.0)))
+    print(f"[{name}] {step * 1000:.0f} ms a step, {per_epoch} steps an epoch, {left:.0f} s left: {epochs} epochs",
+          flush=True)
+    cfg = segmentation.TrainConfig(
+        data=folder, output=folder / "runs" / name, model="medsegrwkv-t", epochs=epochs, batch_size=16,
+        lr=job["lr"], crop=160, augmentation="mild", device=device, seed=job["seed"], workers=3, validate=False,
+        overrides=job["overrides"], init=init, max_steps=int(os.environ.get("GPU_CYCLES_MAX_STEPS", 0)) or None)
+    segmentation.train_segmentation(cfg, show_progress=False)
+    print(f"[{name}] done", flush=True)
+
+
+def train(args: argparse.Namespace) -> None:
+    out = Path(os.environ.get("OUT", args.folder / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    deadline = started + args.budget
+    jobs = dict(parse_job(text) for text in args.job)
+    procs = {}
+    for name, job in jobs.items():
+        log = open(args.folder / f"job_{name}.log", "w")
+        procs[name] = subprocess.Popen(
+            [sys.executable, __file__, "job", str(args.folder), name, json.dumps(job), args.init, str(deadline),
+             args.device], stdout=log, stderr=subprocess.STDOUT)
+
+    def epochs_done(name: str) -> int:
+        history = args.folder / "runs" / name / "history.jsonl"
+        return len(history.read_text().splitlines()) if history.is_file() else 0
+
+    while any(p.poll() is None for p in procs.values()) and time.time() < deadline + 45:
+        time.sleep(10)
+        print(f"{time.time() - started:.0f} s, epochs:", {name: epochs_done(name) for name in procs}, flush=True)
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            print(f"[{name}] still running after the budget: stopped; its last epoch's weights are kept", flush=True)
+            proc.kill()
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        for name in procs:
+            tar.add(args.folder / f"job_{name}.log", arcname=f"job_{name}.log")
+            run = args.folder / "runs" / name
+            if (run / "weights").is_dir():
+                with tarfile.open(out / f"weights_{name}.tar", "w") as weights:
+                    weights.add(run / "weights", arcname=f"weights_{name}")
+                tar.add(run / "history.jsonl", arcname=f"history_{name}.jsonl")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["job"]:
+        folder, name, job, init, deadline, device = sys.argv[2:8]
+        run_job(Path(folder), name, json.loads(job), init, float(deadline), device)
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="write the prepared training split into FOLDER (here)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--data", default="../shared/data/acdc")
+    t = sub.add_parser("train", help="run the jobs on the prepared split in FOLDER (there)")
+    t.add_argument("folder", type=Path)
+    t.add_argument("--budget", type=float, required=True, help="seconds until every schedule must have ended")
+    t.add_argument("--device", default="cuda")
+    t.add_argument("--init", default="medsegrwkv-t", help="starting weights: a registered name or a folder")
+    t.add_argument("--job", action="append", required=True,
+                   help="NAME:seed=N[,lr=X][,in_channels=3][,deep_supervision=1]; one process each")
+    args = parser.parse_args()
+    prepare(args.folder, args.data) if args.command == "prepare" else train(args)
+
+
+if __name__ == "__main__":
+    main()
