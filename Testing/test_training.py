@@ -291,3 +291,36 @@ def test_all_patients_trains_on_the_validation_patients_too(tmp_path, acdc):
     with pytest.raises(MedSegError, match="none to validate"):
         TrainConfig(data=data, output=tmp_path / "bad", patients="all")
     assert not (tmp_path / "bad").exists()
+
+
+def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libraries(tmp_path, acdc):
+    """recipes/gpu_cycles.py (how the session-17 default was trained on a machine without SimpleITK):
+    `prepare` writes the training split as 8-bit images; `train`, with every imaging library stubbed
+    out, runs the project's trainer on them from the bundled weights and packs the weights it made.
+    It replaces two functions of `training.segmentation`, so a change there that breaks it fails here."""
+    import tarfile
+
+    import numpy as np
+
+    data, folder, out = tmp_path / "acdc", tmp_path / "carry", tmp_path / "out"
+    data.mkdir()
+    for patient in ("patient001", "patient002", "patient013"):  # two training patients, one validation
+        (data / patient).symlink_to(acdc / patient)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "gpu_cycles.py"
+    done = subprocess.run([sys.executable, str(recipe), "prepare", str(folder), "--data", str(data)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cache = np.load(folder / "acdc_train_8bit.npz")
+    assert sorted({key.split("/")[0] for key in cache.files}) == [
+        "patient001_frame01", "patient001_frame12", "patient002_frame01", "patient002_frame12"]
+    assert cache["patient001_frame01/image"].dtype == np.uint8 and cache["patient001_frame01/image"].max() == 255
+    env = {**os.environ, "OUT": str(out), "GPU_CYCLES_STUB_ALL": "1", "GPU_CYCLES_TIME_STEPS": "2",
+           "GPU_CYCLES_MAX_STEPS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(recipe), "train", str(folder), "--budget", "60", "--device", "cpu",
+                           "--job", "X:seed=3,lr=3e-4"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(out / "weights_X.tar") as tar:
+        manifest = json.load(tar.extractfile("weights_X/manifest.json"))
+    training = manifest["training"]
+    assert (training["train_volumes"], training["optimizer_steps"], training["lr"], training["seed"]) == (4, 1, 3e-4, 3)
+    assert training["augmentation"] == "mild" and training["init"]["weights"] == "medsegrwkv-t"
