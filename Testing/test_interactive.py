@@ -143,17 +143,17 @@ def test_clicks_improve_real_validation_slices(acdc: Path, default_segmenter) ->
     Not yet what it should be (docs/interactive.md, "True geometry"): the refiner retrained on the
     true-geometry copy (12 epochs) improves the myocardium (0.896 -> 0.906 after 3 clicks on the
     session-17 default's masks) but leaves the RV and LV about where they were or a little below
-    (RV 0.878 -> 0.867, LV 0.954 -> 0.945; with the session-16 default's masks RV 0.866 -> 0.861),
-    and from an empty mask reaches RV 0.59, Myo 0.79, LV 0.87. The earlier refiner, trained on the
-    nominal-spacing copy, fell to RV 0.777 here, and an empty RV stalled at 0.50. The test holds
-    that line: no structure loses more than 1.5 points (1 point before the session-17 default's
-    better RV), clicks build a mask from nothing, and more clicks never make it worse."""
+    (RV 0.878 -> 0.870, LV 0.954 -> 0.945; before clicks were held near their border on slices
+    that hold the structure, RV 0.878 -> 0.867), and from an empty mask reaches RV 0.59, Myo 0.79,
+    LV 0.87. The earlier refiner, trained on the nominal-spacing copy, fell to RV 0.777 here, and
+    an empty RV stalled at 0.50. The test holds that line: no structure loses more than 1 point,
+    clicks build a mask from nothing, and more clicks never make it worse."""
     refiner = Refiner.from_pretrained(DEFAULT_MODELS["refinement"], "cpu")
     cases = list_cases(acdc, "val")[:2]
     summary = evaluate_clicks(refiner, default_segmenter, cases, max_clicks=3, show_progress=False)
     auto = summary["automatic"]
     for name, row in auto.items():
-        assert row["slices"] > 5 and row["dice_3"] > row["dice_0"] - 0.015, (name, row)
+        assert row["slices"] > 5 and row["dice_3"] > row["dice_0"] - 0.01, (name, row)
     assert auto["Myo"]["dice_3"] > auto["Myo"]["dice_0"] + 0.005
     for name, row in summary["empty"].items():
         assert row["dice_0"] == 0.0 and row["dice_3"] >= row["dice_1"] > 0.5, (name, row)
@@ -170,6 +170,25 @@ def test_a_click_changes_only_the_region_it_touches() -> None:
     region = changes_near_clicks(mask, proposal, [Click(10.0, 17.0, True)])
     assert region[5:15, 15:20].all() and not region[30:35, 30:35].any() and region.sum() == 50
     assert not changes_near_clicks(mask, proposal, []).any()
+
+
+def test_a_click_on_a_small_structure_corrects_its_border_and_on_an_empty_slice_draws_it() -> None:
+    """On a slice that holds the structure the change stays near the click (here 6 pixels, the
+    8 x 8 square being smaller); on an empty slice the click takes the whole region it touches."""
+    from medsegrwkv.interactive.clicks import changes_near_clicks
+
+    mask = np.zeros((60, 60), dtype=bool)
+    mask[20:28, 20:28] = True
+    proposal = mask.copy()
+    proposal[20:28, 28:50] = True  # one connected growth reaching 22 pixels out from the square
+    region = changes_near_clicks(mask, proposal, [Click(24.0, 29.0, True)])
+    assert region[20:28, 28:34].all() and not region[:, 36:].any()
+    empty = np.zeros_like(mask)
+    assert changes_near_clicks(empty, proposal, [Click(24.0, 29.0, True)]).sum() == proposal.sum()
+    big = np.zeros_like(mask)
+    big[5:55, 5:28] = True  # a large structure (radius about 19 pixels) takes larger corrections
+    grown = big | proposal
+    assert changes_near_clicks(big, grown, [Click(24.0, 29.0, True)])[20:28, 28:47].all()
 
 
 # -- trainer and CLI -------------------------------------------------------------------------------

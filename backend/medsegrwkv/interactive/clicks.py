@@ -64,21 +64,30 @@ def next_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generat
     return Click(float(y), float(x), bool(positive))
 
 
-def changes_near_clicks(mask: np.ndarray, proposal: np.ndarray, clicks: list[Click], radius: float = 2 * CLICK_SIGMA
-                        ) -> np.ndarray:
+def changes_near_clicks(mask: np.ndarray, proposal: np.ndarray, clicks: list[Click], radius: float = 2 * CLICK_SIGMA,
+                        reach: float = 3 * CLICK_SIGMA) -> np.ndarray:
     """Where the refinement may change `mask`: the connected regions of change (proposal vs mask)
     that reach a click's disc. A click corrects the region it was placed in, and the rest of the
     slice, which the user may already have accepted or edited, stays as it was (the locality
-    that FocalClick argues for, Chen et al., CVPR 2022)."""
+    that FocalClick argues for, Chen et al., CVPR 2022). On a slice that already holds the
+    structure a click corrects its border, so the change also stays within `reach` of a click
+    (about 9 mm), or within the structure's own radius where that is larger: on small apical right
+    ventricles one positive click otherwise let the network add far too much (a 75-pixel RV fell
+    from Dice 0.855 to 0.747). An empty slice takes the whole region, since there the click draws
+    the structure."""
     regions, count = ndimage.label(mask != proposal)
     if count == 0 or not clicks:
         return np.zeros(mask.shape, dtype=bool)
     yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
     near = np.zeros(mask.shape, dtype=bool)
+    reached = np.zeros(mask.shape, dtype=bool)
+    limit = max(reach, float(np.sqrt(mask.sum() / np.pi)))  # a larger structure takes larger corrections
     for click in clicks:
-        near |= (yy - click.y) ** 2 + (xx - click.x) ** 2 <= radius**2
-    touched = np.unique(regions[near & (regions > 0)])
-    return np.isin(regions, touched)
+        distance2 = (yy - click.y) ** 2 + (xx - click.x) ** 2
+        near |= distance2 <= radius**2
+        reached |= distance2 <= limit**2
+    touched = np.isin(regions, np.unique(regions[near & (regions > 0)]))
+    return touched & reached if mask.any() else touched
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
