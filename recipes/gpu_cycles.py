@@ -93,7 +93,6 @@ def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, devi
     import numpy as np
     import torch
     from monai.data import DataLoader
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
 
     from medsegrwkv.inference.device import training_autocast
     from medsegrwkv.nets.registry import create_model, slice_context
@@ -116,7 +115,7 @@ def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, devi
     batches = iter(DataLoader(dataset, batch_size=16, shuffle=True, num_workers=3, drop_last=True))
     net = create_model("medsegrwkv-t", **job["overrides"]).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+    loss_fn = segmentation.segmentation_loss()
     steps, warm = int(os.environ.get("GPU_CYCLES_TIME_STEPS", 30)), 8
     for i in range(steps):
         if i == min(warm, steps // 2):

@@ -4,6 +4,5 @@
 # recipes/tg_finetune.sh`). Cycle 2 made the bundled default (session 16).
 CYCLE="${CYCLE:-2}"
 PREVIOUS=$([ "$CYCLE" -eq 2 ] && echo tg_finetune_mild_t || echo "tg_finetune_mild_cycle$((CYCLE - 1))_t")
-NAME=tg_finetune_mild_cycle${CYCLE}_t
-source "$(dirname "$0")/_common.sh" --model medsegrwkv-t --init "runs/$PREVIOUS/weights" --epochs 15 \
-    --lr 6e-4 --crop 160 --seed $((7 + CYCLE)) --augmentation mild
+NAME=tg_finetune_mild_cycle${CYCLE}_t INIT="runs/$PREVIOUS/weights" LR=6e-4 SEED=$((7 + CYCLE)) EPOCHS=15 \
+    exec bash "$(dirname "$0")/tg_finetune_from.sh"

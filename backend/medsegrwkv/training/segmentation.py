@@ -93,6 +93,12 @@ class TrainConfig:
                               code=ErrorCode.BAD_ARGUMENT)
 
 
+def segmentation_loss() -> DeepSupervisionLoss:
+    """Dice + cross-entropy: one output passes straight through; a deeply supervised model's list is
+    weighted 1, 1/2, 1/4, ..."""
+    return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -189,8 +195,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     net = DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
-    # One output passes straight to Dice + CE; a deeply supervised model's list is weighted 1, 1/2, 1/4, ...
-    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+    loss_fn = segmentation_loss()
 
     run = RunFolder(out, config=cfg)
     state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
