@@ -295,9 +295,12 @@ def test_all_patients_trains_on_the_validation_patients_too(tmp_path, acdc):
 
 def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libraries(tmp_path, acdc):
     """recipes/gpu_cycles.py (how the session-17 default was trained on a machine without SimpleITK):
-    `prepare` writes the training split as 8-bit images; `train`, with every imaging library stubbed
-    out, runs the project's trainer on them from the bundled weights and packs the weights it made.
+    `prepare` writes every patient as 8-bit images; `train`, with every imaging library stubbed
+    out, runs the project's trainer on the training split or on every patient, as each job asks, from
+    the bundled weights and packs the weights it made.
     It replaces two functions of `training.segmentation`, so a change there that breaks it fails here."""
+    import io
+    import lzma
     import tarfile
 
     import numpy as np
@@ -310,17 +313,23 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
     done = subprocess.run([sys.executable, str(recipe), "prepare", str(folder), "--data", str(data)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    cache = np.load(folder / "acdc_train_8bit.npz")
+    cache = np.load(io.BytesIO(lzma.decompress((folder / "acdc_8bit.npz.xz").read_bytes())))
     assert sorted({key.split("/")[0] for key in cache.files}) == [
-        "patient001_frame01", "patient001_frame12", "patient002_frame01", "patient002_frame12"]
+        "patient001_frame01", "patient001_frame12", "patient002_frame01", "patient002_frame12",
+        "patient013_frame01", "patient013_frame14"]
     assert cache["patient001_frame01/image"].dtype == np.uint8 and cache["patient001_frame01/image"].max() == 255
     env = {**os.environ, "OUT": str(out), "GPU_CYCLES_STUB_ALL": "1", "GPU_CYCLES_TIME_STEPS": "2",
            "GPU_CYCLES_MAX_STEPS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, str(recipe), "train", str(folder), "--budget", "60", "--device", "cpu",
-                           "--job", "X:seed=3,lr=3e-4"], capture_output=True, text=True, env=env)
+                           "--job", "X:seed=3,lr=3e-4", "--job", "Y:seed=4,patients=all"],
+                          capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     with tarfile.open(out / "weights_X.tar") as tar:
         manifest = json.load(tar.extractfile("weights_X/manifest.json"))
+    with tarfile.open(out / "weights_Y.tar") as tar:
+        every_patient = json.load(tar.extractfile("weights_Y/manifest.json"))["training"]
+    assert (every_patient["train_volumes"], every_patient["patients"], every_patient["lr"]) == (6, "all", 6e-4)
     training = manifest["training"]
     assert (training["train_volumes"], training["optimizer_steps"], training["lr"], training["seed"]) == (4, 1, 3e-4, 3)
+    assert training["patients"] == "train"
     assert training["augmentation"] == "mild" and training["init"]["weights"] == "medsegrwkv-t"
