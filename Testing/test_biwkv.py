@@ -123,3 +123,15 @@ def test_inference_matches_reference(T: int) -> None:
     ref = biwkv_reference(w, u, k, v)
     err = ((out - ref).norm(dim=(0, 1)) / ref.norm(dim=(0, 1))).max().item()
     assert err < FORWARD_TOL, err
+
+
+@pytest.mark.parametrize("T", [64, 100])  # a whole number of chunks, and one padded
+def test_inference_takes_monai_metatensors(T: int) -> None:
+    """MONAI's data loaders hand out MetaTensors (the refiner's trainer feeds them to the segmenter):
+    the in-place route must allocate from them too, and give the plain tensors' result."""
+    from monai.data import MetaTensor
+
+    w, u, k, v = (t.detach() for t in _inputs(T, 10.0))
+    with torch.no_grad():
+        out = biwkv(w, u, MetaTensor(k), MetaTensor(v))
+    assert torch.allclose(torch.as_tensor(out), biwkv(w, u, k, v))

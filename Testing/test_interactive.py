@@ -207,6 +207,25 @@ def test_train_refine_cli_runs_resumes_and_exports(acdc: Path, tmp_path: Path) -
     assert again.returncode == 0 and "resumed" in again.stderr + again.stdout
 
 
+def test_train_refine_fine_tunes_a_refiner_on_another_segmenters_masks(acdc: Path, tmp_path: Path) -> None:
+    """The bundled refiner can be fine-tuned on the masks of the default segmenter (another architecture):
+    the starting weights are the refiner's own, the automatic masks come from --automatic."""
+    args = ["train", "refine", "--data", str(acdc), "--epochs", "1", "--max-steps", "1", "--max-cases", "2",
+            "--batch-size", "2", "--crop", "64", "--no-validation", "--device", "cpu", "--init", "unet2d-refine"]
+    assert_user_error(run_cli(*args, "--output", str(tmp_path / "no")), "--automatic")
+    assert not (tmp_path / "no").exists()
+    result = run_cli(*args, "--automatic", "medsegrwkv-t", "--output", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    model, manifest = load_model(tmp_path / "run" / "weights", "cpu")
+    assert (manifest["training"]["init"], manifest["training"]["automatic"]) == ("unet2d-refine", "medsegrwkv-t")
+    start, _ = load_model("unet2d-refine", "cpu")
+    tuned, first = model.state_dict(), next(iter(start.state_dict()))
+    assert tuned[first].shape == start.state_dict()[first].shape  # every channel carried over, none zeroed
+    assert not torch.equal(tuned[first].float(), start.state_dict()[first].float())  # and it trained
+    assert_user_error(run_cli("train", "segment", "--data", str(acdc), "--output", str(tmp_path / "seg"),
+                              "--automatic", "medsegrwkv-t"), "--automatic")
+
+
 def test_evaluate_clicks_bad_arguments_are_one_sentence(acdc: Path) -> None:
     assert_user_error(run_cli("evaluate-clicks", "--data", str(acdc), "--max-clicks", "0"), "--max-clicks")
     assert_user_error(run_cli("evaluate-clicks", "--data", str(acdc), "--model", "unet2d"), "not a click-refinement")

@@ -231,7 +231,8 @@ def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
-    for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine"))):
+    for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine")),
+                          ("automatic", ("refine",))):
         if getattr(args, option) and args.task not in tasks:
             raise MedSegError(f"--{option.replace('_', '-')} is for `train {' or '.join(tasks)}`, not "
                               f"`train {args.task}`.", code=ErrorCode.BAD_ARGUMENT)
@@ -423,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="NAME|DIR",
                    help="start from these weights (an installed model name or a weights folder) to fine-tune, "
                         "e.g. the bundled model on your own data; segment: the same model and config; "
-                        "refine: the segmentation model (default unet2d)")
+                        "refine: the segmentation model (default unet2d), or refinement weights to fine-tune "
+                        "(with --automatic)")
+    p.add_argument("--automatic", metavar="NAME|DIR",
+                   help="refine: the segmentation model whose masks the simulated clicks correct (default: --init), "
+                        "e.g. medsegrwkv-t, so the refiner learns the masks its users start from")
     add_train_grade_args(p)
     p.set_defaults(func=cmd_train)
 

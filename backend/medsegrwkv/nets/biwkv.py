@@ -116,7 +116,7 @@ def biwkv_channels_first(w: Tensor, u: Tensor, k: Tensor, v: Tensor,
             if N * L != T:
                 z = F.pad(z, (0, N * L - T))
         else:  # written in place, without the stack's copy
-            z = k.new_empty(C, 2, B, N * L) if N * L == T else k.new_zeros(C, 2, B, N * L)
+            z = k.new_empty((C, 2, B, N * L)) if N * L == T else k.new_zeros((C, 2, B, N * L))
             e = torch.sub(k, k.amax(dim=2, keepdim=True), out=z[:, 1, :, :T]).exp_()
             torch.mul(e, v, out=z[:, 0, :, :T])
         Z = z.view(C, 2 * B * N, L)  # one row per chunk

@@ -1,8 +1,8 @@
 """`medsegrwkv train refine`: the click-refinement network.
 
 Training samples follow the DeepGrow/DeepEdit recipe on augmented ACDC slices: pick a structure
-present on the slice; start from the automatic segmentation (the default segmentation model, run
-on the same augmented slice) or from an empty mask with one positive click; then let the network
+present on the slice; start from the automatic segmentation (`automatic`, by default the starting
+segmentation weights, run on the same augmented slice) or from an empty mask with one positive click; then let the network
 itself refine for 0..`click_rounds` rounds, each followed by a simulated click in its largest
 error, and train on the last state. The refinement network starts from the segmentation
 network's weights (the image channel's filters copied, the new channels' filters zero), so it
@@ -45,9 +45,12 @@ class RefineTrainConfig:
     data: Path
     output: Path
     model: str = "unet2d-refine"
-    # segmentation weights: the automatic prediction and the starting weights, so the same architecture
-    # family as `model` (not the default segmenter, which may be another network)
+    # starting weights: segmentation weights of the same architecture family as `model` (not the default
+    # segmenter, which may be another network), or refinement weights to fine-tune
     init: str = "unet2d"
+    # segmentation weights whose predictions the simulated clicks correct (default: `init`), e.g. the
+    # default segmenter, so that the refiner learns to correct the masks users will see
+    automatic: str | None = None
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
@@ -146,7 +149,8 @@ def _manifest(cfg: RefineTrainConfig, state: dict[str, Any], n_train: int, metri
         "spatial_dims": 2, "labels": SEGMENTATION_LABELS, "preprocessing": DEFAULT_PREPROCESSING,
         "training": {
             "data": str(cfg.data), "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation",
-            "train_volumes": n_train, "init": cfg.init, "epochs_completed": state["epoch"],
+            "train_volumes": n_train, "init": cfg.init, "automatic": cfg.automatic or cfg.init,
+            "epochs_completed": state["epoch"],
             "optimizer_steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "crop": cfg.crop,
             "augmentation": cfg.augmentation, "click_rounds": cfg.click_rounds, "p_automatic": cfg.p_automatic, "seed": cfg.seed,
             "wall_time_s": round(state["seconds"], 1), "torch": torch.__version__,
@@ -164,9 +168,15 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
     device = resolve_device(cfg.device)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    segmenter_net, seg_manifest = load_model(cfg.init, device)
+    start_net, start_manifest = load_model(cfg.init, device)
+    start_task = start_manifest.get("task", "segmentation")
+    if start_task not in ("segmentation", "refinement") or (start_task == "refinement" and not cfg.automatic):
+        raise MedSegError(f"--init {cfg.init} is a {start_task} model: start from segmentation weights, or from "
+                          "refinement weights with --automatic segmentation weights for the masks the clicks correct.",
+                          code=ErrorCode.WRONG_TASK)
+    segmenter_net, seg_manifest = load_model(cfg.automatic, device) if cfg.automatic else (start_net, start_manifest)
     if seg_manifest.get("task", "segmentation") != "segmentation":
-        raise MedSegError(f"--init {cfg.init} is not a segmentation model.", code=ErrorCode.WRONG_TASK)
+        raise MedSegError(f"--automatic {cfg.automatic} is not a segmentation model.", code=ErrorCode.WRONG_TASK)
     for p in segmenter_net.parameters():
         p.requires_grad_(False)
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
@@ -176,7 +186,7 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size)
 
     model = create_model(cfg.model).to(device)
-    transfer_weights(segmenter_net.state_dict(), model)
+    transfer_weights(start_net.state_dict(), model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
