@@ -1,17 +1,19 @@
 r"""Fine-tuning cycles of `medsegrwkv-t` run side by side on one GPU machine that has PyTorch but not the
 project's imaging libraries (SimpleITK, nibabel, pydicom), within a fixed wall-clock budget.
 
-    # here: the training split, prepared by the project's own preprocessing, as 8-bit images
+    # here: all 80 patients, prepared by the project's own preprocessing, as 8-bit images (xz)
     .venv/bin/python recipes/gpu_cycles.py prepare runs/gpu_carry
+    bash recipes/gpu_carry_tree.sh out   # the peer weights out of the index, so the tree travels
     # there (MONAI carried as a wheel on PYTHONPATH): four cycles for 480 s, each its own seed
     python3 recipes/gpu_cycles.py train runs/gpu_carry --budget 480 --device cuda --init medsegrwkv-t \
         --job A:seed=10 --job B:seed=11 --job C:seed=12,in_channels=3 --job D:seed=13,deep_supervision=1
 
-Every job runs the project's trainer (`training.segmentation`: mild augmentation, lr 6e-4 unless given,
-batch 16, crop 160, no validation there) on the prepared volumes, and sizes its cosine schedule from its
+Every job runs the project's trainer (`training.segmentation`: the training split, mild augmentation and
+lr 6e-4 unless given, batch 16, crop 160, no validation there) on the prepared volumes, and sizes its cosine schedule from its
 own measured step time beside the others, so that the schedule ends before the budget. Each job's
 weights come back as `weights_<name>.tar`; validate them here with `medsegrwkv evaluate --record`.
-Session 17 ran this on a lent H200 (docs/medsegrwkv.md, 'Levers measured').
+Afterwards `bash recipes/gpu_carry_tree.sh back`. Sessions 17 and 18 ran this on a lent H200 (docs/medsegrwkv.md,
+'Levers measured'); session 18's default is a `patients=all` job whose twin on the training split validated it.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="write the prepared training split into FOLDER (here)")
+    p = sub.add_parser("prepare", help="write every patient, prepared, into FOLDER (here)")
     p.add_argument("folder", type=Path)
     p.add_argument("--data", default="../shared/data/acdc")
     t = sub.add_parser("train", help="run the jobs on the prepared split in FOLDER (there)")
