@@ -19,6 +19,7 @@ Afterwards `bash recipes/gpu_carry_tree.sh back`. Sessions 17 and 18 ran this on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -105,25 +106,31 @@ def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, devi
     from medsegrwkv.inference.device import training_autocast
     from medsegrwkv.nets.registry import create_model, slice_context
     from medsegrwkv.training import segmentation
-    from medsegrwkv.training.acdc import Case, is_validation
+    from medsegrwkv.training.acdc import Case, in_split
 
     torch.set_num_threads(2)
     cache = np.load(folder / CACHE)
     names = sorted({key.split("/")[0] for key in cache.files})
     cases = [Case(n.split("_")[0], int(n[7:10]), int(n[-2:]), Path(n), Path(n), None) for n in names]
-    segmentation.list_cases = lambda root, split="all": [
-        c for c in cases if split == "all" or (split == "val") == is_validation(c.number)]
+    segmentation.list_cases = lambda root, split="all": in_split(cases, split)
     segmentation.load_volumes = lambda chosen, preprocessing=None, show_progress=True: [
         {"image": cache[f"{c.name}/image"].astype(np.float32) / 255.0, "label": cache[f"{c.name}/label"]}
         for c in chosen]
 
-    # this job's step time beside the others, on real augmented batches
+    cfg = segmentation.TrainConfig(
+        data=folder, output=folder / "runs" / name, model="medsegrwkv-t", batch_size=16, lr=job["lr"], crop=160,
+        augmentation=job["augmentation"], device=device, seed=job["seed"], workers=3, validate=False,
+        patients=job["patients"], overrides=job["overrides"], init=init,
+        max_steps=int(os.environ.get("GPU_CYCLES_MAX_STEPS", 0)) or None)
+
+    # this job's step time beside the others, on real augmented batches of the run's own settings
     dev = torch.device(device)
     dataset = segmentation.training_dataset(
-        segmentation.load_volumes(segmentation.list_cases(folder, job["patients"])), 2, (160, 160),
-        slice_context("medsegrwkv-t", job["overrides"]), job["augmentation"])
-    batches = iter(DataLoader(dataset, batch_size=16, shuffle=True, num_workers=3, drop_last=True))
-    net = create_model("medsegrwkv-t", **job["overrides"]).to(dev)
+        segmentation.load_volumes(segmentation.list_cases(folder, cfg.patients)), 2, (cfg.crop, cfg.crop),
+        slice_context(cfg.model, cfg.overrides), cfg.augmentation)
+    batches = iter(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                              drop_last=True))
+    net = create_model(cfg.model, **cfg.overrides).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
     loss_fn = segmentation.segmentation_loss()
     steps, warm = int(os.environ.get("GPU_CYCLES_TIME_STEPS", 30)), 8
@@ -140,17 +147,12 @@ def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, devi
     torch.cuda.synchronize() if dev.type == "cuda" else None
     step = (time.time() - started) / (steps - min(warm, steps // 2))
     del net, optimizer, batches
-    per_epoch = len(dataset) // 16
+    per_epoch = len(dataset) // cfg.batch_size
     left = deadline - time.time() - 30
     epochs = max(1, int(left / (per_epoch * step * 1.05 + 1.0)))
     print(f"[{name}] {step * 1000:.0f} ms a step, {per_epoch} steps an epoch, {left:.0f} s left: {epochs} epochs",
           flush=True)
-    cfg = segmentation.TrainConfig(
-        data=folder, output=folder / "runs" / name, model="medsegrwkv-t", epochs=epochs, batch_size=16,
-        lr=job["lr"], crop=160, augmentation=job["augmentation"], device=device, seed=job["seed"], workers=3,
-        validate=False, patients=job["patients"],
-        overrides=job["overrides"], init=init, max_steps=int(os.environ.get("GPU_CYCLES_MAX_STEPS", 0)) or None)
-    segmentation.train_segmentation(cfg, show_progress=False)
+    segmentation.train_segmentation(dataclasses.replace(cfg, epochs=epochs), show_progress=False)
     print(f"[{name}] done", flush=True)
 
 

@@ -15,8 +15,8 @@ def cmd_train_refine(args: argparse.Namespace) -> int:
 
     cfg = RefineTrainConfig(data=Path(args.data), output=Path(args.output), device=args.device,
                             max_cases=args.max_cases, max_steps=args.max_steps,
-                            **given_options(args, "model", "init", "automatic", "epochs", "batch_size", "lr", "crop", "val_every",
-                                            "seed", "augmentation"),
+                            **given_options(args, "model", "init", "automatic", "epochs", "batch_size", "lr", "crop",
+                                            "val_every", "seed", "augmentation"),
                             **({"val_cases": 0} if args.no_validation else {}))
     if args.show_config:
         return show_config(cfg)

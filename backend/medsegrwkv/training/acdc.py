@@ -60,8 +60,9 @@ def list_cases(root: str | Path, split: str = "all") -> list[Case]:
     if not cases:
         raise MedSegError(f"No labelled ACDC-layout frames (patientNNN/patientNNN_frameXX.nii.gz with _gt) "
                           f"were found in {base}.", code=ErrorCode.BAD_DATA)
-    if split == "val":
-        return [c for c in cases if is_validation(c.number)]
-    if split == "train":
-        return [c for c in cases if not is_validation(c.number)]
-    return cases
+    return in_split(cases, split)
+
+
+def in_split(cases: list[Case], split: str) -> list[Case]:
+    """The cases of one split (all, train or val), by patient number."""
+    return cases if split == "all" else [c for c in cases if is_validation(c.number) == (split == "val")]
