@@ -38,6 +38,7 @@ from unittest.mock import MagicMock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "backend"))
 CACHE = "acdc_8bit.npz"  # unpacked there from CACHE.xz, which is what travels (xz: a fifth smaller than zip)
+RETURN_PART = 15 * 2**20
 ABSENT_THERE = ("SimpleITK", "nibabel", "pydicom", "torchio", "vtk")
 
 
@@ -82,22 +83,28 @@ def prepare(folder: Path, data: str) -> None:
     print(f"{len(cases)} volumes -> {folder / CACHE}.xz")
 
 
-def parse_job(text: str) -> tuple[str, dict]:
-    """'A:seed=10,lr=3e-4,in_channels=3' -> ('A', {'seed': 10, 'lr': 3e-4, 'overrides': {'in_channels': 3}, ...})."""
+def parse_job(text: str, init: str) -> tuple[str, dict]:
+    """'A:seed=10,lr=3e-4,in_channels=3' -> ('A', {'seed': 10, 'lr': 3e-4, 'overrides': {'in_channels': 3}, ...});
+    `init` (the --init default) unless the job names its own: a registered name, a weights folder, or none."""
     name, _, spec = text.partition(":")
-    job: dict = {"seed": 0, "lr": 6e-4, "patients": "train", "augmentation": "mild", "overrides": {}}
+    job: dict = {"seed": 0, "lr": 6e-4, "patients": "train", "augmentation": "mild", "model": "medsegrwkv-t",
+                 "batch": 16, "init": init, "overrides": {}}
     for item in filter(None, spec.split(",")):
         key, value = item.split("=")
-        if key in ("seed", "lr"):
-            job[key] = int(value) if key == "seed" else float(value)
-        elif key in ("patients", "augmentation"):
+        if key in ("seed", "batch"):
+            job[key] = int(value)
+        elif key == "lr":
+            job[key] = float(value)
+        elif key in ("patients", "augmentation", "model", "init"):
             job[key] = value
         else:
             job["overrides"][key] = bool(int(value)) if key == "deep_supervision" else int(value)
+    if job["init"] == "none":
+        job["init"] = None  # from random weights
     return name, job
 
 
-def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, device: str) -> None:
+def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) -> None:
     sys.meta_path.insert(0, _Absent())
     import numpy as np
     import torch
@@ -118,9 +125,9 @@ def run_job(folder: Path, name: str, job: dict, init: str, deadline: float, devi
         for c in chosen]
 
     cfg = segmentation.TrainConfig(
-        data=folder, output=folder / "runs" / name, model="medsegrwkv-t", batch_size=16, lr=job["lr"], crop=160,
+        data=folder, output=folder / "runs" / name, model=job["model"], batch_size=job["batch"], lr=job["lr"], crop=160,
         augmentation=job["augmentation"], device=device, seed=job["seed"], workers=3, validate=False,
-        patients=job["patients"], overrides=job["overrides"], init=init,
+        patients=job["patients"], overrides=job["overrides"], init=job["init"],
         max_steps=int(os.environ.get("GPU_CYCLES_MAX_STEPS", 0)) or None)
 
     # this job's step time beside the others, on real augmented batches of the run's own settings
@@ -163,13 +170,12 @@ def train(args: argparse.Namespace) -> None:
     deadline = started + args.budget
     if not (args.folder / CACHE).is_file():
         (args.folder / CACHE).write_bytes(lzma.decompress((args.folder / f"{CACHE}.xz").read_bytes()))
-    jobs = dict(parse_job(text) for text in args.job)
+    jobs = dict(parse_job(text, args.init) for text in args.job)
     procs = {}
     for name, job in jobs.items():
         log = open(args.folder / f"job_{name}.log", "w")
         procs[name] = subprocess.Popen(
-            [sys.executable, __file__, "job", str(args.folder), name, json.dumps(job), args.init, str(deadline),
-             args.device], stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, __file__, "job", str(args.folder), name, json.dumps(job), str(deadline), args.device], stdout=log, stderr=subprocess.STDOUT)
 
     def epochs_done(name: str) -> int:
         history = args.folder / "runs" / name / "history.jsonl"
@@ -189,13 +195,25 @@ def train(args: argparse.Namespace) -> None:
             if (run / "weights").is_dir():
                 with tarfile.open(out / f"weights_{name}.tar", "w") as weights:
                     weights.add(run / "weights", arcname=f"weights_{name}")
+                split_for_return(out / f"weights_{name}.tar")
                 tar.add(run / "history.jsonl", arcname=f"history_{name}.jsonl")
+
+
+def split_for_return(path: Path) -> None:
+    """A file over RETURN_PART bytes (medsegrwkv-s's weights: 18 MB) becomes `NAME.partK` files, since
+    a file larger than 16 MiB does not come back from the device machine; here `cat NAME.part* > NAME`."""
+    data = path.read_bytes()
+    if len(data) <= RETURN_PART:
+        return
+    for k, start in enumerate(range(0, len(data), RETURN_PART)):
+        path.with_name(f"{path.name}.part{k}").write_bytes(data[start:start + RETURN_PART])
+    path.unlink()
 
 
 def main() -> None:
     if sys.argv[1:2] == ["job"]:
-        folder, name, job, init, deadline, device = sys.argv[2:8]
-        run_job(Path(folder), name, json.loads(job), init, float(deadline), device)
+        folder, name, job, deadline, device = sys.argv[2:7]
+        run_job(Path(folder), name, json.loads(job), float(deadline), device)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,10 +224,12 @@ def main() -> None:
     t.add_argument("folder", type=Path)
     t.add_argument("--budget", type=float, required=True, help="seconds until every schedule must have ended")
     t.add_argument("--device", default="cuda")
-    t.add_argument("--init", default="medsegrwkv-t", help="starting weights: a registered name or a folder")
+    t.add_argument("--init", default="medsegrwkv-t",
+                   help="starting weights of the jobs that name none: a registered name, a folder, or none")
     t.add_argument("--job", action="append", required=True,
-                   help="NAME:seed=N[,lr=X][,patients=all][,augmentation=wide][,in_channels=3][,deep_supervision=1]; "
-                        "one process each (default: the training split, mild augmentation, lr 6e-4)")
+                   help="NAME:seed=N[,lr=X][,batch=N][,patients=all][,augmentation=wide][,model=medsegrwkv-s]"
+                        "[,init=FOLDER|none][,in_channels=3][,deep_supervision=1]; one process each (default: "
+                        "medsegrwkv-t from --init on the training split, mild augmentation, lr 6e-4, batch 16)")
     args = parser.parse_args()
     prepare(args.folder, args.data) if args.command == "prepare" else train(args)
 
