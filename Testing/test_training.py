@@ -318,9 +318,19 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
         "patient001_frame01", "patient001_frame12", "patient002_frame01", "patient002_frame12",
         "patient013_frame01", "patient013_frame14"]
     assert cache["patient001_frame01/image"].dtype == np.uint8 and cache["patient001_frame01/image"].max() == 255
+    done = subprocess.run([sys.executable, str(recipe), "prepare", str(tmp_path / "train_only"), "--data", str(data),
+                           "--patients", "train"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    train_only = np.load(io.BytesIO(lzma.decompress((tmp_path / "train_only" / "acdc_8bit.npz.xz").read_bytes())))
+    assert not any(key.startswith("patient013") for key in train_only.files) and len(train_only.files) == 8
+    done = subprocess.run([sys.executable, str(recipe), "train", str(tmp_path / "train_only"), "--budget", "60",
+                           "--device", "cpu", "--job", "Y:patients=all"], capture_output=True, text=True,
+                          env={**os.environ, "OUT": str(tmp_path / "refused"), "GPU_CYCLES_STUB_ALL": "1"})
+    assert done.returncode == 1 and "holds the training split alone" in done.stderr, done.stderr
+    assert not list((tmp_path / "refused").glob("weights_*"))
     env = {**os.environ, "OUT": str(out), "GPU_CYCLES_STUB_ALL": "1", "GPU_CYCLES_TIME_STEPS": "2",
            "GPU_CYCLES_MAX_STEPS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(recipe), "train", str(folder), "--budget", "60", "--device", "cpu",
+    done = subprocess.run([sys.executable, str(recipe), "train", str(folder), "--budget", "900", "--device", "cpu",
                            "--job", "X:seed=3,lr=3e-4", "--job", "Y:seed=4,patients=all",
                            "--job", "Z:seed=5,model=medsegrwkv-s,init=none,batch=4"],
                           capture_output=True, text=True, env=env)

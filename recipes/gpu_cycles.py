@@ -1,19 +1,22 @@
-r"""Fine-tuning cycles of `medsegrwkv-t` run side by side on one GPU machine that has PyTorch but not the
-project's imaging libraries (SimpleITK, nibabel, pydicom), within a fixed wall-clock budget.
+r"""Training cycles run side by side on one GPU machine that has PyTorch but not the project's imaging
+libraries (SimpleITK, nibabel, pydicom), within a fixed wall-clock budget.
 
     # here: all 80 patients, prepared by the project's own preprocessing, as 8-bit images (xz)
     .venv/bin/python recipes/gpu_cycles.py prepare runs/gpu_carry
     bash recipes/gpu_carry_tree.sh out   # the peer weights out of the index, so the tree travels
-    # there (MONAI carried as a wheel on PYTHONPATH): four cycles for 480 s, each its own seed
-    python3 recipes/gpu_cycles.py train runs/gpu_carry --budget 480 --device cuda --init medsegrwkv-t \
-        --job A:seed=10 --job B:seed=11 --job C:seed=12,in_channels=3 --job D:seed=13,deep_supervision=1
+    # there (MONAI carried as a wheel on PYTHONPATH): four jobs for 505 s, each its own process
+    python3 recipes/gpu_cycles.py train runs/gpu_carry --budget 505 --device cuda --init medsegrwkv-t \
+        --job A:seed=40,lr=3e-4,batch=32,init=runs/gpu_carry/weights_twin --job B:seed=40,lr=3e-4,batch=32,patients=all \
+        --job S:seed=41,lr=2e-3,batch=32,model=medsegrwkv-s,init=none --job T:seed=41,lr=2e-3,batch=32,init=none
 
-Every job runs the project's trainer (`training.segmentation`: the training split, mild augmentation and
-lr 6e-4 unless given, batch 16, crop 160, no validation there) on the prepared volumes, and sizes its cosine schedule from its
-own measured step time beside the others, so that the schedule ends before the budget. Each job's
-weights come back as `weights_<name>.tar`; validate them here with `medsegrwkv evaluate --record`.
-Afterwards `bash recipes/gpu_carry_tree.sh back`. Sessions 17 and 18 ran this on a lent H200 (docs/medsegrwkv.md,
-'Levers measured'); session 18's default is a `patients=all` job whose twin on the training split validated it.
+Every job runs the project's trainer (`training.segmentation`: medsegrwkv-t from --init on the
+training split, mild augmentation and lr 6e-4 unless the job says otherwise, batch 16, crop 160, no
+validation there) on the prepared volumes, and sizes its cosine schedule from its own measured step
+time beside the others, so that the schedule ends before the budget. Each job's weights come back as
+`weights_<name>.tar` (in parts when over 15 MiB); validate them here with `medsegrwkv evaluate`.
+Afterwards `bash recipes/gpu_carry_tree.sh back`. Sessions 17-19 ran this on a lent H200
+(docs/medsegrwkv.md, 'Levers measured'); each default since session 18 is a `patients=all` job whose
+twin on the training split (the same seed and settings) validated it.
 """
 
 from __future__ import annotations
@@ -66,12 +69,14 @@ class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def prepare(folder: Path, data: str) -> None:
+def prepare(folder: Path, data: str, patients: str = "all") -> None:
     import numpy as np
     from medsegrwkv.training.acdc import list_cases
     from medsegrwkv.training.data import load_volumes
 
-    cases = list_cases(data, "all")  # the jobs choose the training split or every patient
+    # "all": the jobs choose the training split or every patient; "train" (34 MB instead of 46) leaves
+    # room beside it for medsegrwkv-s's 18 MB of starting weights within what may travel
+    cases = list_cases(data, patients)
     arrays = {}
     for case, volume in zip(cases, load_volumes(cases)):
         arrays[f"{case.name}/image"] = np.round(np.clip(volume["image"], 0, 1) * 255).astype(np.uint8)
@@ -119,6 +124,9 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
     cache = np.load(folder / CACHE)
     names = sorted({key.split("/")[0] for key in cache.files})
     cases = [Case(n.split("_")[0], int(n[7:10]), int(n[-2:]), Path(n), Path(n), None) for n in names]
+    if job["patients"] == "all" and not in_split(cases, "val"):
+        raise SystemExit(f"[{name}] patients=all needs every patient, but {folder} holds the training split alone "
+                         "(prepared with --patients train).")
     segmentation.list_cases = lambda root, split="all": in_split(cases, split)
     segmentation.load_volumes = lambda chosen, preprocessing=None, show_progress=True: [
         {"image": cache[f"{c.name}/image"].astype(np.float32) / 255.0, "label": cache[f"{c.name}/label"]}
@@ -184,6 +192,7 @@ def train(args: argparse.Namespace) -> None:
     while any(p.poll() is None for p in procs.values()) and time.time() < deadline + 45:
         time.sleep(10)
         print(f"{time.time() - started:.0f} s, epochs:", {name: epochs_done(name) for name in procs}, flush=True)
+    failed = [name for name, proc in procs.items() if proc.poll() not in (None, 0)]
     for name, proc in procs.items():
         if proc.poll() is None:
             print(f"[{name}] still running after the budget: stopped; its last epoch's weights are kept", flush=True)
@@ -197,6 +206,11 @@ def train(args: argparse.Namespace) -> None:
                     weights.add(run / "weights", arcname=f"weights_{name}")
                 split_for_return(out / f"weights_{name}.tar")
                 tar.add(run / "history.jsonl", arcname=f"history_{name}.jsonl")
+    for name in failed:
+        lines = (args.folder / f"job_{name}.log").read_text().strip().splitlines()
+        print(f"[{name}] failed: {lines[-1] if lines else 'no output'}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
 
 
 def split_for_return(path: Path) -> None:
@@ -220,6 +234,8 @@ def main() -> None:
     p = sub.add_parser("prepare", help="write every patient, prepared, into FOLDER (here)")
     p.add_argument("folder", type=Path)
     p.add_argument("--data", default="../shared/data/acdc")
+    p.add_argument("--patients", choices=("all", "train"), default="all",
+                   help="every patient (default), or the training split alone: smaller, for jobs that need no twin")
     t = sub.add_parser("train", help="run the jobs on the prepared split in FOLDER (there)")
     t.add_argument("folder", type=Path)
     t.add_argument("--budget", type=float, required=True, help="seconds until every schedule must have ended")
@@ -231,7 +247,7 @@ def main() -> None:
                         "[,init=FOLDER|none][,in_channels=3][,deep_supervision=1]; one process each (default: "
                         "medsegrwkv-t from --init on the training split, mild augmentation, lr 6e-4, batch 16)")
     args = parser.parse_args()
-    prepare(args.folder, args.data) if args.command == "prepare" else train(args)
+    prepare(args.folder, args.data, args.patients) if args.command == "prepare" else train(args)
 
 
 if __name__ == "__main__":
