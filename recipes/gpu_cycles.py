@@ -183,7 +183,8 @@ def train(args: argparse.Namespace) -> None:
     for name, job in jobs.items():
         log = open(args.folder / f"job_{name}.log", "w")
         procs[name] = subprocess.Popen(
-            [sys.executable, __file__, "job", str(args.folder), name, json.dumps(job), str(deadline), args.device], stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, __file__, "job", str(args.folder), name, json.dumps(job), str(deadline), args.device],
+            stdout=log, stderr=subprocess.STDOUT)
 
     def epochs_done(name: str) -> int:
         history = args.folder / "runs" / name / "history.jsonl"
