@@ -160,6 +160,43 @@ def test_contours_rasterise_to_a_plausible_lv(sample: Study) -> None:
         assert 100 < cavity[k].sum() < 2500
 
 
+def edge_offset(contours: list, kind: str, index_points) -> np.ndarray:
+    """(tx, ty, radial) in pixels: where the image's steepest edge lies along each contour's outward
+    normals, fitted as one translation plus one radial offset over all contours of `kind`."""
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    rows, offsets, steps = [], [], np.arange(-4.0, 4.01, 0.1)
+    for contour in (c for c in contours if c.kind == kind):
+        image = gaussian_filter(sitk.GetArrayFromImage(sitk.ReadImage(str(contour.dicom_file)))[0].astype(float), 0.8)
+        points = index_points(contour)
+        tangent = np.roll(points, -1, axis=0) - np.roll(points, 1, axis=0)
+        normal = np.stack([tangent[:, 1], -tangent[:, 0]], axis=1) / (np.linalg.norm(tangent, axis=1)[:, None] + 1e-9)
+        normal *= np.sign(np.mean(np.sum((points - points.mean(0)) * normal, axis=1)))  # outward
+        for point, n in zip(points[::2], normal[::2]):
+            line = point + steps[:, None] * n
+            slope = np.gradient(map_coordinates(image, [line[:, 1], line[:, 0]], order=1))
+            # endocardium: bright blood to darker muscle outward; epicardium: the strongest edge either way
+            edge = int(np.argmin(slope)) if kind == "i" else int(np.argmax(np.abs(slope)))
+            if 0 < edge < len(steps) - 1 and abs(slope[edge]) >= 0.5 * np.abs(slope).max():
+                rows.append([n[0], n[1], 1.0])
+                offsets.append(steps[edge])
+    assert len(rows) > 500
+    return np.linalg.lstsq(np.array(rows), np.array(offsets), rcond=None)[0]
+
+
+def test_contour_coordinates_move_the_experts_lines_onto_the_image_edges() -> None:
+    """The files' coordinate convention (pixel corners at integers), checked on the image itself: read
+    as pixel centres, the expert's lines sit up and left of the intensity edges, for both contours;
+    read through `index_points` they sit closer to the edges in x and in y."""
+    case = sample_data_dir() / SAMPLE_CASE
+    contours = read_sunnybrook_contours(case / "contours", case / "dicom")
+    for kind in "io":
+        centres = edge_offset(contours, kind, lambda c: c.points)[:2]
+        corners = edge_offset(contours, kind, lambda c: c.index_points)[:2]
+        assert (centres < -0.3).all(), (kind, centres)
+        assert (np.abs(corners) < np.abs(centres) - 0.1).all(), (kind, centres, corners)
+
+
 def test_reference_of_full_series_lands_on_the_same_phases(cine: Study, sample: Study) -> None:
     full = sunnybrook_reference(cine, CONTOURS, SUNNYBROOK)
     case = sample_data_dir() / SAMPLE_CASE
