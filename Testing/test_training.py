@@ -351,3 +351,56 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
         scratch = json.load(tar.extractfile("weights_Z/manifest.json"))
     assert scratch["architecture"] == "medsegrwkv-s" and scratch["training"]["batch_size"] == 4
     assert scratch["training"].get("init") is None
+
+
+def test_distillation_pulls_the_student_towards_its_teacher(tmp_path, acdc):
+    """`train --teacher`: the loss is zero for a student that is its teacher and grows with the
+    difference; only the student learns; a run with the teacher's share at 1 ignores the labels and
+    moves the student's predictions on real slices towards the teacher's; the manifest and card name
+    the teacher; a teacher with another input is refused before anything is written."""
+    import torch
+
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.inference.segmenter import Segmenter
+    import SimpleITK as sitk
+
+    from medsegrwkv.preprocess import prepare_image
+    from medsegrwkv.training.distillation import Teacher, distillation_loss
+    from medsegrwkv.weights.store import load_model
+
+    volume = prepare_image(sitk.ReadImage(str(acdc / "patient001" / "patient001_frame01.nii.gz"))).array
+    x = torch.from_numpy(volume[3:7, None, 40:136, 40:136].copy())
+    teacher = Teacher("medsegrwkv-t", torch.device("cpu"), "medsegrwkv-t", {})
+    itself = Segmenter.from_pretrained("medsegrwkv-t", "cpu").model
+    same = distillation_loss(itself(x), teacher.probabilities(x)).item()  # rounding only (no-grad kernels)
+    flipped = Teacher("medsegrwkv-t", torch.device("cpu"), "unet2d", {}, tta=True)
+    to_flipped = distillation_loss(itself(x), flipped.probabilities(x)).item()
+
+    student, _ = load_model("unet2d", "cpu")
+    student.eval()
+    before = distillation_loss(student(x), teacher.probabilities(x))
+    before.backward()
+    assert same < 0.1 * to_flipped < 0.1 * before.item(), (same, to_flipped, before.item())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in teacher.segmenter.model.parameters())
+
+    train_segmentation(TrainConfig(data=acdc, output=tmp_path / "run", model="unet2d", init="unet2d",
+                                   teacher="medsegrwkv-t", distill_weight=1.0, epochs=1, max_cases=2, batch_size=4,
+                                   crop=96, max_steps=12, lr=3e-4, warmup_epochs=0, validate=False, device="cpu",
+                                   augmentation="mild"), show_progress=False)
+    distilled, manifest = load_model(tmp_path / "run" / "weights", "cpu")
+    distilled.eval()
+    with torch.no_grad():
+        after = distillation_loss(distilled(x), teacher.probabilities(x))
+    assert after.item() < 0.8 * before.item(), (before.item(), after.item())
+    recorded = manifest["training"]["teacher"]
+    assert recorded["weights"] == "medsegrwkv-t" and recorded["distill_weight"] == 1.0 and not recorded["tta"]
+    assert "Distilled from `medsegrwkv-t`" in (tmp_path / "run" / "weights" / "MODEL_CARD.md").read_text()
+
+    for extra, message in ((("--set", "in_channels=3", "--teacher", "medsegrwkv-t"), "neighbouring slices"),
+                           (("--teacher-tta",), "--teacher-tta needs a --teacher"),
+                           (("--teacher", "medsegrwkv-t", "--distill-weight", "0"), "distillation weight")):
+        out = tmp_path / f"refused{len(extra)}"
+        assert_user_error(run_cli("train", "--model", "medsegrwkv-t", *extra, "--data", str(acdc),
+                                  "--output", str(out), "--device", "cpu"), message)
+        assert not out.exists()

@@ -232,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import json
 
     for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine")),
-                          ("automatic", ("refine",))):
+                          ("automatic", ("refine",)), ("teacher", ("segment",)), ("teacher_tta", ("segment",)),
+                          ("distill_weight", ("segment",))):
         if getattr(args, option) and args.task not in tasks:
             raise MedSegError(f"--{option.replace('_', '-')} is for `train {' or '.join(tasks)}`, not "
                               f"`train {args.task}`.", code=ErrorCode.BAD_ARGUMENT)
@@ -250,10 +251,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = args.model or TrainConfig.model
     cfg = TrainConfig(data=Path(args.data), output=Path(args.output), device=args.device, max_steps=args.max_steps,
                       max_cases=args.max_cases, validate=not (args.no_validation or args.all_patients), init=args.init,
-                      patients="all" if args.all_patients else "train",
+                      patients="all" if args.all_patients else "train", teacher=args.teacher,
+                      teacher_tta=args.teacher_tta,
                       overrides=parse_overrides(model, args.set or []),
                       **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
-                                      "workers", "augmentation"))
+                                      "workers", "augmentation", "distill_weight"))
     if args.show_config:
         return show_config(cfg)
     result = train_segmentation(cfg)
@@ -426,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. the bundled model on your own data; segment: the same model and config; "
                         "refine: the segmentation model (default unet2d), or refinement weights to fine-tune "
                         "(with --automatic)")
+    p.add_argument("--teacher", metavar="NAME|DIR",
+                   help="segment: distil from these weights too: the loss adds the KL divergence from the teacher's "
+                        "class probabilities on each training batch (same input as the student), e.g. the default "
+                        "with --teacher-tta, or a wider network")
+    p.add_argument("--teacher-tta", action="store_true",
+                   help="segment: the teacher's probabilities averaged over in-plane flips (4 passes a batch)")
+    p.add_argument("--distill-weight", type=float,
+                   help="segment: the teacher's share of the loss, in (0, 1] (default 0.5; the labels keep the rest)")
     p.add_argument("--automatic", metavar="NAME|DIR",
                    help="refine: the segmentation model whose masks the simulated clicks correct (default: --init), "
                         "e.g. medsegrwkv-t, so the refiner learns the masks its users start from")

@@ -68,8 +68,8 @@ class Segmenter:
         return neighbour_slices(volume, self.context) if self.spec.spatial_dims == 2 else volume
 
     @torch.no_grad()
-    def _forward(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
-        """Softmax probabilities for a batch; TTA averages over in-plane flips."""
+    def batch_probabilities(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
+        """Softmax probabilities for a batch of network inputs; TTA averages over in-plane flips."""
         flips: list[tuple[int, ...]] = [()]
         if tta:
             flips += [(-1,), (-2,), (-1, -2)]
@@ -96,7 +96,7 @@ class Segmenter:
         def predict(start: int, stop: int) -> torch.Tensor:
             check_cancel(cancel)
             x = torch.from_numpy(volume[start:stop]).to(self.device)
-            return self._forward(F.pad(x, pad, mode="constant", value=0.0), tta)
+            return self.batch_probabilities(F.pad(x, pad, mode="constant", value=0.0), tta)
 
         pool = self._cpu_pool(torch.get_num_threads()) if workers > 1 else None
         pending = [pool.submit(predict, *b) for b in batches] if pool is not None else []
@@ -132,7 +132,7 @@ class Segmenter:
             check_cancel(cancel)
             done[0] += 1
             progress(min(0.99, done[0] / max(1, n_windows)), f"window {done[0]}/{n_windows}")
-            return self._forward(batch, tta)
+            return self.batch_probabilities(batch, tta)
 
         grid = [max(1, int(np.ceil((s - r) / (r * 0.75))) + 1) if s > r else 1 for s, r in zip(volume.shape, roi)]
         n_windows = int(np.prod(grid))

@@ -33,6 +33,7 @@ from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
 from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.training.data import check_augmentation, load_volumes, training_dataset
+from medsegrwkv.training.distillation import Teacher, distillation_loss
 from medsegrwkv.training.distributed import DistContext, barrier, init_distributed, shutdown
 from medsegrwkv.training.evaluation import evaluate_cases
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
@@ -83,6 +84,9 @@ class TrainConfig:
     patients: str = "train"
     overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # start from these weights (a registered name or a folder): fine-tuning
+    teacher: str | None = None  # distil from these weights' soft predictions too (training.distillation)
+    teacher_tta: bool = False  # the teacher's predictions averaged over in-plane flips
+    distill_weight: float = 0.5  # the teacher's share of the loss; the labels keep the rest
 
     def __post_init__(self) -> None:
         check_augmentation(self.augmentation)  # before anything is loaded or written
@@ -90,6 +94,11 @@ class TrainConfig:
             raise MedSegError(f"Unknown patients '{self.patients}'; choose train or all.", code=ErrorCode.BAD_ARGUMENT)
         if self.patients == "all" and self.validate:
             raise MedSegError("Training on all patients leaves none to validate on: turn validation off.",
+                              code=ErrorCode.BAD_ARGUMENT)
+        if self.teacher is None and self.teacher_tta:
+            raise MedSegError("--teacher-tta needs a --teacher.", code=ErrorCode.BAD_ARGUMENT)
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise MedSegError(f"The distillation weight must lie in (0, 1], got {self.distill_weight}.",
                               code=ErrorCode.BAD_ARGUMENT)
 
 
@@ -106,7 +115,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, steps: int, seconds: float,
-              metrics: dict[str, float] | None, epoch: int, init: dict[str, Any] | None) -> dict[str, Any]:
+              metrics: dict[str, float] | None, epoch: int, init: dict[str, Any] | None,
+              teacher: Teacher | None) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     return {
         "name": cfg.model,
@@ -128,6 +138,7 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
             **({"init": init} if init else {}),
+            **({"teacher": {**teacher.describe(), "distill_weight": cfg.distill_weight}} if teacher else {}),
         },
         "licence": ACDC_LICENCE,
         "metrics": {"validation": metrics} if metrics else {},
@@ -180,6 +191,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     model = create_model(cfg.model, **cfg.overrides)
     # before anything is written: wrong starting weights leave no run folder behind
     init = load_initial_weights(cfg, model) if cfg.init else None
+    teacher = Teacher(cfg.teacher, ctx.device, cfg.model, cfg.overrides, cfg.teacher_tta) if cfg.teacher else None
     model = model.to(ctx.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,8 +220,15 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         net.train()
 
         def compute_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            images = batch["image"].to(ctx.device)
             with training_autocast(ctx.device):
-                return loss_fn(net(batch["image"].to(ctx.device)), batch["label"].to(ctx.device))
+                outputs = net(images)
+                loss = loss_fn(outputs, batch["label"].to(ctx.device))
+                if teacher is None:
+                    return loss
+                full_resolution = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+                soft = distillation_loss(full_resolution, teacher.probabilities(images))
+                return (1.0 - cfg.distill_weight) * loss + cfg.distill_weight * soft
 
         losses, stop = train_epoch(loader, compute_loss, model, optimizer, scheduler, state, 12.0, cfg.max_steps,
                                    f"epoch {epoch + 1}/{cfg.epochs}", show)
@@ -222,7 +241,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         if ctx.is_main:
             if validate_now:
                 manifest = _manifest(cfg, ctx, len(train_cases), len(val_cases), state["step"], state["seconds"],
-                                     None, epoch + 1, init)
+                                     None, epoch + 1, init, teacher)
                 segmenter = Segmenter(model, manifest, ctx.device)
                 _, summary = evaluate_cases(segmenter, val_cases, show_progress=False)
                 model.train()
@@ -234,7 +253,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
                     export_weights(model, manifest, out / "weights", render_segmentation_card)
             elif not cfg.validate:
                 export_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
-                                                epoch + 1, init), out / "weights", render_segmentation_card)
+                                                epoch + 1, init, teacher), out / "weights", render_segmentation_card)
             run.save(model, optimizer, scheduler, state, record)
             if show:
                 val = record.get("validation")

@@ -21,6 +21,17 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
+    """Distilled weights say whose soft predictions they learned from, and with what share of the loss."""
+    if not teacher:
+        return []
+    dice = teacher.get("mean_dice")
+    return [f"- Distilled from `{teacher['weights']}` ({teacher.get('architecture')}"
+            + (", flip-averaged" if teacher.get("tta") else "")
+            + (f", validation mean Dice {dice:.4f}" if dice is not None else "")
+            + f"): KL divergence from its probabilities, {teacher.get('distill_weight')} of the loss."]
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
     """`medsegrwkv compare` rows as a Markdown table; here because cards embed the same table."""
     if rows and rows[0].get("task") == "grading":
@@ -107,6 +118,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
         *_init_lines(t.get("init")),
+        *_teacher_lines(t.get("teacher")),
         *([f"- {t['note']}"] if t.get("note") else []),
         "",
         "## Validation (deployed pipeline, post-processing on, no TTA)" if not v.get("source") else
