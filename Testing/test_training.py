@@ -331,7 +331,8 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
     env = {**os.environ, "OUT": str(out), "GPU_CYCLES_STUB_ALL": "1", "GPU_CYCLES_TIME_STEPS": "2",
            "GPU_CYCLES_MAX_STEPS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, str(recipe), "train", str(folder), "--budget", "900", "--device", "cpu",
-                           "--job", "X:seed=3,lr=3e-4", "--job", "Y:seed=4,patients=all",
+                           "--job", "X:seed=3,lr=3e-4,teacher=medsegrwkv-t,teacher_tta=1,distill=0.3",
+                           "--job", "Y:seed=4,patients=all",
                            "--job", "Z:seed=5,model=medsegrwkv-s,init=none,batch=4"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
@@ -344,6 +345,9 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
     assert (training["train_volumes"], training["optimizer_steps"], training["lr"], training["seed"]) == (4, 1, 3e-4, 3)
     assert training["patients"] == "train"
     assert training["augmentation"] == "mild" and training["init"]["weights"] == "medsegrwkv-t"
+    assert (training["teacher"]["weights"], training["teacher"]["tta"], training["teacher"]["distill_weight"]) == (
+        "medsegrwkv-t", True, 0.3)
+    assert "teacher" not in every_patient
     assert not (out / "weights_Z.tar").exists()  # 18 MB of weights: over the 16 MiB a returned file may have
     parts = sorted(out.glob("weights_Z.tar.part*"))
     assert len(parts) == 2 and all(part.stat().st_size <= 15 * 2**20 for part in parts)

@@ -93,14 +93,16 @@ def parse_job(text: str, init: str) -> tuple[str, dict]:
     `init` (the --init default) unless the job names its own: a registered name, a weights folder, or none."""
     name, _, spec = text.partition(":")
     job: dict = {"seed": 0, "lr": 6e-4, "patients": "train", "augmentation": "mild", "model": "medsegrwkv-t",
-                 "batch": 16, "init": init, "overrides": {}}
+                 "batch": 16, "init": init, "teacher": None, "teacher_tta": False, "distill": 0.5, "overrides": {}}
     for item in filter(None, spec.split(",")):
         key, value = item.split("=")
         if key in ("seed", "batch"):
             job[key] = int(value)
-        elif key == "lr":
+        elif key in ("lr", "distill"):
             job[key] = float(value)
-        elif key in ("patients", "augmentation", "model", "init"):
+        elif key == "teacher_tta":
+            job[key] = bool(int(value))
+        elif key in ("patients", "augmentation", "model", "init", "teacher"):
             job[key] = value
         else:
             job["overrides"][key] = bool(int(value)) if key == "deep_supervision" else int(value)
@@ -135,7 +137,8 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
     cfg = segmentation.TrainConfig(
         data=folder, output=folder / "runs" / name, model=job["model"], batch_size=job["batch"], lr=job["lr"], crop=160,
         augmentation=job["augmentation"], device=device, seed=job["seed"], workers=3, validate=False,
-        patients=job["patients"], overrides=job["overrides"], init=job["init"],
+        patients=job["patients"], overrides=job["overrides"], init=job["init"], teacher=job["teacher"],
+        teacher_tta=job["teacher_tta"], distill_weight=job["distill"],
         max_steps=int(os.environ.get("GPU_CYCLES_MAX_STEPS", 0)) or None)
 
     # this job's step time beside the others, on real augmented batches of the run's own settings
@@ -148,6 +151,7 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
     net = create_model(cfg.model, **cfg.overrides).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
     loss_fn = segmentation.segmentation_loss()
+    teacher = segmentation.Teacher(cfg.teacher, dev, cfg.model, cfg.overrides, cfg.teacher_tta) if cfg.teacher else None
     steps, warm = int(os.environ.get("GPU_CYCLES_TIME_STEPS", 30)), 8
     for i in range(steps):
         if i == min(warm, steps // 2):
@@ -156,12 +160,14 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
         batch = next(batches)
         with training_autocast(dev):
             loss = loss_fn(net(batch["image"].to(dev)), batch["label"].to(dev))
+            if teacher is not None:  # its passes count in the step time
+                loss = loss + 0.0 * teacher.probabilities(batch["image"].to(dev)).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     torch.cuda.synchronize() if dev.type == "cuda" else None
     step = (time.time() - started) / (steps - min(warm, steps // 2))
-    del net, optimizer, batches
+    del net, optimizer, batches, teacher
     per_epoch = len(dataset) // cfg.batch_size
     left = deadline - time.time() - 30
     epochs = max(1, int(left / (per_epoch * step * 1.05 + 1.0)))
@@ -245,7 +251,8 @@ def main() -> None:
                    help="starting weights of the jobs that name none: a registered name, a folder, or none")
     t.add_argument("--job", action="append", required=True,
                    help="NAME:seed=N[,lr=X][,batch=N][,patients=all][,augmentation=wide][,model=medsegrwkv-s]"
-                        "[,init=FOLDER|none][,in_channels=3][,deep_supervision=1]; one process each (default: "
+                        "[,init=FOLDER|none][,teacher=FOLDER|NAME][,teacher_tta=1][,distill=0.5]"
+                        "[,in_channels=3][,deep_supervision=1]; one process each (default: "
                         "medsegrwkv-t from --init on the training split, mild augmentation, lr 6e-4, batch 16)")
     args = parser.parse_args()
     prepare(args.folder, args.data, args.patients) if args.command == "prepare" else train(args)
