@@ -362,12 +362,11 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path, acdc):
     difference; only the student learns; a run with the teacher's share at 1 ignores the labels and
     moves the student's predictions on real slices towards the teacher's; the manifest and card name
     the teacher; a teacher with another input is refused before anything is written."""
+    import SimpleITK as sitk
     import torch
 
     from cli_helpers import assert_user_error, run_cli
     from medsegrwkv.inference.segmenter import Segmenter
-    import SimpleITK as sitk
-
     from medsegrwkv.preprocess import prepare_image
     from medsegrwkv.training.distillation import Teacher, distillation_loss
     from medsegrwkv.weights.store import load_model

@@ -117,7 +117,6 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
     import torch
     from monai.data import DataLoader
 
-    from medsegrwkv.inference.device import training_autocast
     from medsegrwkv.nets.registry import create_model, slice_context
     from medsegrwkv.training import segmentation
     from medsegrwkv.training.acdc import Case, in_split
@@ -157,11 +156,7 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
         if i == min(warm, steps // 2):
             torch.cuda.synchronize() if dev.type == "cuda" else None
             started = time.time()
-        batch = next(batches)
-        with training_autocast(dev):
-            loss = loss_fn(net(batch["image"].to(dev)), batch["label"].to(dev))
-            if teacher is not None:  # its passes count in the step time
-                loss = loss + 0.0 * teacher.probabilities(batch["image"].to(dev)).sum()
+        loss = segmentation.batch_loss(net, next(batches), dev, loss_fn, teacher, cfg.distill_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -108,6 +108,22 @@ def segmentation_loss() -> DeepSupervisionLoss:
     return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
 
 
+def batch_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+               loss_fn: DeepSupervisionLoss, teacher: Teacher | None = None, distill_weight: float = 0.5) -> torch.Tensor:
+    """One training batch's loss: `loss_fn` against the labels and, with a teacher, the KL divergence
+    from its probabilities on the same images for `distill_weight` of the total. Here once, so that
+    whatever times a training step (recipes/gpu_cycles.py) does exactly the trainer's work."""
+    images = batch["image"].to(device)
+    with training_autocast(device):
+        outputs = net(images)
+        loss = loss_fn(outputs, batch["label"].to(device))
+        if teacher is None:
+            return loss
+        full_resolution = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        soft = distillation_loss(full_resolution, teacher.probabilities(images))
+        return (1.0 - distill_weight) * loss + distill_weight * soft
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -220,15 +236,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         net.train()
 
         def compute_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            images = batch["image"].to(ctx.device)
-            with training_autocast(ctx.device):
-                outputs = net(images)
-                loss = loss_fn(outputs, batch["label"].to(ctx.device))
-                if teacher is None:
-                    return loss
-                full_resolution = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-                soft = distillation_loss(full_resolution, teacher.probabilities(images))
-                return (1.0 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+            return batch_loss(net, batch, ctx.device, loss_fn, teacher, cfg.distill_weight)
 
         losses, stop = train_epoch(loader, compute_loss, model, optimizer, scheduler, state, 12.0, cfg.max_steps,
                                    f"epoch {epoch + 1}/{cfg.epochs}", show)
