@@ -144,6 +144,21 @@ def test_segment_cine_dicom_writes_4d_labelmap_and_phase_selects_one(tmp_path):
     assert main(["segment", str(dicom), "-o", str(out3d), "--phase", "5"]) == 2
 
 
+def test_segment_enhanced_dicom_file_gives_the_classic_series_labels(tmp_path):
+    from medsegrwkv.io import sample_data_dir
+    from test_io import enhanced_export
+
+    dicom = sample_data_dir() / "SCD0000101" / "dicom"
+    enhanced_export(dicom).save_as(tmp_path / "enhanced.dcm")
+    classic, enhanced = tmp_path / "classic.nii.gz", tmp_path / "enhanced.nii.gz"
+    assert main(["segment", str(dicom), "-o", str(classic), "--phase", "0", "--device", "cpu"]) == 0
+    assert main(["segment", str(tmp_path / "enhanced.dcm"), "-o", str(enhanced), "--phase", "0", "--device", "cpu"]) == 0
+    a, b = sitk.ReadImage(str(classic)), sitk.ReadImage(str(enhanced))
+    np.testing.assert_allclose(b.GetOrigin(), a.GetOrigin(), atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(b), sitk.GetArrayFromImage(a))
+    assert (sitk.GetArrayFromImage(a) == 3).sum() > 1000
+
+
 def test_evaluate_writes_csv_with_hand_checkable_rows(tmp_path, acdc):
     data = tmp_path / "acdc"
     (data / "patient014").mkdir(parents=True)

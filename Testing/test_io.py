@@ -3,6 +3,7 @@ bundled sample case, ACDC NIfTI volumes, and the ways a user's input or output c
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -255,6 +256,87 @@ def test_bad_dicom_folders(data: Path, tmp_path: Path) -> None:
     expect_error("Cannot read the DICOM image .*21.dcm of DICOM series 300", damaged)
     with pytest.raises(MedSegError, match="only applies to DICOM folders"):
         read_study(ACDC / "patient001_frame01.nii.gz", series="300")
+
+
+# --- enhanced (multi-frame) DICOM -------------------------------------------------------------------
+
+def enhanced_export(sample_dir: Path) -> pydicom.Dataset:
+    """The bundled sample series as one Legacy Converted Enhanced MR file, made by highdicom (the
+    conversion a PACS or a Philips/Siemens export performs). The anonymised sample has dates such
+    as '20120000' and a frame-of-reference UID per file, which the converter rightly refuses; they
+    are set to what one real series has before converting."""
+    import highdicom
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    sources = [dicom_header(f) for f in sorted(sample_dir.glob("*.dcm"))]
+    for ds in sources:
+        for element in ds:
+            if element.VR == "DA" and element.value:
+                element.value = "20090101"
+        ds.FrameOfReferenceUID = sources[0].FrameOfReferenceUID
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LegacyConvertedEnhancedMRImage(sources, highdicom.UID(), 900, highdicom.UID(), 1)
+
+
+def as_enhanced_mr(converted: pydicom.Dataset, order: list[int], slope: float, intercept: float) -> pydicom.Dataset:
+    """The converted file laid out as a scanner's Enhanced MR export: frames in `order`, the trigger
+    time only in each frame's cardiac synchronisation group, a rescaling in the shared groups."""
+    ds = copy.deepcopy(converted)
+    frames = [ds.PerFrameFunctionalGroupsSequence[i] for i in order]
+    for item in frames:
+        unassigned = item.UnassignedPerFrameConvertedAttributesSequence[0]
+        sync = pydicom.Dataset()
+        sync.NominalCardiacTriggerDelayTime = float(unassigned.TriggerTime)
+        item.CardiacSynchronizationSequence = pydicom.Sequence([sync])
+        del item.UnassignedPerFrameConvertedAttributesSequence
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(frames)
+    ds.PixelData = converted.pixel_array[order].tobytes()
+    transform = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    transform.RescaleSlope, transform.RescaleIntercept = slope, intercept
+    return ds
+
+
+def test_enhanced_multiframe_export_reads_like_the_classic_series(sample: Study, tmp_path: Path) -> None:
+    converted = enhanced_export(sample_data_dir() / SAMPLE_CASE / "dicom")
+    converted.save_as(tmp_path / "enhanced.dcm")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    converted.save_as(folder / "IM_0001")
+    for study in (read_study(tmp_path / "enhanced.dcm"), read_study(folder)):
+        assert "2 phases" in study.description and len(study.phases) == 2
+        np.testing.assert_allclose(study.trigger_times, sample.trigger_times, atol=1e-6)
+        for enhanced, classic in zip(study.phases, sample.phases):
+            assert_same_geometry(enhanced, classic)
+            assert (array(enhanced) == array(classic)).all()
+
+    order = list(np.random.default_rng(3).permutation(int(converted.NumberOfFrames)))
+    scanner = as_enhanced_mr(converted, order, slope=2.0, intercept=-5.0)
+    scanner.save_as(tmp_path / "scanner.dcm")
+    study = read_study(tmp_path / "scanner.dcm")
+    np.testing.assert_allclose(study.trigger_times, sample.trigger_times, atol=1e-6)
+    for enhanced, classic in zip(study.phases, sample.phases):
+        assert_same_geometry(enhanced, classic)
+        np.testing.assert_allclose(array(enhanced), 2.0 * array(classic) - 5.0)
+
+
+def test_bad_enhanced_files_are_one_sentence(sample: Study, tmp_path: Path) -> None:
+    converted = enhanced_export(sample_data_dir() / SAMPLE_CASE / "dicom")
+    unplaced = copy.deepcopy(converted)
+    del unplaced.PerFrameFunctionalGroupsSequence[5].PlanePositionSequence
+    unplaced.save_as(tmp_path / "unplaced.dcm")
+    expect_error("frame 6 of the DICOM file .*unplaced.dcm has no image position", tmp_path / "unplaced.dcm")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    converted.save_as(mixed / "enhanced.dcm")
+    shutil.copy(next((sample_data_dir() / SAMPLE_CASE / "dicom").glob("*.dcm")), mixed / "classic.dcm")
+    classic = dicom_header(mixed / "classic.dcm")
+    classic.SeriesInstanceUID = converted.SeriesInstanceUID
+    classic.save_as(mixed / "classic.dcm")
+    expect_error("mixes multi-frame .enhanced. and single-frame files", mixed)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes((mixed / "enhanced.dcm").read_bytes()[:-50000])
+    expect_error("Cannot (read|decode) .*truncated.dcm", truncated)
 
 
 # --- volume files ---------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Reading a DICOM folder into cardiac phases.
 
-A cine short-axis series holds one file per (slice position, cardiac phase). Stacking all of its
-files into one volume would interleave positions and phases, so files are grouped by their
-position along the slice normal, ordered in time at each position, and every phase is read as its
-own volume by SimpleITK (whose geometry then is the DICOM geometry).
+A cine short-axis series holds one image per (slice position, cardiac phase): one file each in the
+classic layout, or all of them as frames of one enhanced (multi-frame) file, as Philips and newer
+Siemens scanners export. Stacking the images into one volume would interleave positions and
+phases, so they are grouped by their position along the slice normal and ordered in time at each
+position. Classic files are read phase by phase by SimpleITK (whose geometry then is the DICOM
+geometry); the frames of enhanced files are placed by their per-frame functional groups.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class _Header:
     instance_number: int
     frames: int
     sop_uid: str
+    frame: int = -1  # the image's frame in a multi-frame file; -1 for a single-frame file
 
 
 class DicomCine(NamedTuple):
@@ -183,6 +186,103 @@ def _drop_duplicates(headers: list[_Header], what: str) -> list[_Header]:
     return kept
 
 
+def _frame_value(ds: pydicom.Dataset, frame: int, sequence: str, keyword: str) -> object:
+    """One attribute of one frame of an enhanced file: from the frame's own functional group, else
+    from the shared one (None when neither has it)."""
+    per_frame, shared = ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")
+    own = per_frame[frame] if per_frame and frame < len(per_frame) else None
+    for groups in (own, shared[0] if shared else None):
+        if groups is not None and sequence in groups and len(groups[sequence].value):
+            value = groups[sequence][0].get(keyword)
+            if value is not None:
+                return value
+    return None
+
+
+def _frame_time(ds: pydicom.Dataset, frame: int) -> tuple[float | None, int]:
+    """(trigger time in ms, or None; temporal order) of one frame. Enhanced MR files give the time in
+    the cardiac synchronisation group; files converted from classic ones keep the classic trigger
+    time among their unassigned attributes; the temporal position index orders the rest."""
+    time = _number(_frame_value(ds, frame, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"))
+    for keyword in ("NominalCardiacTriggerDelayTime", "TriggerTime"):
+        if time is None:
+            time = _number(_frame_value(ds, frame, "UnassignedPerFrameConvertedAttributesSequence", keyword))
+    order = _number(_frame_value(ds, frame, "FrameContentSequence", "TemporalPositionIndex"), frame + 1.0)
+    return time, int(order or 0)
+
+
+class _Frames:
+    """The frames of a series' enhanced files: a header per frame, and the phase images built
+    from the decoded frames with their functional groups' spacing and rescaling."""
+
+    def __init__(self, headers: list[_Header], what: str) -> None:
+        self.what = what
+        self.datasets: dict[Path, pydicom.Dataset] = {}
+        self.headers: list[_Header] = []
+        seen: set[str] = set()
+        for h in headers:
+            if h.sop_uid in seen:
+                log.warning("%s: ignored %s, a second copy of an enhanced file.", what, h.path)
+                continue
+            seen.add(h.sop_uid)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(h.path)
+            except Exception as exc:
+                raise MedSegError(f"Cannot read the DICOM file {h.path} of {what}: the file is damaged.",
+                                  code=ErrorCode.BAD_INPUT) from exc
+            self.datasets[h.path] = ds
+            for frame in range(h.frames):
+                time, order = _frame_time(ds, frame)
+                self.headers.append(_Header(
+                    path=h.path, series_uid=h.series_uid, series_number=h.series_number,
+                    series_description=h.series_description, size=h.size,
+                    position=_vector(_frame_value(ds, frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                    orientation=_vector(_frame_value(ds, frame, "PlaneOrientationSequence",
+                                                     "ImageOrientationPatient"), 6),
+                    trigger_time=time, instance_number=order, frames=h.frames, sop_uid=f"{h.sop_uid}/{frame}",
+                    frame=frame))
+        self._pixels: dict[Path, np.ndarray] = {}
+
+    def _frame(self, h: _Header) -> np.ndarray:
+        ds = self.datasets[h.path]
+        if h.path not in self._pixels:
+            try:
+                self._pixels[h.path] = ds.pixel_array.reshape(h.frames, *h.size)
+            except Exception as exc:
+                raise MedSegError(
+                    f"Cannot decode the images of the DICOM file {h.path} of {self.what}: the file is "
+                    "damaged or its encoding is not supported.", code=ErrorCode.BAD_INPUT) from exc
+        slope = _number(_frame_value(ds, h.frame, "PixelValueTransformationSequence", "RescaleSlope"),
+                        _number(ds.get("RescaleSlope"), 1.0))
+        intercept = _number(_frame_value(ds, h.frame, "PixelValueTransformationSequence", "RescaleIntercept"),
+                            _number(ds.get("RescaleIntercept"), 0.0))
+        stored = self._pixels[h.path][h.frame]
+        return stored if (slope, intercept) == (1.0, 0.0) else stored * np.float32(slope) + np.float32(intercept)
+
+    def _pixel_spacing(self, h: _Header) -> tuple[float, float]:
+        spacing = _vector(_frame_value(self.datasets[h.path], h.frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+        if spacing is None or (spacing <= 0).any():
+            raise MedSegError(f"The frames of the {self.what} do not give their pixel spacing.",
+                              code=ErrorCode.BAD_INPUT)
+        return float(spacing[1]), float(spacing[0])  # (x: between columns, y: between rows)
+
+    def phase(self, frames: list[_Header], normal: np.ndarray, spacing_z: float) -> sitk.Image:
+        """The frames of one phase, sorted along the normal, as one volume in patient space."""
+        spacings = {self._pixel_spacing(h) for h in frames}
+        if len(spacings) > 1:
+            raise MedSegError(f"The frames of the {self.what} have different pixel spacings.",
+                              code=ErrorCode.BAD_INPUT)
+        array = np.stack([self._frame(h) for h in frames])
+        image = sitk.GetImageFromArray(array.astype(np.float32) if array.dtype.kind == "f" else array)
+        image.SetSpacing((*spacings.pop(), spacing_z))
+        image.SetOrigin(tuple(float(v) for v in frames[0].position))  # type: ignore[union-attr]
+        row, column = frames[0].orientation[:3], frames[0].orientation[3:]  # type: ignore[index]
+        image.SetDirection(np.column_stack([row, column, normal]).ravel().tolist())
+        return image
+
+
 def _read_phase(paths: list[Path], spacing_z: float, what: str) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")  # applies RescaleSlope/Intercept
@@ -218,20 +318,34 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
     for h in sorted(headers, key=lambda h: (_number(h.series_number, np.inf), h.series_uid)):
         groups.setdefault(h.series_uid, []).append(h)
     headers = _choose_series(groups, series, folder)
-    what = f"DICOM {_series_label(headers)} in {folder}"
+    return _read_series(headers, f"DICOM {_series_label(headers)} in {folder}")
 
+
+def read_multiframe_file(path: Path) -> DicomCine | None:
+    """A single enhanced (multi-frame) DICOM file holds a whole series; None for any other file."""
+    header = read_header(path)
+    if header is None or header.frames < 2:
+        return None
+    return _read_series([header], f"DICOM {_series_label([header])} in {path}")
+
+
+def _read_series(headers: list[_Header], what: str) -> DicomCine:
+    frames: _Frames | None = None
     if any(h.frames > 1 for h in headers):
-        raise MedSegError(
-            f"The {what} is stored as multi-frame (enhanced) files, which are not supported; "
-            "export it with one file per image.", code=ErrorCode.BAD_INPUT
-        )
+        if not all(h.frames > 1 for h in headers):
+            raise MedSegError(f"The {what} mixes multi-frame (enhanced) and single-frame files; export it "
+                              "in one of the two forms.", code=ErrorCode.BAD_INPUT)
+        frames = _Frames(headers, what)
+        headers = frames.headers
     unplaced = next((h for h in headers if h.position is None or h.orientation is None), None)
     if unplaced is not None:
+        image = f"frame {unplaced.frame + 1} of the DICOM file" if frames else "DICOM file"
         raise MedSegError(
-            f"The DICOM file {unplaced.path} has no image position or orientation, so the slices "
+            f"The {image} {unplaced.path} has no image position or orientation, so the slices "
             f"of the {what} cannot be placed in space.", code=ErrorCode.BAD_INPUT
         )
-    headers = _drop_duplicates(headers, what)
+    if frames is None:
+        headers = _drop_duplicates(headers, what)
     orientation = headers[0].orientation
     if any(not np.allclose(h.orientation, orientation, atol=1e-3) for h in headers):
         raise MedSegError(f"The {what} mixes image orientations; a short-axis stack has one orientation.",
@@ -258,7 +372,7 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
         )
     timed = all(h.trigger_time is not None for h in headers)
     for group in positions:
-        group.sort(key=lambda h: (h.trigger_time if timed else 0.0, h.instance_number, h.path.name))
+        group.sort(key=lambda h: (h.trigger_time if timed else 0.0, h.instance_number, h.path.name, h.frame))
 
     centres = np.array([np.mean([h.position for h in g], axis=0) for g in positions])
     spacing_z = float(np.linalg.norm(centres[-1] - centres[0]) / (len(centres) - 1))
@@ -271,7 +385,8 @@ def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
 
     n_phases = counts[0]
     files = [[g[p].path for g in positions] for p in range(n_phases)]
-    phases = [_read_phase(f, spacing_z, what) for f in files]
+    phases = ([frames.phase([g[p] for g in positions], normal, spacing_z) for p in range(n_phases)]
+              if frames else [_read_phase(f, spacing_z, what) for f in files])
     trigger_times = (
         [float(np.mean([g[p].trigger_time for g in positions])) for p in range(n_phases)] if timed else None
     )

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from ..errors import ErrorCode, MedSegError
 from .atomic import IncompleteWrite, write_atomic, write_error
-from .dicom import is_dicom_file, read_dicom_folder
+from .dicom import DicomCine, is_dicom_file, read_dicom_folder, read_multiframe_file
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _FORMATS = {
@@ -99,9 +99,18 @@ def _nifti_problem(path: Path) -> str | None:
     return None
 
 
+def _dicom_study(path: Path, cine: DicomCine) -> Study:
+    for image in cine.phases:
+        _check_voxels(image, path)
+    return Study(path, cine.phases, cine.trigger_times, cine.description, cine.files)
+
+
 def _read_file(path: Path) -> Study:
     suffix = volume_suffix(path)
     if suffix is None:
+        cine = read_multiframe_file(path)
+        if cine is not None:
+            return _dicom_study(path, cine)
         if is_dicom_file(path):
             raise MedSegError(
                 f"{path} is a single DICOM image (2D); pass the folder that holds the whole series.",
@@ -141,10 +150,7 @@ def read_study(path: str | Path, series: str | None = None) -> Study:
     if not path.exists():
         raise MedSegError(f"{path} does not exist.", code=ErrorCode.BAD_INPUT)
     if path.is_dir():
-        cine = read_dicom_folder(path, series)
-        for image in cine.phases:
-            _check_voxels(image, path)
-        return Study(path, cine.phases, cine.trigger_times, cine.description, cine.files)
+        return _dicom_study(path, read_dicom_folder(path, series))
     if series is not None:
         raise MedSegError(f"--series only applies to DICOM folders, but {path} is a file.", code=ErrorCode.BAD_INPUT)
     return _read_file(path)
