@@ -182,6 +182,7 @@ def rehash(folder: Path) -> None:
     ("no_architecture", "lacks the field 'architecture'"),
     ("label_without_value", "labels that are not a list"),
     ("unknown_task", "task 'segmenting'"),
+    ("trim_not_bool", "'postprocessing.trim_basal_rv' must be true or false"),
     ("truncated", "damaged"),
     ("garbled_header", "damaged"),
     ("nan_tensor", "NaN"),
@@ -203,6 +204,8 @@ def test_broken_weights_folders_are_one_sentence(tmp_path: Path, case: str, word
         edit_manifest(folder, lambda m: {**m, "labels": [{"name": "LV cavity"}]})
     elif case == "unknown_task":
         edit_manifest(folder, lambda m: {**m, "task": "segmenting"})
+    elif case == "trim_not_bool":
+        edit_manifest(folder, lambda m: {**m, "postprocessing": {"trim_basal_rv": "yes"}})
     elif case == "truncated":
         tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
         rehash(folder)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import medsegrwkv.inference.postprocess as postprocess_module
 from medsegrwkv.inference.postprocess import RV, basal_order, trim_basal_rv
 from medsegrwkv.training.acdc import list_cases
 from medsegrwkv.training.function_validation import read_info_cfg
@@ -58,14 +57,16 @@ def _rv_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 def test_trim_removes_the_atrium_the_network_paints_at_end_systole(acdc, default_segmenter, monkeypatch):
-    """Validation ES frames through the deployed pipeline, with and without the trim."""
+    """Validation ES frames through the deployed pipeline, with the trim its manifest turns on and
+    without it."""
+    assert default_segmenter.trim_basal_rv
     scores, excess = [], []
     for case in list_cases(acdc, "val"):
         if int(read_info_cfg(case.image.parent / "Info.cfg")["ES"]) != case.frame:
             continue
         image, reference = sitk.ReadImage(str(case.image)), _labels(case.label)
         trimmed = sitk.GetArrayFromImage(default_segmenter.segment(image))
-        monkeypatch.setattr(postprocess_module, "trim_basal_rv", lambda labels: labels)
+        monkeypatch.setattr(default_segmenter, "trim_basal_rv", False)
         untrimmed = sitk.GetArrayFromImage(default_segmenter.segment(image))
         monkeypatch.undo()
         scores.append((_rv_dice(untrimmed, reference), _rv_dice(trimmed, reference)))
@@ -75,6 +76,19 @@ def test_trim_removes_the_atrium_the_network_paints_at_end_systole(acdc, default
     assert after > before + 0.01  # measured: +2 points
     assert sum(b > a + 1e-9 for a, b in scores) >= 5 * sum(b < a - 1e-9 for a, b in scores)
     assert np.mean(excess, axis=0)[1] < 0.8 * np.mean(excess, axis=0)[0]  # less RV over-counted at ES
+
+
+def test_bundled_manifests_trim_for_the_2d_networks_alone():
+    """Measured per model (docs/medsegrwkv.md): the 2D networks gain, the 3D ones lose."""
+    from medsegrwkv.nets.registry import get_spec
+    from medsegrwkv.weights import MODELS_DIR
+    from medsegrwkv.weights.store import load_manifest
+
+    for folder in sorted(MODELS_DIR.iterdir()):
+        manifest = load_manifest(folder)
+        if manifest and manifest["task"] == "segmentation":
+            trims = manifest.get("postprocessing", {}).get("trim_basal_rv")
+            assert trims == (get_spec(manifest["architecture"]).spatial_dims == 2), folder.name
 
 
 def test_trim_leaves_a_single_slice_and_a_heart_without_rv_alone(references):

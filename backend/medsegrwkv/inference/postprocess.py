@@ -61,17 +61,20 @@ def trim_basal_rv(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def postprocess(labels: np.ndarray) -> np.ndarray:
+def postprocess(labels: np.ndarray, basal_rv: bool = False) -> np.ndarray:
     """Labels (z, y, x) with slices along z.
 
     - Largest 3D component per structure (26-connectivity, so a slightly shifted slice stays).
-    - The right atrium's basal slices taken out of the RV (`trim_basal_rv`).
+    - With `basal_rv`, the right atrium's basal slices taken out of the RV (`trim_basal_rv`): a
+      model's manifest turns it on where validation showed it helps (2D networks; the 3D peers,
+      which see the neighbouring slices, under-segment the basal RV instead and lose by it).
     - Holes filled slice by slice (the stack is too sparse for 3D holes): inside the RV and LV
       cavities, and background enclosed by the myocardium ring becomes LV cavity (papillary
       muscles and trabeculae belong to the cavity in the ACDC convention).
     """
     out = np.asarray(_keep_largest(torch.as_tensor(labels[None]))[0]).astype(np.uint8)
-    out = trim_basal_rv(out)
+    if basal_rv:
+        out = trim_basal_rv(out)
     for z in range(out.shape[0]):
         slice_ = torch.as_tensor(out[z][None])
         out[z] = np.asarray(_fill_cavities(slice_)[0])

@@ -50,6 +50,7 @@ class Segmenter:
         self.device = device
         self.batch_size = batch_size
         self.context = slice_context(self.spec.name, manifest.get("config", {}))  # 2.5D: neighbours a side
+        self.trim_basal_rv = bool(manifest.get("postprocessing", {}).get("trim_basal_rv", False))
         self._pool: ThreadPoolExecutor | None = None  # CPU batches side by side (`_cpu_pool`)
         self._pool_workers = 0
 
@@ -204,7 +205,7 @@ class Segmenter:
         probs = resample_probabilities(probs, prepared.network_grid, prepared.canonical.image)
         labels = probs.argmax(axis=0).astype(np.uint8)
         if postprocessing:
-            labels = postprocess(labels)
+            labels = postprocess(labels, basal_rv=self.trim_basal_rv)
         label_image = sitk.GetImageFromArray(labels)
         label_image.CopyInformation(prepared.canonical.image)
         restored = from_canonical(label_image, prepared.canonical, sub)

@@ -58,7 +58,8 @@ def evaluate_clicks(refiner: Refiner, segmenter: Segmenter | None, cases: Iterab
     for case in tqdm(cases, desc="clicks", unit="vol", disable=not show_progress):
         prepared = prepare_image(sitk.ReadImage(str(case.image), sitk.sitkFloat32), refiner.manifest.get("preprocessing"))
         labels = prepare_labels(sitk.ReadImage(str(case.label)), prepared)
-        automatic = (postprocess(segmenter.predict_probabilities(prepared.array).argmax(0).astype(np.uint8))
+        automatic = (postprocess(segmenter.predict_probabilities(prepared.array).argmax(0).astype(np.uint8),
+                                 basal_rv=segmenter.trim_basal_rv)
                      if segmenter is not None else None)
         for z in range(labels.shape[0]):
             for value in STRUCTURES:

@@ -142,6 +142,8 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
         "spatial_dims": spec.spatial_dims,
         "labels": SEGMENTATION_LABELS,
         "preprocessing": DEFAULT_PREPROCESSING,
+        # the basal-RV trim helps the 2D networks measured and costs the 3D ones (docs/medsegrwkv.md)
+        "postprocessing": {"trim_basal_rv": spec.spatial_dims == 2},
         "training": {
             "data": str(cfg.data),
             "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation"

@@ -103,6 +103,9 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"- **Input:** one 3D short-axis stack (one cardiac phase), any orientation (reoriented to a canonical "
         f"layout), normalised by percentile clipping {prep.get('percentiles')} and resampled in-plane to "
         f"{prep.get('spacing_xy_mm')} mm; predictions are mapped back to the input grid.",
+        "- **Post-processing:** the largest 3D piece of each structure, holes in the cavities filled"
+        + ("; the RV taken off the basal slices where a 2D network paints the right atrium (`trim_basal_rv`)"
+           if manifest.get("postprocessing", {}).get("trim_basal_rv") else "") + ".",
         "",
         "## Training data and licence",
         f"- {manifest.get('licence', '')}",

@@ -35,6 +35,7 @@ class Manifest:
     licence: str = ""
     calibration: dict = field(default_factory=dict)  # graders: temperature scaling
     comparisons: list = field(default_factory=list)  # `compare --record-in` tables
+    postprocessing: dict = field(default_factory=dict)  # segmentation: {"trim_basal_rv": bool}
 
 
 _TYPES = {"str": (str, "text"), "dict": (dict, "an object"), "int": (int, "an integer"), "list": (list, "a list"),
@@ -83,6 +84,8 @@ def check_manifest(data: Any, source: str) -> Manifest:
         raise bad("is wrong: 'preprocessing.percentiles' must be two numbers with 0 <= lower < upper <= 100")
     if not isinstance(prep.get("grader_input", {}), dict):
         raise bad("is wrong: 'preprocessing.grader_input' must be an object")
+    if not isinstance(manifest.postprocessing.get("trim_basal_rv", False), bool):
+        raise bad("is wrong: 'postprocessing.trim_basal_rv' must be true or false")
     if manifest.task != "grading":
         labels = manifest.labels
         if not (isinstance(labels, list) and labels and all(
