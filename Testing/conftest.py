@@ -51,6 +51,7 @@ SLOW: dict[str, set[str] | None] = {
     "test_peers": {"test_every_model_trains_one_step", "test_train_and_segment_a_peer_from_the_command_line",
                    "test_untrained_3d_peer_segments_a_real_volume_by_sliding_window",
                    "test_trained_peer_segments_a_validation_volume"},
+    "test_heart_size": {"test_a_heart_larger_than_every_training_heart_is_segmented_at_a_trained_size"},
     "test_postprocess": {"test_trim_removes_the_atrium_the_network_paints_at_end_systole"},
     "test_preprocess": {"test_3d_sliding_window_path_keeps_geometry_reports_progress_and_cancels"},
     "test_robustness": None,

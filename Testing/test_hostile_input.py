@@ -183,6 +183,7 @@ def rehash(folder: Path) -> None:
     ("label_without_value", "labels that are not a list"),
     ("unknown_task", "task 'segmenting'"),
     ("trim_not_bool", "'postprocessing.trim_basal_rv' must be true or false"),
+    ("heart_size_reversed", "'preprocessing.heart_size_mm' must be two numbers"),
     ("truncated", "damaged"),
     ("garbled_header", "damaged"),
     ("nan_tensor", "NaN"),
@@ -204,6 +205,8 @@ def test_broken_weights_folders_are_one_sentence(tmp_path: Path, case: str, word
         edit_manifest(folder, lambda m: {**m, "labels": [{"name": "LV cavity"}]})
     elif case == "unknown_task":
         edit_manifest(folder, lambda m: {**m, "task": "segmenting"})
+    elif case == "heart_size_reversed":
+        edit_manifest(folder, lambda m: {**m, "preprocessing": {**m["preprocessing"], "heart_size_mm": [96, 46]}})
     elif case == "trim_not_bool":
         edit_manifest(folder, lambda m: {**m, "postprocessing": {"trim_basal_rv": "yes"}})
     elif case == "truncated":

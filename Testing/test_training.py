@@ -81,6 +81,9 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     model, manifest = load_model(out / "weights", "cpu")
     assert manifest["config"]["scan"] == "raster" and manifest["config"]["local_blocks"] is False
     assert manifest["training"]["augmentation"] == "mild"
+    smallest, largest = manifest["preprocessing"]["heart_size_mm"]  # of its one training volume
+    assert smallest == largest and 40 < smallest < 100
+    assert manifest["postprocessing"] == {"trim_basal_rv": True}
     from medsegrwkv.nets.registry import create_model
 
     plain = create_model("medsegrwkv-t", scan="raster", local_blocks=False)
@@ -175,6 +178,7 @@ def test_a_3d_run_records_the_crop_it_trained_on(tmp_path, acdc):
     train_segmentation(cfg, show_progress=False)
     manifest = load_manifest(tmp_path / "run" / "weights")
     assert manifest["training"]["crop"] == list(get_spec("unet3d").roi_size) == [16, 160, 160]
+    assert manifest["postprocessing"] == {"trim_basal_rv": False}
 
 
 def test_fine_tuning_starts_from_the_bundled_weights(tmp_path, acdc):

@@ -9,6 +9,7 @@ batches/windows, so the Slicer engine can stop a request midway.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -21,14 +22,17 @@ from monai.inferers import sliding_window_inference
 
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
+from medsegrwkv.inference.heart_size import labelmap_lv_diameter_mm, size_factor
 from medsegrwkv.inference.postprocess import postprocess
 from medsegrwkv.nets.registry import ModelSpec, get_spec, slice_context
 from medsegrwkv.preprocess import (
-    Prepared, Roi, crop_to_roi, from_canonical, neighbour_slices, paste_from_roi, prepare_image,
+    DEFAULT_PREPROCESSING, Prepared, Roi, crop_to_roi, from_canonical, neighbour_slices, paste_from_roi, prepare_image,
     resample_probabilities, slice_layout,
 )
 from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress, scaled
 from medsegrwkv.weights import load_model
+
+log = logging.getLogger(__name__)
 
 PHASE_BATCHES = 4  # a 2D network is fed this many batches' worth of slices of consecutive phases at once
 
@@ -164,11 +168,44 @@ class Segmenter:
 
     def segment_phases(self, images: Sequence[sitk.Image], roi: Roi | None = None, tta: bool = False,
                        postprocessing: bool = True, phase_names: Sequence[int] | None = None,
-                       progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> list[sitk.Image]:
+                       progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled,
+                       notes: list[str] | None = None) -> list[sitk.Image]:
         """Labelmaps of several phases of one cine. A 2D network gets the slices of consecutive phases
         in one stream of full batches (a 12-slice phase alone leaves its last batch part-empty);
         phases whose network grids differ, and 3D networks, go one phase at a time. Progress
-        messages name the phases by `phase_names` (default: none for one phase, else 0, 1, ...)."""
+        messages name the phases by `phase_names` (default: none for one phase, else 0, 1, ...).
+
+        A heart outside the sizes the model was trained on (its manifest's
+        `preprocessing.heart_size_mm`) is segmented again at a pixel size that shows it at the
+        nearest trained size (`heart_size`); a sentence saying so goes into `notes`."""
+        labels = self._segment_phases(images, roi, tta, postprocessing, phase_names, progress, cancel, 1.0)
+        trained = self.manifest.get("preprocessing", {}).get("heart_size_mm")
+        diameters = [d for image in labels if (d := labelmap_lv_diameter_mm(image)) is not None]
+        factor = size_factor(max(diameters) if diameters else None, trained)
+        if factor == 1.0:
+            return labels
+        pixel = self._preprocessing(factor)["spacing_xy_mm"][0]
+        note = (f"The heart measures {max(diameters):.0f} mm across (LV, largest slice), outside the "
+                f"{trained[0]:.0f}-{trained[1]:.0f} mm of the model's training hearts, so it was segmented again "
+                f"at {pixel:.2f} mm pixels, where it looks {'smaller' if factor > 1 else 'larger'}.")
+        log.info(note)
+        if notes is not None:
+            notes.append(note)
+
+        def finished(fraction: float, message: str) -> None:  # the first pass already reported 1.0
+            progress(1.0, f"heart size, second pass: {message}")
+
+        return self._segment_phases(images, roi, tta, postprocessing, phase_names, finished, cancel, factor)
+
+    def _preprocessing(self, factor: float) -> dict[str, Any]:
+        """The manifest's preprocessing with its pixel size times `factor`."""
+        prep = {**DEFAULT_PREPROCESSING, **self.manifest.get("preprocessing", {})}
+        return {**prep, "spacing_xy_mm": [float(s) * factor for s in prep["spacing_xy_mm"]]}
+
+    def _segment_phases(self, images: Sequence[sitk.Image], roi: Roi | None, tta: bool, postprocessing: bool,
+                        phase_names: Sequence[int] | None, progress: ProgressFn, cancel: CancelFn,
+                        factor: float) -> list[sitk.Image]:
+        preprocessing = self._preprocessing(factor)
         regions = [roi.clipped(image.GetSize()) if roi is not None else None for image in images]
         subs = [crop_to_roi(image, region) if region is not None else image for image, region in zip(images, regions)]
         done, total = 0, sum(sub.GetSize()[slice_layout(sub)[0]] if self.spec.spatial_dims == 2 else 1 for sub in subs)
@@ -176,11 +213,11 @@ class Segmenter:
         results: list[sitk.Image] = []
         n, pending = 0, None  # pending: a phase prepared for a group it did not fit, first of the next
         while n < len(subs):
-            first = pending or prepare_image(subs[n], self.manifest.get("preprocessing"))
+            first = pending or prepare_image(subs[n], preprocessing)
             group, pending = [first], None
             while (self.spec.spatial_dims == 2 and n + len(group) < len(subs)
                    and sum(p.array.shape[0] for p in group) < PHASE_BATCHES * self.batch_size):
-                following = prepare_image(subs[n + len(group)], self.manifest.get("preprocessing"))
+                following = prepare_image(subs[n + len(group)], preprocessing)
                 if following.array.shape[1:] != first.array.shape[1:]:
                     pending = following
                     break

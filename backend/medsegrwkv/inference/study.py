@@ -73,13 +73,14 @@ def segment_study(study: Study, phases: Sequence[int], segmenter: Segmenter, roi
     first = study.phases[phases[0]]
     started = time.time()
     check_cancel(cancel)
+    notes: list[str] = []
     labels = segmenter.segment_phases([study.phases[p] for p in phases], roi=roi, tta=tta,
                                       postprocessing=postprocessing, phase_names=shown, progress=progress,
-                                      cancel=cancel)
+                                      cancel=cancel, notes=notes)
     slices = len(phases) * first.GetSize()[slice_layout(first)[0]]
     volumes = [label_volumes_ml(image) for image in labels]
-    warnings = input_warnings(first) + [w for p, image, v in zip(shown, labels, volumes)
-                                        for w in result_warnings(image, p, v)]
+    warnings = input_warnings(first) + notes + [w for p, image, v in zip(shown, labels, volumes)
+                                                for w in result_warnings(image, p, v)]
     return StudySegmentation(phases=shown, labels=labels, roi=roi, label_names=segmenter.manifest["labels"],
                              volumes_ml=volumes, warnings=warnings, model=segmenter.manifest["name"],
                              device=segmenter.device, seconds_per_slice=(time.time() - started) / max(1, slices))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import training_autocast
+from medsegrwkv.inference.heart_size import training_range_mm
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config, slice_context
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
@@ -132,7 +133,7 @@ def _seed_everything(seed: int) -> None:
 
 def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, steps: int, seconds: float,
               metrics: dict[str, float] | None, epoch: int, init: dict[str, Any] | None,
-              teacher: Teacher | None) -> dict[str, Any]:
+              teacher: Teacher | None, heart_sizes: list[float] | None) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     return {
         "name": cfg.model,
@@ -141,7 +142,7 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
         "task": "segmentation",
         "spatial_dims": spec.spatial_dims,
         "labels": SEGMENTATION_LABELS,
-        "preprocessing": DEFAULT_PREPROCESSING,
+        "preprocessing": {**DEFAULT_PREPROCESSING, **({"heart_size_mm": heart_sizes} if heart_sizes else {})},
         # the basal-RV trim helps the 2D networks measured and costs the 3D ones (docs/medsegrwkv.md)
         "postprocessing": {"trim_basal_rv": spec.spatial_dims == 2},
         "training": {
@@ -216,8 +217,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     train_cases = list_cases(cfg.data, cfg.patients)[: cfg.max_cases]
     val_cases = list_cases(cfg.data, "val") if cfg.validate else []
     crop = tuple(spec.roi_size) if spec.spatial_dims == 3 else (cfg.crop, cfg.crop)
-    dataset = training_dataset(load_volumes(train_cases, show_progress=show), spec.spatial_dims, crop,
-                               slice_context(cfg.model, cfg.overrides), cfg.augmentation)
+    volumes = load_volumes(train_cases, show_progress=show)
+    pixel = DEFAULT_PREPROCESSING["spacing_xy_mm"]
+    heart_sizes = training_range_mm([v["label"] for v in volumes], pixel[0] * pixel[1])
+    dataset = training_dataset(volumes, spec.spatial_dims, crop, slice_context(cfg.model, cfg.overrides),
+                               cfg.augmentation)
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
@@ -251,7 +255,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         if ctx.is_main:
             if validate_now:
                 manifest = _manifest(cfg, ctx, len(train_cases), len(val_cases), state["step"], state["seconds"],
-                                     None, epoch + 1, init, teacher)
+                                     None, epoch + 1, init, teacher, heart_sizes)
                 segmenter = Segmenter(model, manifest, ctx.device)
                 _, summary = evaluate_cases(segmenter, val_cases, show_progress=False)
                 model.train()
@@ -263,7 +267,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
                     export_weights(model, manifest, out / "weights", render_segmentation_card)
             elif not cfg.validate:
                 export_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
-                                                epoch + 1, init, teacher), out / "weights", render_segmentation_card)
+                                                epoch + 1, init, teacher, heart_sizes), out / "weights",
+                               render_segmentation_card)
             run.save(model, optimizer, scheduler, state, record)
             if show:
                 val = record.get("validation")

@@ -82,6 +82,9 @@ def check_manifest(data: Any, source: str) -> Manifest:
     if "percentiles" in prep and not (_numbers(prep["percentiles"], 2)
                                       and 0 <= prep["percentiles"][0] < prep["percentiles"][1] <= 100):
         raise bad("is wrong: 'preprocessing.percentiles' must be two numbers with 0 <= lower < upper <= 100")
+    if "heart_size_mm" in prep and not (_numbers(prep["heart_size_mm"], 2)
+                                        and 0 < prep["heart_size_mm"][0] <= prep["heart_size_mm"][1]):
+        raise bad("is wrong: 'preprocessing.heart_size_mm' must be two numbers with 0 < smallest <= largest")
     if not isinstance(prep.get("grader_input", {}), dict):
         raise bad("is wrong: 'preprocessing.grader_input' must be an object")
     if not isinstance(manifest.postprocessing.get("trim_basal_rv", False), bool):

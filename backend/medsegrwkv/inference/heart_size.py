@@ -1,0 +1,61 @@
+"""Heart-size normalisation: a heart larger or smaller than every heart the model was trained on
+is segmented again at a pixel size that shows it at a trained size.
+
+Resampling to the model's pixel size makes a study's pixels alike, not its hearts: a dilated or a
+child's heart still spans more or fewer pixels than any training heart, and the network has a size
+prior (the default loses 15 points of myocardium Dice when ACDC's DCM and normal hearts are shown
+1.6x as large; docs/medsegrwkv.md, "heart size"). The size measure is the LV's epicardial
+equivalent diameter (cavity and myocardium) on the slice where it is largest; the model's
+manifest gives the range of its training hearts (`preprocessing.heart_size_mm`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsegrwkv.preprocess import slice_layout
+
+MYO, LV = 2, 3
+# the second pass's pixel size is the model's times this factor, kept within these bounds
+FACTOR_RANGE = (0.5, 2.0)
+# hearts up to this factor beyond the trained range are left alone: the mild augmentation, which
+# trained the bundled models, scales by 0.85-1.15 (training/data.py)
+SCALE_MARGIN = 1.15
+
+
+def lv_diameter_mm(labels: np.ndarray, pixel_area_mm2: float) -> float | None:
+    """Equivalent diameter of the largest LV epicardial cross-section of labels (z, y, x) whose
+    slices run along z; None without an LV."""
+    per_slice = ((labels == MYO) | (labels == LV)).reshape(labels.shape[0], -1).sum(1)
+    largest = int(per_slice.max()) if per_slice.size else 0
+    return 2.0 * math.sqrt(largest * pixel_area_mm2 / math.pi) if largest else None
+
+
+def labelmap_lv_diameter_mm(labels: sitk.Image) -> float | None:
+    """`lv_diameter_mm` of a labelmap in any voxel layout (its slice axis found as the pipeline finds it)."""
+    axis = slice_layout(labels)[0]
+    inplane = [s for i, s in enumerate(labels.GetSpacing()) if i != axis]
+    array = np.moveaxis(sitk.GetArrayViewFromImage(labels), 2 - axis, 0)
+    return lv_diameter_mm(array, inplane[0] * inplane[1])
+
+
+def training_range_mm(label_volumes: Sequence[np.ndarray], pixel_area_mm2: float) -> list[float] | None:
+    """[smallest, largest] LV diameter over training labelmaps (z, y, x) on one grid."""
+    sizes = [d for labels in label_volumes if (d := lv_diameter_mm(labels, pixel_area_mm2)) is not None]
+    return [round(min(sizes), 1), round(max(sizes), 1)] if sizes else None
+
+
+def size_factor(diameter_mm: float | None, trained_mm: Sequence[float] | None) -> float:
+    """How much coarser (> 1) or finer (< 1) the pixels must be for a heart of `diameter_mm` to
+    look like the nearest edge of the trained range; 1 within `SCALE_MARGIN` of that range (the
+    training's scale augmentation showed the network such hearts) or when either is unknown."""
+    if diameter_mm is None or not trained_mm:
+        return 1.0
+    smallest, largest = trained_mm
+    if smallest / SCALE_MARGIN <= diameter_mm <= largest * SCALE_MARGIN:
+        return 1.0
+    factor = diameter_mm / (largest if diameter_mm > largest else smallest)
+    return float(min(max(factor, FACTOR_RANGE[0]), FACTOR_RANGE[1]))
