@@ -166,9 +166,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("worst volumes (lowest structure Dice): " + ", ".join(
             f"{r['case']} {worst_structure_dice(r):.3f}" for r in worst))
     if args.robustness:
-        from medsegrwkv.training.robustness import evaluate_robustness, render_robustness
+        from medsegrwkv.training.robustness import HEART_SIZES, PERTURBATIONS, evaluate_robustness, render_robustness
 
-        table = evaluate_robustness(segmenter, cases)
+        table = evaluate_robustness(segmenter, cases, (*PERTURBATIONS, *HEART_SIZES))
         print(render_robustness(table), end="")
         if report:
             write_text_atomic(report / "robustness.md", f"# {name}: other scanners' looks\n\n" + render_robustness(table))
@@ -378,8 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=5, help="how many worst volumes the report shows (default 5)")
     p.add_argument("--robustness", action="store_true",
                    help="also score each volume under other scanners' looks (pixel size 0.75/1.9 mm, lower "
-                   "resolution, wider/tighter field of view, bias field, gamma, noise, Gibbs ringing) and print "
-                   "the Dice drop of each; with --report also robustness.md/.csv")
+                   "resolution, wider/tighter field of view, bias field, gamma, noise, Gibbs ringing) and with "
+                   "hearts 0.6x and 1.6x as large, and print the Dice drop of each; with --report also "
+                   "robustness.md/.csv")
     p.add_argument("--max-cases", type=int, help="use only the first N volumes of the split (quick checks)")
     p.add_argument("--record", action="store_true",
                    help="store the validation metrics in the --weights folder's manifest and model card (for "

@@ -135,8 +135,30 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
 )
 
 
+def _heart_scale(factor: float) -> Callable[[sitk.Image, sitk.Image], Pair]:
+    """The anatomy `factor` times as large: the in-plane pixel size in the header scaled, for the
+    image and the reference alike (the voxels untouched, so only the size in mm changes)."""
+    def apply(image: sitk.Image, reference: sitk.Image) -> Pair:
+        scaled = []
+        for volume in (image, reference):
+            copy = sitk.Image(volume)
+            sx, sy, sz = copy.GetSpacing()
+            copy.SetSpacing((sx * factor, sy * factor, sz))
+            scaled.append(copy)
+        return scaled[0], scaled[1]
+    return apply
+
+
+# Hearts of other sizes than the training hearts': not a scanner's look (the anatomy changes), so
+# kept apart from PERTURBATIONS; `evaluate --robustness` scores both (inference/heart_size.py).
+HEART_SIZES: tuple[Perturbation, ...] = (
+    Perturbation("heart_0.6x", "every structure 0.6x as large (smaller than any training heart)", _heart_scale(0.6)),
+    Perturbation("heart_1.6x", "every structure 1.6x as large (larger than any training heart)", _heart_scale(1.6)),
+)
+
+
 def get_perturbation(name: str) -> Perturbation:
-    for p in PERTURBATIONS:
+    for p in (*PERTURBATIONS, *HEART_SIZES):
         if p.name == name:
             return p
     raise KeyError(name)
