@@ -102,7 +102,10 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         "- **Intended use:** research. Outputs must be reviewed by a qualified reader; not a medical device.",
         f"- **Input:** one 3D short-axis stack (one cardiac phase), any orientation (reoriented to a canonical "
         f"layout), normalised by percentile clipping {prep.get('percentiles')} and resampled in-plane to "
-        f"{prep.get('spacing_xy_mm')} mm; predictions are mapped back to the input grid.",
+        f"{prep.get('spacing_xy_mm')} mm; predictions are mapped back to the input grid."
+        + (f" A heart beyond the training hearts' {prep['heart_size_mm'][0]}-{prep['heart_size_mm'][1]} mm "
+           "(LV epicardial diameter, largest slice) is segmented again at the pixel size that shows it at the nearest "
+           "trained size." if prep.get("heart_size_mm") else ""),
         "- **Post-processing:** the largest 3D piece of each structure, holes in the cavities filled"
         + ("; the RV taken off the basal slices where a 2D network paints the right atrium (`trim_basal_rv`)"
            if manifest.get("postprocessing", {}).get("trim_basal_rv") else "") + ".",
