@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,17 @@ def test_folder_lists_image_files_and_subfolders_only(tmp_path):
         (tmp_path / name).write_text("x")
     (tmp_path / "dicom_series").mkdir()
     assert [p.name for p in list_studies(tmp_path)] == ["a.nrrd", "b.nii.gz", "dicom_series"]
+
+
+def test_folder_lists_enhanced_dicom_files_but_not_single_images(tmp_path):
+    """An enhanced (multi-frame) DICOM file is a whole study; a classic one is one image of a series."""
+    from medsegrwkv.io import sample_data_dir
+    from test_io import enhanced_export
+
+    dicom = sample_data_dir() / "SCD0000101" / "dicom"
+    enhanced_export(dicom).save_as(tmp_path / "IM_0001")
+    shutil.copy(next(dicom.glob("*.dcm")), tmp_path / "IM_0002")
+    assert [p.name for p in list_studies(tmp_path)] == ["IM_0001"]
 
 
 def test_empty_or_wrong_sources_are_one_sentence(tmp_path):

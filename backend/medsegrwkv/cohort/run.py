@@ -28,7 +28,9 @@ from medsegrwkv.function.study import study_function
 from medsegrwkv.inference.device import describe_device, resolve_device
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.inference.study import segment_study
-from medsegrwkv.io import SUPPORTED_SUFFIXES, read_study, select_phases, volume_suffix, write_labelmap
+from medsegrwkv.io import (
+    SUPPORTED_SUFFIXES, is_multiframe_dicom, read_study, select_phases, volume_suffix, write_labelmap,
+)
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -74,7 +76,8 @@ class CohortRank:
 def list_studies(source: str | Path) -> list[Path]:
     """The studies of a cohort: the lines of a list file (.txt/.lst/.list; blank lines and `#`
     comments skipped; relative paths are relative to the list's folder), or the entries of a
-    folder (every image file in it and every subfolder, e.g. one DICOM series per subfolder)."""
+    folder (every image file in it, every enhanced multi-frame DICOM file, and every subfolder,
+    e.g. one DICOM series per subfolder)."""
     source = Path(source).expanduser()
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         lines = [line.strip() for line in source.read_text(errors="replace").splitlines()]
@@ -82,7 +85,8 @@ def list_studies(source: str | Path) -> list[Path]:
         studies = [s if s.is_absolute() else (source.parent / s).absolute() for s in studies]
     elif source.is_dir():
         studies = sorted(p.absolute() for p in source.iterdir()
-                         if not p.name.startswith(".") and (p.is_dir() or volume_suffix(p) is not None))
+                         if not p.name.startswith(".")
+                         and (p.is_dir() or volume_suffix(p) is not None or is_multiframe_dicom(p)))
     else:
         raise MedSegError(f"{source} is neither a folder of studies nor a list file ({', '.join(LIST_SUFFIXES)}) "
                           "with one study path per line.", code=ErrorCode.BAD_INPUT)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import ErrorCode, MedSegError
 from .contours import Contour, PhaseReference, read_sunnybrook_contours, sunnybrook_reference
+from .dicom import is_multiframe_dicom
 from .itk_messages import route_itk_messages
 from .volumes import (
     SUPPORTED_SUFFIXES,
@@ -46,6 +47,7 @@ __all__ = [
     "PhaseReference",
     "Study",
     "geometry_difference",
+    "is_multiframe_dicom",
     "read_phase_files",
     "read_study",
     "read_sunnybrook_contours",

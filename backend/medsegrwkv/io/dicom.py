@@ -395,6 +395,12 @@ def _read_series(headers: list[_Header], what: str) -> DicomCine:
     return DicomCine(phases, trigger_times, f"{kind} {_series_label(headers)} ({shape})", files)
 
 
+def is_multiframe_dicom(path: Path) -> bool:
+    """Whether `path` is an enhanced (multi-frame) DICOM file, which holds a whole series."""
+    header = read_header(path)
+    return header is not None and header.frames > 1
+
+
 def is_dicom_file(path: Path) -> bool:
     """Whether `path` is a DICOM image, to tell a user who passed one file to pass its folder."""
     return read_header(path) is not None
