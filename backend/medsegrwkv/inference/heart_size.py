@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from medsegrwkv.inference.postprocess import LV, MYO
 from medsegrwkv.preprocess import slice_layout
 
-MYO, LV = 2, 3
 # the second pass's pixel size is the model's times this factor, kept within these bounds
 FACTOR_RANGE = (0.5, 2.0)
 # hearts up to this factor beyond the trained range are left alone: a second pass that changes the

@@ -180,12 +180,14 @@ class Segmenter:
         nearest trained size (`heart_size`); a sentence saying so goes into `notes`."""
         labels = self._segment_phases(images, roi, tta, postprocessing, phase_names, progress, cancel, 1.0)
         trained = self.manifest.get("preprocessing", {}).get("heart_size_mm")
-        diameters = [d for image in labels if (d := labelmap_lv_diameter_mm(image)) is not None]
-        factor = size_factor(max(diameters) if diameters else None, trained)
+        if not trained:  # weights that do not say their training hearts' sizes: nothing to measure against
+            return labels
+        diameter = max((d for image in labels if (d := labelmap_lv_diameter_mm(image)) is not None), default=None)
+        factor = size_factor(diameter, trained)
         if factor == 1.0:
             return labels
         pixel = self._preprocessing(factor)["spacing_xy_mm"][0]
-        note = (f"The heart measures {max(diameters):.0f} mm across (LV, largest slice), outside the "
+        note = (f"The heart measures {diameter:.0f} mm across (LV, largest slice), outside the "
                 f"{trained[0]:.0f}-{trained[1]:.0f} mm of the model's training hearts, so it was segmented again "
                 f"at {pixel:.2f} mm pixels, where it looks {'smaller' if factor > 1 else 'larger'}.")
         log.info(note)
