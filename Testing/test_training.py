@@ -244,14 +244,24 @@ def test_default_models_card_shows_the_comparison_that_made_it_the_default():
 
 def test_mild_augmentation_leaves_out_the_simulated_scanners():
     """'mild' (what trained the bundled default) is 'wide' without the other-scanner looks; both
-    keep the orientations, and a misspelt strength is refused."""
+    keep the orientations; 'appearance' has the looks on mild's geometry; a misspelt strength is
+    refused."""
     from medsegrwkv.training.data import augmentation
 
+    def transforms(strength: str) -> list:
+        return list(augmentation(2, (64, 64), 0, strength).transforms)
+
     def names(strength: str) -> set[str]:
-        return {type(t).__name__ for t in augmentation(2, (64, 64), 0, strength).transforms}
+        return {type(t).__name__ for t in transforms(strength)}
+
+    def affine_range(strength: str) -> tuple:
+        affine = next(t for t in transforms(strength) if type(t).__name__ == "RandAffined").rand_affine.rand_affine_grid
+        return affine.rotate_range, affine.scale_range
 
     scanners = {"RandSimulateLowResolutiond", "RandGibbsNoised", "RandRicianNoised", "RandHistogramShiftd"}
     assert scanners <= names("wide") and not scanners & names("mild")
+    assert names("appearance") == names("wide")
+    assert affine_range("appearance") == affine_range("mild") != affine_range("wide")
     assert {"RandFlipd", "RandRotate90d", "RandAffined"} <= names("mild") & names("wide")
     with pytest.raises(MedSegError, match="augmentation"):
         augmentation(2, (64, 64), 0, "strong")

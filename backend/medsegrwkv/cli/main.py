@@ -407,10 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--crop", type=int, help="in-plane training crop for 2D models (pixels)")
-    p.add_argument("--augmentation", metavar="wide|mild",
+    p.add_argument("--augmentation", metavar="wide|mild|appearance",
                    help="segment and refine: 'wide' (default) also simulates other sites' scanners (lower "
                         "resolution, strong gamma, ringing, Rician noise, rotation to 30 degrees, scale 0.7-1.3); "
-                        "'mild' keeps orientations, small rotations and scales and light intensity changes")
+                        "'mild' keeps orientations, small rotations and scales and light intensity changes; "
+                        "'appearance' is mild's geometry with wide's scanner looks")
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)

@@ -9,6 +9,8 @@ histogram shift, bias field, Rician noise, blur and Gibbs ringing). That is the 
 augmentation, the default; "mild" keeps the orientations, small rotations and scales and light
 intensity changes: in short fine-tuning cycles from the bundled weights it scored 0.3 points of
 validation Dice higher, at no measured cost under the simulated scanners (docs/medsegrwkv.md).
+"appearance" is "mild"'s geometry with "wide"'s scanner looks: it separates what the looks cost
+from what the larger rotations and scales cost.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
     return volumes
 
 
-AUGMENTATIONS = ("wide", "mild")
+AUGMENTATIONS = ("wide", "mild", "appearance")
 
 
 def check_augmentation(strength: str) -> None:
@@ -58,11 +60,12 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
     vary in: larger rotations and scales, lower resolution, gamma 0.6-1.8, histogram shift, Rician
     noise and Gibbs ringing. `context` > 0: a 2.5D input whose neighbour channels are also reversed
     at random, since the slice order of a study (base to apex or back) depends on how its in-plane
-    axes were flipped."""
+    axes were flipped. "appearance" takes "mild"'s geometry and "wide"'s scanner looks."""
     check_augmentation(strength)
-    wide = strength == "wide"
+    wide_geometry = strength == "wide"
+    looks = strength in ("wide", "appearance")  # the other scanners' looks
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
-    angle, zoom = (np.pi / 6, 0.3) if wide else (np.pi / 12, 0.15)
+    angle, zoom = (np.pi / 6, 0.3) if wide_geometry else (np.pi / 12, 0.15)
     rotate = (angle,) if spatial_dims == 2 else (angle, 0.0, 0.0)  # 3D: about the slice axis
     scale = (zoom, zoom) if spatial_dims == 2 else (0.0, zoom, zoom)
     spatial = [
@@ -71,23 +74,23 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
         RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[0]),
         RandFlipd(KEYS, prob=0.5, spatial_axis=inplane[1]),
         RandRotate90d(KEYS, prob=0.75, max_k=3, spatial_axes=inplane),
-        RandAffined(KEYS, prob=0.6 if wide else 0.5, rotate_range=rotate, scale_range=scale,
+        RandAffined(KEYS, prob=0.6 if wide_geometry else 0.5, rotate_range=rotate, scale_range=scale,
                     mode=("bilinear", "nearest"), padding_mode="zeros"),
     ]
     # "mild" is the "wide" list without the other scanners' looks, with gentler settings
     intensity = [
         *([RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
-                                      upsample_mode="bilinear" if spatial_dims == 2 else "trilinear")] if wide else []),
+                                      upsample_mode="bilinear" if spatial_dims == 2 else "trilinear")] if looks else []),
         # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
-        RandBiasFieldd("image", prob=0.3 if wide else 0.2, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
-        RandScaleIntensityd("image", factors=0.2 if wide else 0.15, prob=0.5),
+        RandBiasFieldd("image", prob=0.3 if looks else 0.2, coeff_range=(0.0, 0.2 if spatial_dims == 2 else 0.1)),
+        RandScaleIntensityd("image", factors=0.2 if looks else 0.15, prob=0.5),
         RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        RandAdjustContrastd("image", prob=0.4 if wide else 0.3, gamma=(0.6, 1.8) if wide else (0.7, 1.5)),
-        *([RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2)] if wide else []),
+        RandAdjustContrastd("image", prob=0.4 if looks else 0.3, gamma=(0.6, 1.8) if looks else (0.7, 1.5)),
+        *([RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2)] if looks else []),
         RandGaussianSmoothd("image", prob=0.1, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-        RandRicianNoised("image", prob=0.2, std=0.04, relative=False) if wide else
+        RandRicianNoised("image", prob=0.2, std=0.04, relative=False) if looks else
         RandGaussianNoised("image", prob=0.2, std=0.03),
-        *([RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6))] if wide else []),
+        *([RandGibbsNoised("image", prob=0.15, alpha=(0.0, 0.6))] if looks else []),
     ]
     reverse = [RandLambdad("image", func=lambda x: x.flip(0), prob=0.5)] if context else []
     return Compose(spatial + intensity + reverse)
