@@ -45,7 +45,7 @@ def run_demo(output: Path, model: str | None = None, device: str = "auto") -> di
                           code=ErrorCode.BAD_INPUT)
     segmenter = Segmenter.from_pretrained(model or DEFAULT_MODELS["segmentation"], device)
     print(f"{study.description}; model {segmenter.manifest['name']}", file=sys.stderr)
-    predictions = [segmenter.segment(p) for p in study.phases]
+    predictions = segmenter.segment_phases(study.phases)
     references = sunnybrook_reference(study, contour_dir, dicom_dir)
 
     lv_volumes = [_volume_ml(sitk.GetArrayViewFromImage(p) == LV, p) for p in predictions]

@@ -23,7 +23,7 @@ from monai.inferers import sliding_window_inference
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import resolve_device
 from medsegrwkv.inference.heart_size import labelmap_lv_diameter_mm, size_factor
-from medsegrwkv.inference.postprocess import postprocess
+from medsegrwkv.inference.postprocess import postprocess, trim_systolic_rv
 from medsegrwkv.nets.registry import ModelSpec, get_spec, slice_context
 from medsegrwkv.preprocess import (
     DEFAULT_PREPROCESSING, Prepared, Roi, crop_to_roi, from_canonical, neighbour_slices, paste_from_roi, prepare_image,
@@ -177,7 +177,9 @@ class Segmenter:
 
         A heart outside the sizes the model was trained on (its manifest's
         `preprocessing.heart_size_mm`) is segmented again at a pixel size that shows it at the
-        nearest trained size (`heart_size`); a sentence saying so goes into `notes`."""
+        nearest trained size (`heart_size`); a sentence saying so goes into `notes`. Where the
+        manifest turns the basal-RV trim on, several phases get it only where they are systolic
+        (`postprocess.systolic_phases`), a phase alone always."""
         labels = self._segment_phases(images, roi, tta, postprocessing, phase_names, progress, cancel, 1.0)
         trained = self.manifest.get("preprocessing", {}).get("heart_size_mm")
         if not trained:  # weights that do not say their training hearts' sizes: nothing to measure against
@@ -233,19 +235,23 @@ class Segmenter:
             joined = np.concatenate([self.network_input(p.array) for p in group])
             probs = self.predict_probabilities(joined, tta, part, cancel)
             for prepared, phase_probs in zip(group, np.split(probs, np.cumsum(depths)[:-1], axis=1)):
-                results.append(self._finish(phase_probs, prepared, subs[n], regions[n], images[n], postprocessing))
+                results.append(self._finish(phase_probs, prepared, subs[n], regions[n], images[n], postprocessing,
+                                            basal_rv=self.trim_basal_rv and len(subs) == 1))
                 n += 1
             done += count
+        if postprocessing and self.trim_basal_rv and len(results) > 1:
+            results = trim_systolic_rv(results)
         return results
 
     def _finish(self, probs: np.ndarray, prepared: Prepared, sub: sitk.Image, region: Roi | None, image: sitk.Image,
-                postprocessing: bool) -> sitk.Image:
+                postprocessing: bool, basal_rv: bool) -> sitk.Image:
         """Network-grid probabilities -> labelmap in the input's own voxel layout and geometry."""
         probs = resample_probabilities(probs, prepared.network_grid, prepared.canonical.image)
         labels = probs.argmax(axis=0).astype(np.uint8)
         if postprocessing:
-            labels = postprocess(labels, basal_rv=self.trim_basal_rv)
+            labels = postprocess(labels, basal_rv=basal_rv)
         label_image = sitk.GetImageFromArray(labels)
         label_image.CopyInformation(prepared.canonical.image)
         restored = from_canonical(label_image, prepared.canonical, sub)
         return paste_from_roi(restored, region, image) if region is not None else restored
+

@@ -120,7 +120,7 @@ def validate_function(data: str | Path, segmenter: Any, split: str = "val",
         truth = [sitk.ReadImage(str(study[k].label)) for k in ("ed", "es")]
         for image, gt, key in zip(images, truth, ("ed", "es")):
             check_labels_match(image, gt, f"The ground truth {study[key].label}")
-        predicted = [segmenter.segment(image) for image in images]
+        predicted = segmenter.segment_phases(images)  # one study, as the deployed `function` segments it
         body = {"height_cm": study["height_cm"], "weight_kg": study["weight_kg"]}
         reference = compute_function(truth, labels, ed=0, es=1, **body)
         ours = compute_function(predicted, labels, ed=0, es=1, **body)
@@ -188,10 +188,7 @@ def sunnybrook_function(dicom_dir: str | Path, contour_dir: str | Path, segmente
     volumes = {p: lv_ml(ref.labelmap, lv) for p, ref in references.items()}
     expert_ed = max(volumes, key=volumes.__getitem__)
     expert_es = min(volumes, key=volumes.__getitem__)
-    predicted = []
-    for n, image in enumerate(study.phases):
-        progress(n / len(study.phases), f"phase {n}")
-        predicted.append(segmenter.segment(image))
+    predicted = segmenter.segment_phases(study.phases, progress=progress)  # as the deployed `function` does
     progress(1.0, "done")
     ours = compute_function(predicted, labels, trigger_times_ms=study.trigger_times)
     at_expert = compute_function(predicted, labels, trigger_times_ms=study.trigger_times, ed=expert_ed, es=expert_es)
