@@ -19,7 +19,7 @@ from PIL import Image
 
 from cli_helpers import assert_user_error, run_cli
 from medsegrwkv.training.acdc import Case, list_cases
-from medsegrwkv.training.robustness import HEART_SIZES, PERTURBATIONS, evaluate_robustness, get_perturbation
+from medsegrwkv.training.robustness import HEART_SIZES, PERTURBATIONS, STRESS, evaluate_robustness, get_perturbation
 
 PIXEL_LOOKS = ("pixel_0.75mm", "pixel_1.9mm")
 
@@ -45,10 +45,12 @@ def test_looks_change_the_image_not_the_anatomy(acdc: Path) -> None:
         return np.array([(array == v).sum() for v in (1, 2, 3)]) * np.prod(labels.GetSpacing())
 
     before = volumes(reference)
-    for look in PERTURBATIONS:
+    for look in (*PERTURBATIONS, *STRESS):
         new_image, new_reference = look.apply(image, reference)
         assert new_image.GetSize() == new_reference.GetSize() and new_image.GetSpacing() == new_reference.GetSpacing()
         assert np.isfinite(sitk.GetArrayViewFromImage(new_image)).all()
+        if new_image.GetSize() == image.GetSize():
+            assert not np.allclose(sitk.GetArrayFromImage(new_image), sitk.GetArrayFromImage(image)), look.name
         if look.name != "tight_fov":  # cutting the field of view may cut anatomy; it keeps the centre
             assert np.allclose(volumes(new_reference), before, rtol=0.03), look.name
     fine, _ = get_perturbation("pixel_0.75mm").apply(image, reference)

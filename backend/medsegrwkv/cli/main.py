@@ -165,10 +165,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              f"{name} on {args.data} ({args.split}, {len(rows)} volumes)", args.worst)
         print("worst volumes (lowest structure Dice): " + ", ".join(
             f"{r['case']} {worst_structure_dice(r):.3f}" for r in worst))
-    if args.robustness:
-        from medsegrwkv.training.robustness import HEART_SIZES, PERTURBATIONS, evaluate_robustness, render_robustness
+    if args.robustness or args.stress:
+        from medsegrwkv.training.robustness import (
+            HEART_SIZES, PERTURBATIONS, STRESS, evaluate_robustness, render_robustness,
+        )
 
-        table = evaluate_robustness(segmenter, cases, (*PERTURBATIONS, *HEART_SIZES))
+        table = evaluate_robustness(segmenter, cases, (*PERTURBATIONS, *HEART_SIZES, *(STRESS if args.stress else ())))
         print(render_robustness(table), end="")
         if report:
             write_text_atomic(report / "robustness.md", f"# {name}: other scanners' looks\n\n" + render_robustness(table))
@@ -381,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "resolution, wider/tighter field of view, bias field, gamma, noise, Gibbs ringing) and with "
                    "hearts 0.6x and 1.6x as large, and print the Dice drop of each; with --report also "
                    "robustness.md/.csv")
+    p.add_argument("--stress", action="store_true",
+                   help="--robustness with stronger looks too (8%% noise, gamma 0.45 and 2.2, a non-linear "
+                   "contrast curve, 3.5 mm acquisition, strong ringing): how far the model is from failing")
     p.add_argument("--max-cases", type=int, help="use only the first N volumes of the split (quick checks)")
     p.add_argument("--record", action="store_true",
                    help="store the validation metrics in the --weights folder's manifest and model card (for "
