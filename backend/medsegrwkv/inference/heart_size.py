@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsegrwkv.inference.postprocess import LV, MYO
-from medsegrwkv.preprocess import slice_layout
+from medsegrwkv.preprocess import slices_first
 
 # the second pass's pixel size is the model's times this factor, kept within these bounds
 FACTOR_RANGE = (0.5, 2.0)
@@ -38,9 +38,8 @@ def lv_diameter_mm(labels: np.ndarray, pixel_area_mm2: float) -> float | None:
 
 def labelmap_lv_diameter_mm(labels: sitk.Image) -> float | None:
     """`lv_diameter_mm` of a labelmap in any voxel layout (its slice axis found as the pipeline finds it)."""
-    axis = slice_layout(labels)[0]
-    inplane = [s for i, s in enumerate(labels.GetSpacing()) if i != axis]
-    array = np.moveaxis(sitk.GetArrayViewFromImage(labels), 2 - axis, 0)
+    array, axis = slices_first(labels)
+    inplane = [s for i, s in enumerate(labels.GetSpacing()) if i != 2 - axis]
     return lv_diameter_mm(array, inplane[0] * inplane[1])
 
 

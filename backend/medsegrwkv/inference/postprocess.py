@@ -10,7 +10,8 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import FillHoles, KeepLargestConnectedComponent
 
-from medsegrwkv.preprocess import slice_layout
+from medsegrwkv.inference.plausibility import label_volumes_ml
+from medsegrwkv.preprocess import slices_first
 
 RV, MYO, LV = 1, 2, 3
 
@@ -105,11 +106,9 @@ def postprocess(labels: np.ndarray, basal_rv: bool = False) -> np.ndarray:
 def trim_systolic_rv(labels: Sequence[sitk.Image]) -> list[sitk.Image]:
     """The basal-RV trim on the phases of one cine that `systolic_phases` picks by their LV cavity
     volumes; the others are returned as they are."""
-    axes = [2 - slice_layout(image)[0] for image in labels]  # the numpy axis of each one's slices
-    arrays = [np.moveaxis(sitk.GetArrayFromImage(image), axis, 0) for image, axis in zip(labels, axes)]
-    cavities = [np.count_nonzero(array == LV) * float(np.prod(image.GetSpacing())) for array, image in zip(arrays, labels)]
     out = []
-    for image, array, axis, trim in zip(labels, arrays, axes, systolic_phases(cavities)):
+    for image, trim in zip(labels, systolic_phases([label_volumes_ml(image)[LV] for image in labels])):
+        array, axis = slices_first(image)
         trimmed = trim_basal_rv(array) if trim else array
         if trimmed is array or np.array_equal(trimmed, array):
             out.append(image)

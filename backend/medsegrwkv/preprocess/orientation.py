@@ -60,6 +60,14 @@ def slice_layout(image: sitk.Image) -> tuple[int, bool]:
     return int(order[2]), bool(flips[2])
 
 
+def slices_first(image: sitk.Image) -> tuple[np.ndarray, int]:
+    """The image's voxels (a view, valid while the image lives) with the short-axis slices along
+    numpy axis 0, and the numpy axis they lie on in `sitk.GetArrayViewFromImage(image)` (to move
+    an edited copy back)."""
+    axis = 2 - slice_layout(image)[0]
+    return np.moveaxis(sitk.GetArrayViewFromImage(image), axis, 0), axis
+
+
 def to_canonical(image: sitk.Image) -> Canonical:
     direction = np.array(image.GetDirection()).reshape(3, 3)
     order, flips = canonical_layout(direction, image.GetSpacing())
