@@ -538,6 +538,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic: Optional[MedSegRWKVLogic] = None
         self._parameterNode: Optional[MedSegRWKVParameterNode] = None
+        self.ttaDefaulted = False  # the TTA box set from the worker's devices (panel.tta_default) yet
         self._parameterNodeGuiTag = None
         self.shownNodes: Tuple[Any, Any] = (None, None)  # (input, output) the panel was last updated for
         self.job: Optional[Job] = None
@@ -766,6 +767,9 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showAbout(protocol.error_text(message))
             return
         self.info = message.result
+        if not self.ttaDefaulted and self._parameterNode is not None:  # once: the user's choice is kept after
+            self._parameterNode.tta = panel.tta_default(self.info)
+            self.ttaDefaulted = True
         self.showAbout()
         self.fillDevices()
         self.fillCorrectableSegments()

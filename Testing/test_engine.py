@@ -336,7 +336,7 @@ def test_a_cancel_is_acknowledged_before_the_answer_of_the_request_it_stops() ->
 
 def test_cancel_mid_study_and_busy_rejection(worker: Worker, study_files: Dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "cancelled.nrrd"
-    worker.send({"id": 30, **segment(study_files["long_cine"], output, tta=True)})  # 8 phases x 12 slices x 4 flips
+    worker.send({"id": 30, **segment(study_files["long_cine"], output, tta=True)})  # 8 phases x 12 slices x 4 rotations
     worker.wait_for_slice_progress(30)
     worker.send({"id": 31, "op": "info"})
     worker.send({"id": 32, "op": "cancel", "target": 30})

@@ -116,3 +116,40 @@ def test_roi_crops_before_inference_and_pastes_back(default_segmenter, case):
     assert not c[~inside].any()  # nothing outside the box
     m = structure_metrics(c, full, (10, 1.5625, 1.5625))  # the heart is found again inside it
     assert np.mean([m[s]["dice"] for s in ("RV", "Myo", "LV")]) > 0.85, m
+
+
+def test_tta_averages_the_four_rotations_so_its_answer_turns_with_the_image(default_segmenter, case):
+    """TTA over a group of views makes the prediction of a quarter-turned slice the quarter-turned
+    prediction (exactly, up to float error); a single pass has no such property. With the flips the
+    project used before, a quarter turn is not among the views and the property fails."""
+    import torch
+
+    from medsegrwkv.preprocess import prepare_image
+
+    image, _ = case
+    array = prepare_image(image).array
+    slices = torch.from_numpy(array[len(array) // 2: len(array) // 2 + 2, None])  # two mid slices (2, 1, y, x)
+    turned = torch.rot90(slices, 1, dims=(-2, -1))
+    seg = default_segmenter
+    with_tta = seg.batch_probabilities(turned, tta=True)
+    expected = torch.rot90(seg.batch_probabilities(slices, tta=True), 1, dims=(-2, -1))
+    assert with_tta.shape == expected.shape == (2, 4, *turned.shape[-2:])
+    torch.testing.assert_close(with_tta, expected, atol=1e-4, rtol=1e-4)
+    single = torch.rot90(seg.batch_probabilities(slices, tta=False), 1, dims=(-2, -1))
+    assert (seg.batch_probabilities(turned, tta=False) - single).abs().max() > 1e-2  # the network alone is not
+    assert torch.allclose(with_tta.sum(1), torch.ones(()), atol=1e-5)  # still probabilities
+
+
+def test_tta_defaults_to_on_with_a_gpu_only(default_segmenter, case):
+    """`tta=None` resolves by device: the four views cost milliseconds on a GPU, 4x the CPU budget."""
+    import torch
+
+    from medsegrwkv.inference.device import resolve_tta
+
+    assert resolve_tta(None, torch.device("cuda")) and not resolve_tta(None, torch.device("cpu"))
+    assert resolve_tta(True, torch.device("cpu")) and not resolve_tta(False, torch.device("cuda"))
+    image, _ = case
+    assert default_segmenter.device.type == "cpu"  # the CPU path: the default is one pass
+    default = sitk.GetArrayFromImage(default_segmenter.segment(image))
+    np.testing.assert_array_equal(default, sitk.GetArrayFromImage(default_segmenter.segment(image, tta=False)))
+    assert (default != sitk.GetArrayFromImage(default_segmenter.segment(image, tta=True))).any()

@@ -168,6 +168,9 @@ def test_requests_pass_the_workers_own_parser() -> None:
         assert parsed.id == n and parsed.op == request["op"]
         assert {k: parsed.fields[k] for k in request if k != "op"} == {k: v for k, v in request.items() if k != "op"}
     assert parse_request(protocol.encode(0, requests[0])).fields["roi"] == [1, 2, 3, 40, 50, 6]
+    # TTA unsaid reaches the worker as None, which runs it on a GPU only (inference.device.resolve_tta)
+    assert [parse_request(protocol.encode(0, protocol.segment_request("/i.nrrd", "/o.nrrd", tta=t))).fields["tta"]
+            for t in (None, False, True)] == [None, False, True]
 
 
 def test_function_requests_pass_the_workers_own_parser() -> None:
@@ -538,6 +541,19 @@ def test_device_choices_name_the_gpu() -> None:
     assert without[0].text == "Auto (CPU: no CUDA GPU found)" and not without[1].enabled
     assert panel.device_choices(None)[0].text == "Auto"
     assert panel.pick_choice(without, "cuda") == 0
+
+
+def test_tta_box_starts_as_the_backends_default() -> None:
+    """The box starts ticked exactly where the worker would run TTA unasked: with a CUDA GPU."""
+    import torch
+
+    from medsegrwkv.engine.ops import Operations
+    from medsegrwkv.inference.device import resolve_device, resolve_tta
+
+    info = Operations().info({}, lambda f, m: None, lambda: False)  # this machine's real answer
+    assert panel.tta_default(info) == resolve_tta(None, resolve_device(info["auto_device"])) == torch.cuda.is_available()
+    assert panel.tta_default({**info, "cuda_available": True}) and not panel.tta_default({**info, "cuda_available": False})
+    assert not panel.tta_default(None)  # no worker yet
 
 
 def test_phase_and_about_texts() -> None:

@@ -64,6 +64,13 @@ def device_choices(info: Optional[Dict[str, Any]]) -> List[Choice]:
     ]
 
 
+def tta_default(info: Optional[Dict[str, Any]]) -> bool:
+    """The TTA box's first state: ticked where the worker has a CUDA GPU, where the four views cost
+    milliseconds (the backend's own default, `inference.device.resolve_tta`); on a CPU they take
+    four times as long, so the box starts clear."""
+    return bool(info and info.get("cuda_available"))
+
+
 def with_warnings(status: str, result: Dict[str, Any]) -> str:
     """A status line followed by the worker's warnings (input or result outside what the models saw)."""
     warnings = result.get("warnings") or []

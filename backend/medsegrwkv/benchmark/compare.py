@@ -78,7 +78,7 @@ def _time_per_study(model: torch.nn.Module, manifest: dict[str, Any], device: to
     segmenter = Segmenter(model, manifest, device)
     study = demo_volume(STUDY)
     with torch.inference_mode():
-        return median_ms(lambda: segmenter.predict_probabilities(study), device, repeats)[0]
+        return median_ms(lambda: segmenter.predict_probabilities(study, tta=False), device, repeats)[0]
 
 
 def _run_history(path: Path) -> dict[str, Any]:

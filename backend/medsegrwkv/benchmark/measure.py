@@ -352,10 +352,10 @@ def measure_paired(task: dict[str, Any]) -> dict[str, Any]:
     samples: dict[str, list[float]] = {base: [], other: []}
     with torch.inference_mode():
         for segmenter in segmenters.values():
-            segmenter.predict_probabilities(study)  # warm-up
+            segmenter.predict_probabilities(study, tta=False)  # warm-up
         for _ in range(task["rounds"]):
             for name, segmenter in segmenters.items():
-                samples[name].append(time_ms(partial(segmenter.predict_probabilities, study), device))
+                samples[name].append(time_ms(partial(segmenter.predict_probabilities, study, tta=False), device))
         emit("progress", step="paired study")
     ratios = [o / b for b, o in zip(samples[base], samples[other])]
     return {"models": [base, other], "device": describe_device(device), "threads": torch.get_num_threads(),
@@ -367,7 +367,8 @@ def measure_paired(task: dict[str, Any]) -> dict[str, Any]:
 def measure_cine(task: dict[str, Any]) -> dict[str, Any]:
     """A whole cine end to end through segment_study (the study-level segmentation the CLI, the
     worker and `function` use: preprocessing, batches across phases, resampling back, post-
-    processing), against one phase of it; bundled weights where the model has them (`timed_model`)."""
+    processing, and its default TTA: none on a CPU, four views on a GPU), against one phase of it; bundled
+    weights where the model has them (`timed_model`)."""
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.inference.study import segment_study
     from medsegrwkv.io import Study

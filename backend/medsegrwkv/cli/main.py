@@ -105,6 +105,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # -- evaluate --------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medsegrwkv.inference.device import resolve_device, resolve_tta
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.io.text import write_text_atomic
     from medsegrwkv.nets.registry import DEFAULT_MODELS
@@ -123,10 +124,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise MedSegError(f"--report {report} is a file; give a folder for the report.", code=ErrorCode.BAD_OUTPUT)
     if report:  # its folder, or the folder it will be made in, must be writable
         check_output((report if report.is_dir() else report.parent) / "report.md", (".md",))
-    if (args.record or args.record_recipe_in) and (not args.weights or args.split != "val" or args.tta
-                                                   or args.max_cases):
-        raise MedSegError("--record and --record-recipe-in need --weights DIR and --split val, without --tta or "
-                          "--max-cases: they store the validation metrics in a manifest.", code=ErrorCode.BAD_ARGUMENT)
+    tta = resolve_tta(args.tta, resolve_device(args.device))
+    if (args.record or args.record_recipe_in) and (not args.weights or args.split != "val" or tta or args.max_cases):
+        raise MedSegError("--record and --record-recipe-in need --weights DIR and --split val, without TTA (--no-tta "
+                          "on a GPU) or --max-cases: they store the validation metrics in a manifest.",
+                          code=ErrorCode.BAD_ARGUMENT)
     weights_manifest = (load_manifest(args.weights) or {}) if args.weights else {}
     if args.record and all_patients(weights_manifest):
         raise MedSegError(f"{args.weights} was trained on the validation patients too, so it has no validation of "
@@ -140,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cases = list_cases(args.data, args.split)[: args.max_cases]
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     kept: dict[str, tuple] = {}
-    rows, summary = evaluate_cases(segmenter, cases, tta=args.tta, on_prediction=(
+    rows, summary = evaluate_cases(segmenter, cases, tta=tta, on_prediction=(
         (lambda case, image, reference, pred: kept.__setitem__(case.name, (image, reference, pred))) if report else None))
     if args.record or args.record_recipe_in:
         from medsegrwkv.training.loop import record_validation
@@ -170,7 +172,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             HEART_SIZES, PERTURBATIONS, STRESS, evaluate_robustness, render_robustness,
         )
 
-        table = evaluate_robustness(segmenter, cases, (*PERTURBATIONS, *HEART_SIZES, *(STRESS if args.stress else ())))
+        table = evaluate_robustness(segmenter, cases, (*PERTURBATIONS, *HEART_SIZES, *(STRESS if args.stress else ())),
+                                    tta=tta)
         print(render_robustness(table), end="")
         if report:
             write_text_atomic(report / "robustness.md", f"# {name}: other scanners' looks\n\n" + render_robustness(table))
@@ -336,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", metavar="DIR", help="a weights folder (model.safetensors + manifest.json), "
                        "e.g. from `medsegrwkv train`; overrides --model")
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
-        p.add_argument("--tta", action="store_true", help="average predictions over in-plane flips (4x slower)")
+        p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="average predictions over the four in-plane rotations (4x the network time; "
+                       "default: on with a CUDA GPU, off on the CPU)")
 
     p = sub.add_parser("segment", help="segment a study (file or DICOM folder) into a labelmap",
                        description="Segment a short-axis study. INPUT is a NIfTI/NRRD/MHA file (3D, or 4D with "
@@ -440,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "class probabilities on each training batch (same input as the student), e.g. the default "
                         "with --teacher-tta, or a wider network")
     p.add_argument("--teacher-tta", action="store_true",
-                   help="segment: the teacher's probabilities averaged over in-plane flips (4 passes a batch)")
+                   help="segment: the teacher's probabilities averaged over the in-plane rotations (4 passes a batch)")
     p.add_argument("--distill-weight", type=float,
                    help="segment: the teacher's share of the loss, in (0, 1] (default 0.5; the labels keep the rest)")
     p.add_argument("--automatic", metavar="NAME|DIR",

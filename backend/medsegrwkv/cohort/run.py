@@ -117,7 +117,7 @@ def _finished(folder: Path, path: Path, model: str) -> bool:
     return record.get("input") == str(path) and record.get("model") == model and record.get("status") == "done"
 
 
-def _process(path: Path, folder: Path, segmenter: Segmenter, with_function: bool, tta: bool) -> dict[str, Any]:
+def _process(path: Path, folder: Path, segmenter: Segmenter, with_function: bool, tta: bool | None) -> dict[str, Any]:
     """Segment one study into `folder`; the fields of its record."""
     study = read_study(path)
     result = segment_study(study, select_phases(study, None), segmenter, tta=tta)
@@ -143,7 +143,7 @@ def _process(path: Path, folder: Path, segmenter: Segmenter, with_function: bool
 
 
 def run_cohort(source: str | Path, output: str | Path, model: str, device: str = "auto", with_function: bool = False,
-               tta: bool = False, rank: CohortRank | None = None,
+               tta: bool | None = None, rank: CohortRank | None = None,
                log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict[str, int]:
     """Process this rank's share of the cohort; rank 0 writes the summary once every rank is done.
     Returns counts of this rank's studies: done, skipped (finished before), failed."""

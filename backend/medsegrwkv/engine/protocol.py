@@ -29,6 +29,7 @@ Json = Dict[str, Any]
 # A field spec: (accepted JSON types, required, default). int excludes bool on purpose.
 _STR, _INT, _BOOL, _LIST = (str,), (int,), (bool,), (list,)
 _OPT_STR, _OPT_INT, _OPT_LIST = (str, type(None)), (int, type(None)), (list, type(None))
+_OPT_BOOL = (bool, type(None))
 _OPT_NUM = (int, float, type(None))
 SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
     "info": {},
@@ -38,7 +39,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "output": (_STR, True, None),  # labelmap path; its suffix picks the format
         "model": (_OPT_STR, False, None),  # registered name or weights folder; None: the default
         "device": (_STR, False, "auto"),
-        "tta": (_BOOL, False, False),
+        "tta": (_OPT_BOOL, False, None),  # None: on a GPU only (inference.device.resolve_tta)
         "postprocess": (_BOOL, False, True),
         "phase": (_OPT_INT, False, None),  # None: every phase (4D output when there are several)
         "series": (_OPT_STR, False, None),
@@ -54,7 +55,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "labels": (_OPT_LIST, False, None),  # existing labelmaps instead of segmenting: one 4D file or one per phase
         "model": (_OPT_STR, False, None),
         "device": (_STR, False, "auto"),
-        "tta": (_BOOL, False, False),
+        "tta": (_OPT_BOOL, False, None),  # None: on a GPU only (inference.device.resolve_tta)
         "series": (_OPT_STR, False, None),
         "ed": (_OPT_INT, False, None),  # 0-based phase overrides
         "es": (_OPT_INT, False, None),

@@ -50,7 +50,7 @@ def body_size(study: Study, height_cm: float | None, weight_kg: float | None) ->
 
 def study_function(study: Study, segmenter: Segmenter | None = None,
                    phase_labels: Sequence[sitk.Image] | None = None, ed: int | None = None, es: int | None = None,
-                   height_cm: float | None = None, weight_kg: float | None = None, tta: bool = False,
+                   height_cm: float | None = None, weight_kg: float | None = None, tta: bool | None = None,
                    progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> StudyFunction:
     """Segment every phase of `study` with `segmenter` (or take `phase_labels`, one per phase) and
     measure its function; `ed`/`es` (0-based) override the detected phases."""

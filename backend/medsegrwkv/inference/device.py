@@ -32,6 +32,13 @@ def resolve_device(choice: str = "auto") -> torch.device:
     raise MedSegError(f"Unknown device '{choice}'; choose auto, cpu or cuda.", code=ErrorCode.BAD_DEVICE)
 
 
+def resolve_tta(tta: bool | None, device: torch.device) -> bool:
+    """Whether to average over test-time views: as asked, else (None) only on a GPU. The four views
+    cost milliseconds there; on a CPU they take four times the network time, beyond the speed
+    budget of a study (docs/benchmark.md), so they stay an option."""
+    return device.type == "cuda" if tta is None else bool(tta)
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"

@@ -1,7 +1,7 @@
 """Volume in, labelmap out, in the input's exact geometry.
 
 Steps: optional ROI crop -> canonical orientation -> intensity normalisation -> in-plane resampling
-to the model's spacing -> network (2D slice batches or 3D sliding window, optional flip TTA) ->
+to the model's spacing -> network (2D slice batches or 3D sliding window, optional TTA over in-plane rotations) ->
 probabilities resampled back -> argmax -> post-processing -> original axis layout -> paste into
 the full image. Progress is reported through a callback and a cancel hook is polled between
 batches/windows, so the Slicer engine can stop a request midway.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from medsegrwkv.errors import ErrorCode, MedSegError
-from medsegrwkv.inference.device import resolve_device
+from medsegrwkv.inference.device import resolve_device, resolve_tta
 from medsegrwkv.inference.heart_size import labelmap_lv_diameter_mm, size_factor
 from medsegrwkv.inference.postprocess import postprocess, trim_systolic_rv
 from medsegrwkv.nets.registry import ModelSpec, get_spec, slice_context
@@ -35,6 +35,11 @@ from medsegrwkv.weights import load_model
 log = logging.getLogger(__name__)
 
 PHASE_BATCHES = 4  # a 2D network is fed this many batches' worth of slices of consecutive phases at once
+# Test-time augmentation: the in-plane rotations by these multiples of 90 degrees. On the 40 ACDC
+# validation volumes the four rotations beat the four flips at the same cost: mean Dice 0.9003
+# against 0.8976 (session-17 weights, single pass 0.8913) and 0.8871 against 0.8847 (`unet2d`,
+# 0.8796); all eight (rotations and their mirror images) 0.8977 and 0.8874 (docs/medsegrwkv.md).
+TTA_ROTATIONS = (0, 1, 2, 3)
 
 
 def cpu_workers(device: torch.device, slices: int) -> int:
@@ -74,16 +79,14 @@ class Segmenter:
 
     @torch.no_grad()
     def batch_probabilities(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
-        """Softmax probabilities for a batch of network inputs; TTA averages over in-plane flips."""
-        flips: list[tuple[int, ...]] = [()]
-        if tta:
-            flips += [(-1,), (-2,), (-1, -2)]
+        """Softmax probabilities for a batch of network inputs ;
+        TTA averages over the in-plane rotations (`TTA_ROTATIONS`), each turned back."""
         total = torch.zeros((), device=x.device)
-        for dims in flips:
-            xi = torch.flip(x, dims) if dims else x
-            p = torch.softmax(self.model(xi).float(), dim=1)
-            total = total + (torch.flip(p, dims) if dims else p)
-        return total / len(flips)
+        turns = TTA_ROTATIONS if tta else (0,)
+        for k in turns:
+            p = torch.softmax(self.model(torch.rot90(x, k, dims=(-2, -1)) if k else x).float(), dim=1)
+            total = total + (torch.rot90(p, -k, dims=(-2, -1)) if k else p)
+        return total / len(turns)
 
     def _predict_2d(self, volume: np.ndarray, tta: bool, progress: ProgressFn, cancel: CancelFn) -> np.ndarray:
         """Batches of slices. On a CPU with several threads the batches run side by side, one thread
@@ -147,10 +150,12 @@ class Segmenter:
         progress(1.0, "windows done")
         return probs[0].cpu().numpy().astype(np.float32)
 
-    def predict_probabilities(self, volume: np.ndarray, tta: bool = False, progress: ProgressFn = no_progress,
+    def predict_probabilities(self, volume: np.ndarray, tta: bool | None = None, progress: ProgressFn = no_progress,
                               cancel: CancelFn = never_cancelled) -> np.ndarray:
         """Class probabilities (4, z, y, x) for a normalised stack (z, y, x) on the model grid, or for
-        a 2D network's input already made (`network_input`, e.g. of several phases end to end)."""
+        a 2D network's input already made (`network_input`, e.g. of several phases end to end). `tta`
+        None: on a GPU only (`resolve_tta`)."""
+        tta = resolve_tta(tta, self.device)
         try:
             if self.spec.spatial_dims == 3:
                 return self._predict_3d(volume, tta, progress, cancel)
@@ -161,12 +166,12 @@ class Segmenter:
                               code=ErrorCode.OUT_OF_MEMORY) from exc
 
     # -- whole volumes ------------------------------------------------------------------------
-    def segment(self, image: sitk.Image, roi: Roi | None = None, tta: bool = False, postprocessing: bool = True,
+    def segment(self, image: sitk.Image, roi: Roi | None = None, tta: bool | None = None, postprocessing: bool = True,
                 progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> sitk.Image:
         """Labelmap (uint8, ACDC labels) with exactly `image`'s geometry."""
         return self.segment_phases([image], roi, tta, postprocessing, progress=progress, cancel=cancel)[0]
 
-    def segment_phases(self, images: Sequence[sitk.Image], roi: Roi | None = None, tta: bool = False,
+    def segment_phases(self, images: Sequence[sitk.Image], roi: Roi | None = None, tta: bool | None = None,
                        postprocessing: bool = True, phase_names: Sequence[int] | None = None,
                        progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled,
                        notes: list[str] | None = None) -> list[sitk.Image]:
@@ -179,7 +184,8 @@ class Segmenter:
         `preprocessing.heart_size_mm`) is segmented again at a pixel size that shows it at the
         nearest trained size (`heart_size`); a sentence saying so goes into `notes`. Where the
         manifest turns the basal-RV trim on, several phases get it only where they are systolic
-        (`postprocess.systolic_phases`), a phase alone always."""
+        (`postprocess.systolic_phases`), a phase alone always. `tta` None: on a GPU only."""
+        tta = resolve_tta(tta, self.device)
         labels = self._segment_phases(images, roi, tta, postprocessing, phase_names, progress, cancel, 1.0)
         trained = self.manifest.get("preprocessing", {}).get("heart_size_mm")
         if not trained:  # weights that do not say their training hearts' sizes: nothing to measure against

@@ -65,7 +65,7 @@ class StudySegmentation:
 
 
 def segment_study(study: Study, phases: Sequence[int], segmenter: Segmenter, roi: Roi | None = None,
-                  tta: bool = False, postprocessing: bool = True, reported: Sequence[int] | None = None,
+                  tta: bool | None = None, postprocessing: bool = True, reported: Sequence[int] | None = None,
                   progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled) -> StudySegmentation:
     """Segment `phases` (indices into `study.phases`) of a study; `reported` renames the phases in
     messages and results (the worker's `cine_phase`). Progress runs 0-1 over all phases."""

@@ -1,6 +1,6 @@
 """Distillation: a teacher network's soft predictions as a second training target.
 
-Why: the default's flip-averaged predictions (`--tta`) score 0.3 points above its single pass, and
+Why: the default's test-time augmented predictions (`--tta`) score 0.3-0.9 points above its single pass, and
 a wider network or an ensemble scores differently again (docs/medsegrwkv.md, 'Levers measured'); a
 student pulled towards such a teacher may keep part of the gain at one pass's cost. The teacher is
 any segmentation weights with the student's input (same spatial dims, same neighbouring slices).
@@ -36,7 +36,7 @@ class Teacher:
         self.segmenter, self.tta, self.source = segmenter, tta, name_or_dir
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, classes, ...) softmax probabilities, flip-averaged with `tta`."""
+        """(B, classes, ...) softmax probabilities, averaged over the in-plane rotations with `tta`."""
         return self.segmenter.batch_probabilities(images, self.tta)
 
     def describe(self) -> dict:

@@ -12,7 +12,7 @@ from medsegrwkv.training.acdc import Case
 from medsegrwkv.training.metrics import STRUCTURES, structure_metrics, summarize
 
 
-def score_volume(segmenter: Segmenter, image: sitk.Image, reference: sitk.Image, tta: bool = False
+def score_volume(segmenter: Segmenter, image: sitk.Image, reference: sitk.Image, tta: bool | None = None
                  ) -> tuple[sitk.Image, dict[str, dict[str, float]]]:
     """The deployed pipeline's labelmap for `image` and its Dice/HD95 against `reference` (same grid)."""
     pred = segmenter.segment(image, tta=tta)
@@ -20,7 +20,7 @@ def score_volume(segmenter: Segmenter, image: sitk.Image, reference: sitk.Image,
                                    tuple(reversed(reference.GetSpacing())))
 
 
-def evaluate_cases(segmenter: Segmenter, cases: Iterable[Case], tta: bool = False, show_progress: bool = True,
+def evaluate_cases(segmenter: Segmenter, cases: Iterable[Case], tta: bool | None = None, show_progress: bool = True,
                    on_case: Callable[[int, int], None] | None = None,
                    on_prediction: Callable[[Case, sitk.Image, sitk.Image, sitk.Image], None] | None = None,
                    ) -> tuple[list[dict[str, Any]], dict[str, float]]:

@@ -180,7 +180,7 @@ def get_perturbation(name: str) -> Perturbation:
 
 
 def evaluate_robustness(segmenter: Segmenter, cases: Iterable[Case], perturbations: Iterable[Perturbation] = PERTURBATIONS,
-                        show_progress: bool = True) -> list[dict[str, Any]]:
+                        show_progress: bool = True, tta: bool | None = None) -> list[dict[str, Any]]:
     """One row per look ("clean" first): mean Dice per structure and the drop from clean, in points of
     Dice averaged over the same volumes."""
     cases, looks = list(cases), [None, *perturbations]
@@ -191,7 +191,7 @@ def evaluate_robustness(segmenter: Segmenter, cases: Iterable[Case], perturbatio
         reference = sitk.ReadImage(str(case.label))
         for p in looks:
             pair = (image, reference) if p is None else p.apply(image, reference)
-            scores["clean" if p is None else p.name].append(score_volume(segmenter, *pair)[1])
+            scores["clean" if p is None else p.name].append(score_volume(segmenter, *pair, tta)[1])
             bar.update()
     bar.close()
     clean = summarize(scores["clean"])

@@ -86,7 +86,7 @@ class TrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # start from these weights (a registered name or a folder): fine-tuning
     teacher: str | None = None  # distil from these weights' soft predictions too (training.distillation)
-    teacher_tta: bool = False  # the teacher's predictions averaged over in-plane flips
+    teacher_tta: bool = False  # the teacher's predictions averaged over in-plane rotations (`Segmenter.batch_probabilities`)
     distill_weight: float = 0.5  # the teacher's share of the loss; the labels keep the rest
 
     def __post_init__(self) -> None:

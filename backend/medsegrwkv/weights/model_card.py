@@ -27,7 +27,7 @@ def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
         return []
     dice = teacher.get("mean_dice")
     return [f"- Distilled from `{teacher['weights']}` ({teacher.get('architecture')}"
-            + (", flip-averaged" if teacher.get("tta") else "")
+            + (", test-time augmented" if teacher.get("tta") else "")
             + (f", validation mean Dice {dice:.4f}" if dice is not None else "")
             + f"): KL divergence from its probabilities, {teacher.get('distill_weight')} of the loss."]
 
