@@ -319,10 +319,12 @@ def test_validation_of_ground_truth_against_itself_agrees_exactly(acdc, tmp_path
     class Truth:
         manifest = {"name": "truth", "labels": LABELS}
 
-        def segment_phases(self, images):
+        def segment_phases(self, images, tta):
+            assert tta is True  # passed through as asked
             return [next(truth) for _ in images]
 
-    report = fv.validate_function(acdc, Truth())
+    report = fv.validate_function(acdc, Truth(), tta=True)
+    assert report["tta"] and "TTA over the four in-plane rotations" in report["method"]
     assert [p["patient"] for p in report["patients"]] == [s["patient"] for s in studies]
     for key, *_ in fv.METRICS:
         assert report["summary"][key]["bias"] == 0 and report["summary"][key]["mae"] == 0

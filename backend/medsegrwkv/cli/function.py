@@ -93,6 +93,7 @@ def cmd_function(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_function(args: argparse.Namespace) -> int:
     from medsegrwkv.function.plots import require_matplotlib
+    from medsegrwkv.inference.device import resolve_tta
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.io.atomic import check_writable
     from medsegrwkv.nets.registry import DEFAULT_MODELS
@@ -112,12 +113,13 @@ def cmd_evaluate_function(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     check_writable(output / "function_validation.json")
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
+    tta = resolve_tta(args.tta, segmenter.device)
     with progress_bar(100, "evaluate-function") as bar:
-        report = validate_function(args.data, segmenter, args.split, progress=bar_progress(bar))
+        report = validate_function(args.data, segmenter, args.split, tta, progress=bar_progress(bar))
     if args.sunnybrook:
         contours = args.contours or str(Path(args.sunnybrook).parent / "contours")
         with progress_bar(100, "sunnybrook") as bar:
-            report["sunnybrook"] = sunnybrook_function(args.sunnybrook, contours, segmenter,
+            report["sunnybrook"] = sunnybrook_function(args.sunnybrook, contours, segmenter, tta,
                                                        progress=bar_progress(bar))
     paths = write_validation(report, output)
     print(report_markdown(report))
@@ -160,6 +162,9 @@ def add_function_parser(sub: argparse._SubParsersAction,
     e.add_argument("--model", help="registered segmentation model (default: the default model)")
     e.add_argument("--weights", metavar="DIR", help="a weights folder; overrides --model")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="segment with the four in-plane rotations averaged (default: as deployed, on with a CUDA "
+                   "GPU, off on the CPU)")
     e.add_argument("--output", default="outputs/function_validation", help="folder for the three files")
     e.add_argument("--sunnybrook", metavar="DICOM_DIR",
                    help="also compare with a Sunnybrook cine's expert contours (its DICOM folder)")

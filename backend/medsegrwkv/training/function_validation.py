@@ -108,9 +108,10 @@ def agreement(predicted: Sequence[float], reference: Sequence[float]) -> dict[st
             "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd, "mae": float(np.abs(d).mean())}
 
 
-def validate_function(data: str | Path, segmenter: Any, split: str = "val",
+def validate_function(data: str | Path, segmenter: Any, split: str = "val", tta: bool = False,
                       progress: ProgressFn = no_progress) -> dict[str, Any]:
-    """Predicted against ground-truth function for every patient of the split (ED = phase 0, ES = 1)."""
+    """Predicted against ground-truth function for every patient of the split (ED = phase 0, ES = 1),
+    segmented with or without TTA as `tta` says (the caller resolves the device's default)."""
     studies = patient_studies(data, split)
     labels = segmenter.manifest["labels"]
     patients = []
@@ -120,7 +121,7 @@ def validate_function(data: str | Path, segmenter: Any, split: str = "val",
         truth = [sitk.ReadImage(str(study[k].label)) for k in ("ed", "es")]
         for image, gt, key in zip(images, truth, ("ed", "es")):
             check_labels_match(image, gt, f"The ground truth {study[key].label}")
-        predicted = segmenter.segment_phases(images)  # one study, as the deployed `function` segments it
+        predicted = segmenter.segment_phases(images, tta=tta)  # one study, as the deployed `function` segments it
         body = {"height_cm": study["height_cm"], "weight_kg": study["weight_kg"]}
         reference = compute_function(truth, labels, ed=0, es=1, **body)
         ours = compute_function(predicted, labels, ed=0, es=1, **body)
@@ -138,8 +139,9 @@ def validate_function(data: str | Path, segmenter: Any, split: str = "val",
     progress(1.0, "done")
     summary = {key: agreement([p["predicted"][key] for p in patients], [p["reference"][key] for p in patients])
                for key, *_ in METRICS}
+    views = "TTA over the four in-plane rotations" if tta else "no TTA"
     return {
-        "data": str(data), "split": split, "model": segmenter.manifest["name"], "patients": patients,
+        "data": str(data), "split": split, "model": segmenter.manifest["name"], "tta": tta, "patients": patients,
         "summary": summary,
         "ed_es_detection": {
             "from_truth": sum(p["ed_es_detected_from_truth"] for p in patients),
@@ -148,7 +150,7 @@ def validate_function(data: str | Path, segmenter: Any, split: str = "val",
             "rule": "ED = larger LV cavity volume, ES = smaller, against Info.cfg's ED and ES frames",
         },
         "method": "Two-phase studies (Info.cfg's ED and ES frames); medsegrwkv.function (Simpson's rule of discs) "
-                  "on the model's labelmaps (deployed pipeline: post-processing on, no TTA) and on the ground "
+                  f"on the model's labelmaps (deployed pipeline: post-processing on, {views}) and on the ground "
                   "truth. Differences are predicted - reference; limits of agreement = bias +/- 1.96 SD.",
     }
 
@@ -164,7 +166,7 @@ def _restrict(labelmap: sitk.Image, slices: Sequence[int]) -> sitk.Image:
     return out
 
 
-def sunnybrook_function(dicom_dir: str | Path, contour_dir: str | Path, segmenter: Any,
+def sunnybrook_function(dicom_dir: str | Path, contour_dir: str | Path, segmenter: Any, tta: bool = False,
                         progress: ProgressFn = no_progress) -> dict[str, Any]:
     """Our function on a Sunnybrook cine against the expert's LV contours at ED and ES."""
     from medsegrwkv.io import read_study
@@ -188,7 +190,7 @@ def sunnybrook_function(dicom_dir: str | Path, contour_dir: str | Path, segmente
     volumes = {p: lv_ml(ref.labelmap, lv) for p, ref in references.items()}
     expert_ed = max(volumes, key=volumes.__getitem__)
     expert_es = min(volumes, key=volumes.__getitem__)
-    predicted = segmenter.segment_phases(study.phases, progress=progress)  # as the deployed `function` does
+    predicted = segmenter.segment_phases(study.phases, tta=tta, progress=progress)  # as the deployed `function` does
     progress(1.0, "done")
     ours = compute_function(predicted, labels, trigger_times_ms=study.trigger_times)
     at_expert = compute_function(predicted, labels, trigger_times_ms=study.trigger_times, ed=expert_ed, es=expert_es)
