@@ -184,6 +184,7 @@ def rehash(folder: Path) -> None:
     ("unknown_task", "task 'segmenting'"),
     ("trim_not_bool", "'postprocessing.trim_basal_rv' must be true or false"),
     ("heart_size_reversed", "'preprocessing.heart_size_mm' must be two numbers"),
+    ("noise_negative", "'preprocessing.noise_sigma' must be two numbers"),
     ("truncated", "damaged"),
     ("garbled_header", "damaged"),
     ("nan_tensor", "NaN"),
@@ -207,6 +208,8 @@ def test_broken_weights_folders_are_one_sentence(tmp_path: Path, case: str, word
         edit_manifest(folder, lambda m: {**m, "task": "segmenting"})
     elif case == "heart_size_reversed":
         edit_manifest(folder, lambda m: {**m, "preprocessing": {**m["preprocessing"], "heart_size_mm": [96, 46]}})
+    elif case == "noise_negative":
+        edit_manifest(folder, lambda m: {**m, "preprocessing": {**m["preprocessing"], "noise_sigma": [-0.01, 0.02]}})
     elif case == "trim_not_bool":
         edit_manifest(folder, lambda m: {**m, "postprocessing": {"trim_basal_rv": "yes"}})
     elif case == "truncated":

@@ -83,6 +83,8 @@ def test_config_overrides_reach_the_network_and_the_manifest(tmp_path, acdc):
     assert manifest["training"]["augmentation"] == "mild"
     smallest, largest = manifest["preprocessing"]["heart_size_mm"]  # of its one training volume
     assert smallest == largest and 40 < smallest < 100
+    least, most = manifest["preprocessing"]["noise_sigma"]  # likewise its noise (preprocess.noise)
+    assert least == most and 0.002 < least < 0.03
     assert manifest["postprocessing"] == {"trim_basal_rv": True}
     from medsegrwkv.nets.registry import create_model
 

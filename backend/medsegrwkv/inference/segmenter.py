@@ -184,9 +184,20 @@ class Segmenter:
         `preprocessing.heart_size_mm`) is segmented again at a pixel size that shows it at the
         nearest trained size (`heart_size`); a sentence saying so goes into `notes`. Where the
         manifest turns the basal-RV trim on, several phases get it only where they are systolic
-        (`postprocess.systolic_phases`), a phase alone always. `tta` None: on a GPU only."""
+        (`postprocess.systolic_phases`), a phase alone always. `tta` None: on a GPU only. Phases
+        noisier than the model's training studies are smoothed first (`preprocess.noise`), and a
+        note says so."""
         tta = resolve_tta(tta, self.device)
-        labels = self._segment_phases(images, roi, tta, postprocessing, phase_names, progress, cancel, 1.0)
+        smoothed: list[float] = []
+        labels = self._segment_phases(images, roi, tta, postprocessing, phase_names, progress, cancel, 1.0, smoothed)
+        if smoothed:
+            note = (f"The image is noisier than every study the model was trained on (noise {max(smoothed):.3f} of "
+                    f"the intensity range, at most {self.manifest['preprocessing']['noise_sigma'][1]:.3f} in "
+                    "training), so it was smoothed with an edge-preserving filter before segmentation; check the "
+                    "result.")
+            log.info(note)
+            if notes is not None:
+                notes.append(note)
         trained = self.manifest.get("preprocessing", {}).get("heart_size_mm")
         if not trained:  # weights that do not say their training hearts' sizes: nothing to measure against
             return labels
@@ -214,7 +225,9 @@ class Segmenter:
 
     def _segment_phases(self, images: Sequence[sitk.Image], roi: Roi | None, tta: bool, postprocessing: bool,
                         phase_names: Sequence[int] | None, progress: ProgressFn, cancel: CancelFn,
-                        factor: float) -> list[sitk.Image]:
+                        factor: float, smoothed: list[float] | None = None) -> list[sitk.Image]:
+        """Labelmaps at the manifest's pixel size times `factor`; `smoothed` collects the noise of the
+        phases that `prepare_image` smoothed."""
         preprocessing = self._preprocessing(factor)
         regions = [roi.clipped(image.GetSize()) if roi is not None else None for image in images]
         subs = [crop_to_roi(image, region) if region is not None else image for image, region in zip(images, regions)]
@@ -232,6 +245,8 @@ class Segmenter:
                     pending = following
                     break
                 group.append(following)
+            if smoothed is not None:
+                smoothed.extend(p.smoothed_noise for p in group if p.smoothed_noise is not None)
             depths = [p.array.shape[0] for p in group]
             count = sum(depths) if self.spec.spatial_dims == 2 else 1
             shown = [str(names[k]) for k in range(n, n + len(group))] if names else []

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsegrwkv.preprocess.intensity import normalize_intensity
+from medsegrwkv.preprocess.noise import is_noisier_than_trained, noise_sigma, smooth_noise
 from medsegrwkv.preprocess.orientation import Canonical, to_canonical
 from medsegrwkv.preprocess.resample import resample_inplane, resample_probabilities
 
@@ -24,6 +25,7 @@ class Prepared:
     canonical: Canonical  # the input, axes permuted/flipped to canonical layout (exact)
     network_grid: sitk.Image  # normalised float32 image at the model's in-plane spacing
     array: np.ndarray  # its voxels (z, y, x)
+    smoothed_noise: float | None = None  # the noise measured where it was beyond the trained range and smoothed
 
 
 def prepare_image(image: sitk.Image, preprocessing: dict[str, Any] | None = None) -> Prepared:
@@ -33,7 +35,14 @@ def prepare_image(image: sitk.Image, preprocessing: dict[str, Any] | None = None
     normalised = sitk.GetImageFromArray(normalize_intensity(sitk.GetArrayViewFromImage(canonical.image), lower, upper))
     normalised.CopyInformation(canonical.image)
     grid = resample_inplane(normalised, tuple(prep["spacing_xy_mm"]))
-    return Prepared(canonical, grid, sitk.GetArrayFromImage(grid).astype(np.float32))
+    array = sitk.GetArrayFromImage(grid).astype(np.float32)
+    # noisier than every training stack (the manifest's `noise_sigma`): smoothed, edges kept (preprocess.noise)
+    sigma = noise_sigma(array) if prep.get("noise_sigma") else 0.0
+    if not is_noisier_than_trained(sigma, prep.get("noise_sigma")):
+        return Prepared(canonical, grid, array)
+    smoothed = sitk.GetImageFromArray(smooth_noise(array))
+    smoothed.CopyInformation(grid)
+    return Prepared(canonical, smoothed, sitk.GetArrayFromImage(smoothed), smoothed_noise=sigma)
 
 
 def neighbour_slices(array: np.ndarray, context: int) -> np.ndarray:

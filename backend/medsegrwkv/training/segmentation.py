@@ -28,6 +28,7 @@ from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.device import training_autocast
 from medsegrwkv.inference.heart_size import training_range_mm
+from medsegrwkv.preprocess.noise import training_noise_range
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.nets.registry import create_model, get_spec, model_config, slice_context
 from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
@@ -133,7 +134,7 @@ def _seed_everything(seed: int) -> None:
 
 def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, steps: int, seconds: float,
               metrics: dict[str, float] | None, epoch: int, init: dict[str, Any] | None,
-              teacher: Teacher | None, heart_sizes: list[float] | None) -> dict[str, Any]:
+              teacher: Teacher | None, ranges: dict[str, list[float]]) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     return {
         "name": cfg.model,
@@ -142,7 +143,8 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
         "task": "segmentation",
         "spatial_dims": spec.spatial_dims,
         "labels": SEGMENTATION_LABELS,
-        "preprocessing": {**DEFAULT_PREPROCESSING, **({"heart_size_mm": heart_sizes} if heart_sizes else {})},
+        # the training studies' heart sizes and noise: inference acts on studies beyond them
+        "preprocessing": {**DEFAULT_PREPROCESSING, **ranges},
         # the basal-RV trim helps the 2D networks measured and costs the 3D ones (docs/medsegrwkv.md)
         "postprocessing": {"trim_basal_rv": spec.spatial_dims == 2},
         "training": {
@@ -219,7 +221,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     crop = tuple(spec.roi_size) if spec.spatial_dims == 3 else (cfg.crop, cfg.crop)
     volumes = load_volumes(train_cases, show_progress=show)
     pixel = DEFAULT_PREPROCESSING["spacing_xy_mm"]
-    heart_sizes = training_range_mm([v["label"] for v in volumes], pixel[0] * pixel[1])
+    ranges = {key: value for key, value in (
+        ("heart_size_mm", training_range_mm([v["label"] for v in volumes], pixel[0] * pixel[1])),
+        ("noise_sigma", training_noise_range([v["image"] for v in volumes]))) if value}
     dataset = training_dataset(volumes, spec.spatial_dims, crop, slice_context(cfg.model, cfg.overrides),
                                cfg.augmentation)
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
@@ -255,7 +259,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         if ctx.is_main:
             if validate_now:
                 manifest = _manifest(cfg, ctx, len(train_cases), len(val_cases), state["step"], state["seconds"],
-                                     None, epoch + 1, init, teacher, heart_sizes)
+                                     None, epoch + 1, init, teacher, ranges)
                 segmenter = Segmenter(model, manifest, ctx.device)
                 _, summary = evaluate_cases(segmenter, val_cases, show_progress=False)
                 model.train()
@@ -267,7 +271,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
                     export_weights(model, manifest, out / "weights", render_segmentation_card)
             elif not cfg.validate:
                 export_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
-                                                epoch + 1, init, teacher, heart_sizes), out / "weights",
+                                                epoch + 1, init, teacher, ranges), out / "weights",
                                render_segmentation_card)
             run.save(model, optimizer, scheduler, state, record)
             if show:

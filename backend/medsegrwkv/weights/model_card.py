@@ -105,7 +105,10 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"{prep.get('spacing_xy_mm')} mm; predictions are mapped back to the input grid."
         + (f" A heart beyond the training hearts' {prep['heart_size_mm'][0]}-{prep['heart_size_mm'][1]} mm "
            "(LV epicardial diameter, largest slice) is segmented again at the pixel size that shows it at the nearest "
-           "trained size." if prep.get("heart_size_mm") else ""),
+           "trained size." if prep.get("heart_size_mm") else "")
+        + (f" A stack noisier than the training studies (noise {prep['noise_sigma'][0]}-{prep['noise_sigma'][1]} of the "
+           "intensity range on the network grid) is smoothed by edge-preserving diffusion first."
+           if prep.get("noise_sigma") else ""),
         "- **Post-processing:** the largest 3D piece of each structure, holes in the cavities filled"
         + ("; the RV taken off the basal slices where a 2D network paints the right atrium (`trim_basal_rv`)"
            if manifest.get("postprocessing", {}).get("trim_basal_rv") else "") + ".",

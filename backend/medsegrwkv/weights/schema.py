@@ -85,6 +85,8 @@ def check_manifest(data: Any, source: str) -> Manifest:
     if "heart_size_mm" in prep and not (_numbers(prep["heart_size_mm"], 2)
                                         and 0 < prep["heart_size_mm"][0] <= prep["heart_size_mm"][1]):
         raise bad("is wrong: 'preprocessing.heart_size_mm' must be two numbers with 0 < smallest <= largest")
+    if "noise_sigma" in prep and not (_numbers(prep["noise_sigma"], 2) and 0 <= prep["noise_sigma"][0] <= prep["noise_sigma"][1]):
+        raise bad("is wrong: 'preprocessing.noise_sigma' must be two numbers with 0 <= least <= most")
     if not isinstance(prep.get("grader_input", {}), dict):
         raise bad("is wrong: 'preprocessing.grader_input' must be an object")
     if not isinstance(manifest.postprocessing.get("trim_basal_rv", False), bool):
