@@ -1,8 +1,8 @@
 """Volume in, labelmap out, in the input's exact geometry.
 
 Steps: optional ROI crop -> canonical orientation -> intensity normalisation -> in-plane resampling
-to the model's spacing -> network (2D slice batches or 3D sliding window, optional TTA over in-plane rotations) ->
-probabilities resampled back -> argmax -> post-processing -> original axis layout -> paste into
+to the model's spacing -> network (2D slice batches or 3D sliding window, optional TTA over the
+in-plane rotations) -> probabilities resampled back -> argmax -> post-processing -> original axis layout -> paste into
 the full image. Progress is reported through a callback and a cancel hook is polled between
 batches/windows, so the Slicer engine can stop a request midway.
 """
@@ -79,8 +79,8 @@ class Segmenter:
 
     @torch.no_grad()
     def batch_probabilities(self, x: torch.Tensor, tta: bool) -> torch.Tensor:
-        """Softmax probabilities for a batch of network inputs ;
-        TTA averages over the in-plane rotations (`TTA_ROTATIONS`), each turned back."""
+        """Softmax probabilities for a batch of network inputs; TTA averages over the in-plane
+        rotations (`TTA_ROTATIONS`), each turned back."""
         total = torch.zeros((), device=x.device)
         turns = TTA_ROTATIONS if tta else (0,)
         for k in turns:
