@@ -1,8 +1,9 @@
 """Volume in, labelmap out, in the input's exact geometry.
 
 Steps: optional ROI crop -> canonical orientation -> intensity normalisation -> in-plane resampling
-to the model's spacing -> network (2D slice batches or 3D sliding window, optional TTA over the
-in-plane rotations) -> probabilities resampled back -> argmax -> post-processing -> original axis layout -> paste into
+to the model's spacing (and smoothing where the noise is beyond the training studies') -> network
+(2D slice batches or 3D sliding window, TTA over the in-plane rotations by default on a GPU) ->
+probabilities resampled back -> argmax -> post-processing -> original axis layout -> paste into
 the full image. Progress is reported through a callback and a cancel hook is polled between
 batches/windows, so the Slicer engine can stop a request midway.
 """
