@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One mild-augmentation cycle from INIT (required) distilled from TEACHER (default: INIT itself),
-# flip-averaged unless TEACHER_TTA=0: `train --teacher`. WEIGHT (0.5) is the teacher's share of the
+# TTA-averaged (the four rotations) unless TEACHER_TTA=0: `train --teacher`. WEIGHT (0.5) is the teacher's share of the
 # loss; MODEL, LR (3e-4), SEED (60), EPOCHS (10) as in tg_finetune_from.sh; into runs/$NAME (default
 # tg_distill_s$SEED). Session 20: the session-19 twin distilled from its own flip-averaged predictions.
 : "${INIT:?set INIT to the starting weights folder}"
