@@ -200,6 +200,8 @@ def test_train_refine_cli_runs_resumes_and_exports(acdc: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     model, manifest = load_model(out / "weights", "cpu")
     assert manifest["task"] == "refinement" and manifest["training"]["init"] == RefineTrainConfig.init
+    least, most = manifest["preprocessing"]["noise_sigma"]  # its two training volumes' noise (preprocess.noise)
+    assert 0.002 < least <= most < 0.03
     assert (out / "weights" / "MODEL_CARD.md").read_text().startswith("# Model card")
     assert Refiner(model, manifest, torch.device("cpu")).probabilities(
         np.zeros((1, len(INPUT_CHANNELS), 40, 56), np.float32)).shape == (1, 40, 56)

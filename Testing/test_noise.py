@@ -84,3 +84,20 @@ def test_a_noisy_study_is_smoothed_first_and_segmented_better(pair, noisy, defau
 
     assert mean(smoothed) > mean(plain) + 0.01, (smoothed, plain)
     assert smoothed["Myo"]["dice"] > plain["Myo"]["dice"] + 0.015
+
+
+def test_an_image_loaded_for_click_refinement_is_smoothed_as_segment_smooths_it(pair, noisy, tmp_path):
+    """The worker prepares a volume for refinement before a request names the refiner, with the
+    default refiner's preprocessing, whose noise range the refinement trainer records."""
+    from medsegrwkv.engine.ops import Operations
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+    from medsegrwkv.weights import load_manifest
+
+    assert load_manifest(DEFAULT_MODELS["refinement"])["preprocessing"]["noise_sigma"][1] < 0.03
+    ops = Operations()
+    fields = {"phase": None, "series": None, "cine_phase": None}
+    for image, smoothed in ((pair[0], False), (noisy[0], True)):
+        path = tmp_path / f"{smoothed}.nii.gz"
+        sitk.WriteImage(image, str(path))
+        loaded = ops.load_image({**fields, "input": str(path)}, lambda f, m: None, lambda: False)
+        assert (ops._images[loaded["image_id"]].prepared.smoothed_noise is not None) == smoothed

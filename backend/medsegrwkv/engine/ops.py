@@ -232,7 +232,9 @@ class Operations:
 
         from medsegrwkv.interactive import InteractiveImage
         from medsegrwkv.io import read_study, select_phases
+        from medsegrwkv.nets.registry import DEFAULT_MODELS
         from medsegrwkv.preprocess import slice_layout
+        from medsegrwkv.weights import load_manifest
 
         progress(0.0, "reading the input")
         study = read_study(fields["input"], series=fields["series"])
@@ -240,7 +242,10 @@ class Operations:
         if len(phases) != 1:
             raise MedSegError(f"The input holds {len(phases)} cardiac phases; name one with 'phase' to refine it.",
                               code=ErrorCode.BAD_PHASE)
-        prepared = InteractiveImage(study.phases[phases[0]])
+        # prepared as the default refiner's manifest says (every bundled refiner shares its preprocessing):
+        # a noisier image than its training studies' is smoothed, as `segment` smooths it
+        refiner_preprocessing = (load_manifest(DEFAULT_MODELS["refinement"]) or {}).get("preprocessing")
+        prepared = InteractiveImage(study.phases[phases[0]], refiner_preprocessing)
         image_id = uuid.uuid4().hex
         self._images[image_id] = prepared
         while len(self._images) > MAX_CACHED_IMAGES:

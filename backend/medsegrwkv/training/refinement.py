@@ -33,6 +33,7 @@ from medsegrwkv.preprocess import DEFAULT_PREPROCESSING
 from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.training.loop import RunFolder, export_weights, train_epoch
 from medsegrwkv.training.click_evaluation import evaluate_clicks
+from medsegrwkv.preprocess.noise import training_noise_range
 from medsegrwkv.training.data import check_augmentation, load_volumes, training_dataset
 from medsegrwkv.training.schedule import warmup_cosine
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
@@ -142,11 +143,13 @@ class ClickSimulator:
         return np.stack([refinement_input(img, mask, clicks, value) for img, mask, clicks, value, _ in states])
 
 
-def _manifest(cfg: RefineTrainConfig, state: dict[str, Any], n_train: int, metrics: dict[str, Any] | None
-              ) -> dict[str, Any]:
+def _manifest(cfg: RefineTrainConfig, state: dict[str, Any], n_train: int, metrics: dict[str, Any] | None,
+              noise: list[float] | None) -> dict[str, Any]:
     return {
         "name": cfg.model, "architecture": cfg.model, "config": model_config(cfg.model), "task": "refinement",
-        "spatial_dims": 2, "labels": SEGMENTATION_LABELS, "preprocessing": DEFAULT_PREPROCESSING,
+        "spatial_dims": 2, "labels": SEGMENTATION_LABELS,
+        # the training studies' noise: a noisier image is smoothed first, as for segmentation (preprocess.noise)
+        "preprocessing": {**DEFAULT_PREPROCESSING, **({"noise_sigma": noise} if noise else {})},
         "training": {
             "data": str(cfg.data), "split": f"patients with number % 20 in {list(VALIDATION_RESIDUES)} -> validation",
             "train_volumes": n_train, "init": cfg.init, "automatic": cfg.automatic or cfg.init,
@@ -181,8 +184,9 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
         p.requires_grad_(False)
     train_cases = list_cases(cfg.data, "train")[: cfg.max_cases]
     val_cases = list_cases(cfg.data, "val")[: cfg.val_cases] if cfg.val_cases else []
-    dataset = training_dataset(load_volumes(train_cases, show_progress=show_progress), 2, (cfg.crop, cfg.crop),
-                               strength=cfg.augmentation)
+    volumes = load_volumes(train_cases, show_progress=show_progress)
+    noise = training_noise_range([v["image"] for v in volumes])
+    dataset = training_dataset(volumes, 2, (cfg.crop, cfg.crop), strength=cfg.augmentation)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size)
 
     model = create_model(cfg.model).to(device)
@@ -210,7 +214,7 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "loss": last_loss,
                                   "seconds": round(state["seconds"], 1)}
         if val_cases and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or stop):
-            manifest = _manifest(cfg, state, len(train_cases), None)
+            manifest = _manifest(cfg, state, len(train_cases), None, noise)
             summary = evaluate_clicks(Refiner(model, manifest, device), evaluator, val_cases, max_clicks=5,
                                       show_progress=False)
             model.train()
@@ -221,7 +225,7 @@ def train_refinement(cfg: RefineTrainConfig, show_progress: bool = True) -> dict
                 manifest["metrics"] = {"validation_clicks": {**summary, "epoch": epoch + 1}}
                 export_weights(model, manifest, Path(cfg.output) / "weights", render_refinement_card)
         elif not val_cases:
-            export_weights(model, _manifest(cfg, state, len(train_cases), None), Path(cfg.output) / "weights",
+            export_weights(model, _manifest(cfg, state, len(train_cases), None, noise), Path(cfg.output) / "weights",
                            render_refinement_card)
         run.save(model, optimizer, scheduler, state, record)
         if show_progress:
