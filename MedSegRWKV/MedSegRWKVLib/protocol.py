@@ -114,13 +114,18 @@ def _check_device(device: str) -> str:
     return device
 
 
+def _check_tta(tta: Optional[bool]) -> Optional[bool]:
+    """True / False as asked; None leaves it to the worker (on with a CUDA GPU only)."""
+    return None if tta is None else bool(tta)
+
+
 def segment_request(input_path: str, output_path: str, model: Optional[str] = None, device: str = "auto",
                     tta: Optional[bool] = None, roi: Optional[Sequence[int]] = None, phase: Optional[int] = None,
                     cine_phase: Optional[int] = None) -> Dict[str, Any]:
     """Fields of a `segment` request; `roi` is a voxel box (i0, j0, k0, i1, j1, k1), stop exclusive;
     `cine_phase` is the sequence item a single-volume input was taken from, so answers name it."""
     fields: Dict[str, Any] = {"input": str(input_path), "output": str(output_path), "model": model,
-                              "device": _check_device(device), "tta": None if tta is None else bool(tta), "phase": phase,
+                              "device": _check_device(device), "tta": _check_tta(tta), "phase": phase,
                               "cine_phase": cine_phase}
     if roi is not None:
         box: List[int] = [int(v) for v in roi]
@@ -160,7 +165,7 @@ def function_request(inputs: Sequence[str], output: Optional[str] = None, labels
             raise ValueError(f"{name} must be positive, not {value!r}")
     fields: Dict[str, Any] = {"inputs": files, "output": str(output) if output is not None else None,
                               "labels": [str(path) for path in labels] if labels is not None else None,
-                              "model": model, "device": _check_device(device), "tta": None if tta is None else bool(tta), "ed": ed, "es": es,
+                              "model": model, "device": _check_device(device), "tta": _check_tta(tta), "ed": ed, "es": es,
                               "height_cm": None if height_cm is None else float(height_cm),
                               "weight_kg": None if weight_kg is None else float(weight_kg)}
     return {"op": "function", **fields}

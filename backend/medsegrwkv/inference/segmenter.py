@@ -43,6 +43,13 @@ PHASE_BATCHES = 4  # a 2D network is fed this many batches' worth of slices of c
 TTA_ROTATIONS = (0, 1, 2, 3)
 
 
+def _tell(note: str, notes: list[str] | None) -> None:
+    """A sentence about what the pipeline did to a study: logged, and kept for the answer's warnings."""
+    log.info(note)
+    if notes is not None:
+        notes.append(note)
+
+
 def cpu_workers(device: torch.device, slices: int) -> int:
     """Batches run side by side on a CPU: one per intra-op thread PyTorch may use, at most one per
     slice; 1 (batches in turn, every thread on each) on a GPU."""
@@ -196,9 +203,7 @@ class Segmenter:
                     f"the intensity range, at most {self.manifest['preprocessing']['noise_sigma'][1]:.3f} in "
                     "training), so it was smoothed with an edge-preserving filter before segmentation; check the "
                     "result.")
-            log.info(note)
-            if notes is not None:
-                notes.append(note)
+            _tell(note, notes)
         trained = self.manifest.get("preprocessing", {}).get("heart_size_mm")
         if not trained:  # weights that do not say their training hearts' sizes: nothing to measure against
             return labels
@@ -210,9 +215,7 @@ class Segmenter:
         note = (f"The heart measures {diameter:.0f} mm across (LV, largest slice), outside the "
                 f"{trained[0]:.0f}-{trained[1]:.0f} mm of the model's training hearts, so it was segmented again "
                 f"at {pixel:.2f} mm pixels, where it looks {'smaller' if factor > 1 else 'larger'}.")
-        log.info(note)
-        if notes is not None:
-            notes.append(note)
+        _tell(note, notes)
 
         def finished(fraction: float, message: str) -> None:  # the first pass already reported 1.0
             progress(1.0, f"heart size, second pass: {message}")
@@ -276,4 +279,3 @@ class Segmenter:
         label_image.CopyInformation(prepared.canonical.image)
         restored = from_canonical(label_image, prepared.canonical, sub)
         return paste_from_roi(restored, region, image) if region is not None else restored
-

@@ -5,7 +5,7 @@ Why: the default loses 5.1 mean Dice points on ACDC validation volumes given Ric
 the bright signal (`evaluate --stress`), noise no training volume has: on the network grid the
 training volumes measure 0.003-0.021 (of the normalised intensity range), those noisy ones
 0.024-0.080. Smoothed first by curvature-driven anisotropic diffusion (SimpleITK; it smooths
-inside regions and spares their borders), they lose 2.1 points (docs/medsegrwkv.md, "noise").
+inside regions and spares their borders), they lose 2.0 points (docs/medsegrwkv.md, "noise").
 Studies within the trained range are left as they are. The model's manifest gives the range of its
 training volumes (`preprocessing.noise_sigma`), which the trainer records.
 """

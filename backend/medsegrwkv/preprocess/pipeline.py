@@ -37,8 +37,9 @@ def prepare_image(image: sitk.Image, preprocessing: dict[str, Any] | None = None
     grid = resample_inplane(normalised, tuple(prep["spacing_xy_mm"]))
     array = sitk.GetArrayFromImage(grid).astype(np.float32)
     # noisier than every training stack (the manifest's `noise_sigma`): smoothed, edges kept (preprocess.noise)
-    sigma = noise_sigma(array) if prep.get("noise_sigma") else 0.0
-    if not is_noisier_than_trained(sigma, prep.get("noise_sigma")):
+    trained_noise = prep.get("noise_sigma")
+    sigma = noise_sigma(array) if trained_noise else 0.0
+    if not is_noisier_than_trained(sigma, trained_noise):
         return Prepared(canonical, grid, array)
     smoothed = sitk.GetImageFromArray(smooth_noise(array))
     smoothed.CopyInformation(grid)
