@@ -423,3 +423,25 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path, acdc):
         assert_user_error(run_cli("train", "--model", "medsegrwkv-t", *extra, "--data", str(acdc),
                                   "--output", str(out), "--device", "cpu"), message)
         assert not out.exists()
+
+
+def test_the_kept_twin_is_todays_default_network_with_its_pipeline(acdc):
+    """recipes/twins/s24 stands in for the bundled default on patients it never saw (the default trained
+    on all 80): it must be the same network with the same pipeline settings, and segment an unseen
+    validation volume as well as its recorded validation says."""
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.training.evaluation import evaluate_cases
+    from medsegrwkv.weights.store import load_manifest
+
+    twin_dir = Path(__file__).resolve().parent.parent / "recipes" / "twins" / "s24"
+    twin, default = load_manifest(twin_dir), load_manifest("medsegrwkv-t")
+    for key in ("architecture", "config", "labels", "postprocessing"):
+        assert twin[key] == default[key], key
+    for key in ("spacing_xy_mm", "percentiles", "orientation"):
+        assert twin["preprocessing"][key] == default["preprocessing"][key], key
+    assert twin["training"]["patients"] == "train"
+
+    case = next(c for c in list_cases(acdc, "val") if c.image.name.startswith("patient013_frame01"))
+    _, summary = evaluate_cases(Segmenter.from_pretrained(str(twin_dir), "cpu"), [case], tta=False,
+                                show_progress=False)
+    assert summary["mean_dice"] > 0.9, summary
