@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from medsegrwkv.errors import MedSegError
 from medsegrwkv.training.acdc import is_validation, list_cases
@@ -325,7 +326,7 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
     data.mkdir()
     for patient in ("patient001", "patient002", "patient013"):  # two training patients, one validation
         (data / patient).symlink_to(acdc / patient)
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "gpu_cycles.py"
+    recipe = REPO / "recipes" / "gpu_cycles.py"
     done = subprocess.run([sys.executable, str(recipe), "prepare", str(folder), "--data", str(data)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -433,7 +434,7 @@ def test_the_kept_twin_is_todays_default_network_with_its_pipeline(acdc):
     from medsegrwkv.training.evaluation import evaluate_cases
     from medsegrwkv.weights.store import load_manifest
 
-    twin_dir = Path(__file__).resolve().parent.parent / "recipes" / "twins" / "s24"
+    twin_dir = REPO / "recipes" / "twins" / "s24"
     twin, default = load_manifest(twin_dir), load_manifest("medsegrwkv-t")
     for key in ("architecture", "config", "labels", "postprocessing"):
         assert twin[key] == default[key], key
