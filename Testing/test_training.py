@@ -446,3 +446,36 @@ def test_the_kept_twin_is_todays_default_network_with_its_pipeline(acdc):
     _, summary = evaluate_cases(Segmenter.from_pretrained(str(twin_dir), "cpu"), [case], tta=False,
                                 show_progress=False)
     assert summary["mean_dice"] > 0.9, summary
+
+
+def test_batch_dice_scores_the_batch_as_one_image_and_reaches_the_manifest(tmp_path, acdc):
+    """`--dice batch` (nnU-Net's batch Dice): the loss over a batch of real label slices equals the
+    per-slice loss of the same slices laid side by side as one image, so a slice with a sliver of RV or
+    none weighs by its pixels; the default stays per slice. The choice is recorded in the manifest."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.training.segmentation import segmentation_loss
+    from medsegrwkv.weights import load_model
+
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(acdc / "patient001" / "patient001_frame12_gt.nii.gz")))
+    rv = [(label[z] == 1).sum() for z in range(label.shape[0])]
+    chosen = [int(np.argmax(rv)), int(np.argmin(rv))]  # the slice with the most RV, and one with the least
+    labels = torch.from_numpy(label[chosen].astype(np.int64))[:, None]  # (2, 1, H, W)
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, *labels.shape[2:]) + 3.0 * torch.nn.functional.one_hot(labels[:, 0], 4).permute(0, 3, 1, 2)
+    side_by_side = (torch.cat(list(logits), dim=-1)[None], torch.cat(list(labels), dim=-1)[None])
+    batch, sample = segmentation_loss("batch")(logits, labels), segmentation_loss("sample")(logits, labels)
+    assert torch.allclose(batch, segmentation_loss("sample")(*side_by_side), atol=1e-5)
+    assert not torch.allclose(batch, sample, atol=1e-3)  # per slice, the sparse slice weighs as much as the full one
+
+    result = run_cli("train", "--data", str(acdc), "--output", str(tmp_path / "run"), "--dice", "batch", "--epochs", "1",
+                     "--max-steps", "1", "--max-cases", "2", "--batch-size", "2", "--crop", "64", "--no-validation",
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert load_model(tmp_path / "run" / "weights", "cpu")[1]["training"]["dice"] == "batch"
+    assert_user_error(run_cli("train", "grade", "--dice", "batch", "--output", str(tmp_path / "bad")), "train segment")
+    with pytest.raises(MedSegError, match="Dice reduction"):
+        TrainConfig(data=acdc, output=tmp_path / "bad", dice="volume")
+    assert not (tmp_path / "bad").exists()

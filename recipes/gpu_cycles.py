@@ -93,7 +93,8 @@ def parse_job(text: str, init: str) -> tuple[str, dict]:
     `init` (the --init default) unless the job names its own: a registered name, a weights folder, or none."""
     name, _, spec = text.partition(":")
     job: dict = {"seed": 0, "lr": 6e-4, "patients": "train", "augmentation": "mild", "model": "medsegrwkv-t",
-                 "batch": 16, "init": init, "teacher": None, "teacher_tta": False, "distill": 0.5, "overrides": {}}
+                 "batch": 16, "init": init, "teacher": None, "teacher_tta": False, "distill": 0.5, "dice": "sample",
+                 "overrides": {}}
     for item in filter(None, spec.split(",")):
         key, value = item.split("=")
         if key in ("seed", "batch"):
@@ -102,7 +103,7 @@ def parse_job(text: str, init: str) -> tuple[str, dict]:
             job[key] = float(value)
         elif key == "teacher_tta":
             job[key] = bool(int(value))
-        elif key in ("patients", "augmentation", "model", "init", "teacher"):
+        elif key in ("patients", "augmentation", "model", "init", "teacher", "dice"):
             job[key] = value
         else:
             job["overrides"][key] = bool(int(value)) if key == "deep_supervision" else int(value)
@@ -137,7 +138,7 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
         data=folder, output=folder / "runs" / name, model=job["model"], batch_size=job["batch"], lr=job["lr"], crop=160,
         augmentation=job["augmentation"], device=device, seed=job["seed"], workers=3, validate=False,
         patients=job["patients"], overrides=job["overrides"], init=job["init"], teacher=job["teacher"],
-        teacher_tta=job["teacher_tta"], distill_weight=job["distill"],
+        teacher_tta=job["teacher_tta"], distill_weight=job["distill"], dice=job["dice"],
         max_steps=int(os.environ.get("GPU_CYCLES_MAX_STEPS", 0)) or None)
 
     # this job's step time beside the others, on real augmented batches of the run's own settings
@@ -149,7 +150,7 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
                               drop_last=True))
     net = create_model(cfg.model, **cfg.overrides).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    loss_fn = segmentation.segmentation_loss()
+    loss_fn = segmentation.segmentation_loss(cfg.dice)
     teacher = segmentation.Teacher(cfg.teacher, dev, cfg.model, cfg.overrides, cfg.teacher_tta) if cfg.teacher else None
     steps, warm = int(os.environ.get("GPU_CYCLES_TIME_STEPS", 30)), 8
     for i in range(steps):
@@ -246,7 +247,7 @@ def main() -> None:
                    help="starting weights of the jobs that name none: a registered name, a folder, or none")
     t.add_argument("--job", action="append", required=True,
                    help="NAME:seed=N[,lr=X][,batch=N][,patients=all][,augmentation=wide|appearance][,model=medsegrwkv-s]"
-                        "[,init=FOLDER|none][,teacher=FOLDER|NAME][,teacher_tta=1][,distill=0.5]"
+                        "[,init=FOLDER|none][,teacher=FOLDER|NAME][,teacher_tta=1][,distill=0.5][,dice=batch]"
                         "[,in_channels=3][,deep_supervision=1]; one process each (default: "
                         "medsegrwkv-t from --init on the training split, mild augmentation, lr 6e-4, batch 16)")
     args = parser.parse_args()

@@ -238,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine")),
                           ("automatic", ("refine",)), ("teacher", ("segment",)), ("teacher_tta", ("segment",)),
-                          ("distill_weight", ("segment",))):
+                          ("distill_weight", ("segment",)), ("dice", ("segment",))):
         if getattr(args, option) and args.task not in tasks:
             raise MedSegError(f"--{option.replace('_', '-')} is for `train {' or '.join(tasks)}`, not "
                               f"`train {args.task}`.", code=ErrorCode.BAD_ARGUMENT)
@@ -260,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       teacher_tta=args.teacher_tta,
                       overrides=parse_overrides(model, args.set or []),
                       **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
-                                      "workers", "augmentation", "distill_weight"))
+                                      "workers", "augmentation", "distill_weight", "dice"))
     if args.show_config:
         return show_config(cfg)
     result = train_segmentation(cfg)
@@ -422,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "resolution, strong gamma, ringing, Rician noise, rotation to 30 degrees, scale 0.7-1.3); "
                         "'mild' keeps orientations, small rotations and scales and light intensity changes; "
                         "'appearance' is mild's geometry with wide's scanner looks")
+    p.add_argument("--dice", choices=("sample", "batch"),
+                   help="segment: the loss's Dice term over each slice (default) or over the whole batch as one, "
+                        "so that slices with little or none of a structure weigh less")
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)

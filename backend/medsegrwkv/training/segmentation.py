@@ -44,6 +44,7 @@ from medsegrwkv.weights.model_card import render_segmentation_card
 
 # Model config keys that change only what training sees, and the state-dict entries they add.
 TRAINING_ONLY_CONFIG = ("deep_supervision",)
+DICE_REDUCTIONS = ("sample", "batch")
 TRAINING_ONLY_PREFIXES = ("aux_heads.",)
 
 
@@ -89,6 +90,9 @@ class TrainConfig:
     teacher: str | None = None  # distil from these weights' soft predictions too (training.distillation)
     teacher_tta: bool = False  # the teacher's predictions averaged over in-plane rotations (`Segmenter.batch_probabilities`)
     distill_weight: float = 0.5  # the teacher's share of the loss; the labels keep the rest
+    # the Dice term over each slice ("sample") or over the whole batch as one ("batch", as nnU-Net): a slice
+    # without a structure, or with a sliver of it, weighs as much as a mid-ventricular one only per sample
+    dice: str = "sample"
 
     def __post_init__(self) -> None:
         check_augmentation(self.augmentation)  # before anything is loaded or written
@@ -99,15 +103,18 @@ class TrainConfig:
                               code=ErrorCode.BAD_ARGUMENT)
         if self.teacher is None and self.teacher_tta:
             raise MedSegError("--teacher-tta needs a --teacher.", code=ErrorCode.BAD_ARGUMENT)
+        if self.dice not in DICE_REDUCTIONS:
+            raise MedSegError(f"Unknown Dice reduction '{self.dice}'; choose {' or '.join(DICE_REDUCTIONS)}.",
+                              code=ErrorCode.BAD_ARGUMENT)
         if not 0.0 < self.distill_weight <= 1.0:
             raise MedSegError(f"The distillation weight must lie in (0, 1], got {self.distill_weight}.",
                               code=ErrorCode.BAD_ARGUMENT)
 
 
-def segmentation_loss() -> DeepSupervisionLoss:
-    """Dice + cross-entropy: one output passes straight through; a deeply supervised model's list is
-    weighted 1, 1/2, 1/4, ..."""
-    return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+def segmentation_loss(dice: str = "sample") -> DeepSupervisionLoss:
+    """Dice + cross-entropy, the Dice over each slice or over the batch (`TrainConfig.dice`): one output
+    passes straight through; a deeply supervised model's list is weighted 1, 1/2, 1/4, ..."""
+    return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True, batch=dice == "batch"), weight_mode="exp")
 
 
 def batch_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
@@ -154,7 +161,7 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "train_volumes": n_train, "validation_volumes": n_val, "epochs_completed": epoch,
             "optimizer_steps": steps, "batch_size": cfg.batch_size * ctx.world_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "crop": list(spec.roi_size) if spec.spatial_dims == 3 else cfg.crop,
-            "patients": cfg.patients, "augmentation": cfg.augmentation,
+            "patients": cfg.patients, "augmentation": cfg.augmentation, "dice": cfg.dice,
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
@@ -233,7 +240,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     net = DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
-    loss_fn = segmentation_loss()
+    loss_fn = segmentation_loss(cfg.dice)
 
     run = RunFolder(out, config=cfg)
     state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
