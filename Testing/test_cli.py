@@ -199,6 +199,17 @@ def test_evaluate_record_stores_validation_metrics_in_the_weights_folder(tmp_pat
     assert f"{recorded['mean_dice']:.4f}" in card and "final epoch's weights, validated after training" in card
     assert weights_status(weights) == WeightsStatus.VERIFIED  # the checksum still matches the tensors
 
+    # weights a run chose by its own validation (the trainer writes no "selection"): recording them through
+    # the deployed pipeline keeps the epoch they were chosen at and says how they were chosen
+    manifest = load_manifest(weights)
+    manifest["metrics"]["validation"] = {"mean_dice": 0.5, "epoch": 7, "volumes": 2}
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["evaluate", "--data", str(data), "--split", "val", "--weights", str(weights), "--record",
+                 "--device", "cpu"]) == 0
+    recorded = load_manifest(weights)["metrics"]["validation"]
+    assert recorded["epoch"] == 7 and "selection" not in recorded and recorded["mean_dice"] > 0.5
+    assert "Best of the validations made every few epochs (epoch 7" in (weights / "MODEL_CARD.md").read_text()
+
 
 def test_demo_reports_dice_against_expert_contours(tmp_path, capsys):
     from medsegrwkv.cli.demo import run_demo

@@ -124,7 +124,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"crop {t.get('crop')}, "
         + (f"{t['augmentation']} augmentation, " if t.get("augmentation") else "")
         + f"AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
-        f"Dice + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
+        + ("Dice over the whole batch" if t.get("dice") == "batch" else "Dice")
+        + f" + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
         *_init_lines(t.get("init")),
         *_teacher_lines(t.get("teacher")),
