@@ -10,4 +10,4 @@ SEED="${SEED:-24}"
 NAME="${NAME:-tg_finetune_from_s${SEED}_t}"
 source "$(dirname "$0")/_common.sh" --model "${MODEL:-medsegrwkv-t}" --init "$INIT" --epochs "${EPOCHS:-15}" \
     --lr "${LR:-3e-4}" --crop 160 --seed "$SEED" --augmentation "${AUGMENTATION:-mild}" \
-    --dice "${DICE:-sample}" ${ALL_PATIENTS:+--all-patients}
+    ${DICE:+--dice "$DICE"} ${ALL_PATIENTS:+--all-patients}

@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "resolution, strong gamma, ringing, Rician noise, rotation to 30 degrees, scale 0.7-1.3); "
                         "'mild' keeps orientations, small rotations and scales and light intensity changes; "
                         "'appearance' is mild's geometry with wide's scanner looks")
-    p.add_argument("--dice", choices=("sample", "batch"),
+    p.add_argument("--dice", metavar="sample|batch",
                    help="segment: the loss's Dice term over each slice (default) or over the whole batch as one, "
                         "so that slices with little or none of a structure weigh less")
     p.add_argument("--val-every", type=int, help="validate every N epochs")

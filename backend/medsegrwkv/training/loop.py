@@ -32,14 +32,15 @@ def record_validation(folder: Path, summary: dict[str, float], volumes: int,
 
     manifest = load_manifest(folder)
     training = manifest.setdefault("training", {})
-    # weights chosen by the run's own validation keep that epoch and selection; the rest are the last epoch's
-    chosen = manifest.get("metrics", {}).get("validation", {})
-    chosen = chosen if source is None and chosen and "selection" not in chosen else {}
-    selection = {} if chosen else {"selection": "final epoch"}
-    epoch = chosen.get("epoch", training.get("epochs_completed"))
+    # weights the run chose by its own validation (the trainer writes no "selection") keep that epoch;
+    # the rest are the last epoch's
+    previous = manifest.get("metrics", {}).get("validation", {})
+    chosen_by_run = source is None and bool(previous) and "selection" not in previous
+    epoch = previous.get("epoch") if chosen_by_run else training.get("epochs_completed")
     if source is None:
         training["validation_volumes"] = volumes
-    manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes, **selection,
+    manifest.setdefault("metrics", {})["validation"] = {**summary, "epoch": epoch, "volumes": volumes,
+                                                         **({} if chosen_by_run else {"selection": "final epoch"}),
                                                          **({"source": source} if source else {})}
     save_manifest(folder, manifest)
     _write_card(folder, manifest, render_card)

@@ -44,8 +44,9 @@ from medsegrwkv.weights.model_card import render_segmentation_card
 
 # Model config keys that change only what training sees, and the state-dict entries they add.
 TRAINING_ONLY_CONFIG = ("deep_supervision",)
-DICE_REDUCTIONS = ("sample", "batch")
 TRAINING_ONLY_PREFIXES = ("aux_heads.",)
+# the loss's Dice term over each slice or over the whole batch (`TrainConfig.dice`)
+DICE_REDUCTIONS = ("sample", "batch")
 
 
 def with_neighbour_channels(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
