@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -479,3 +480,57 @@ def test_batch_dice_scores_the_batch_as_one_image_and_reaches_the_manifest(tmp_p
     with pytest.raises(MedSegError, match="Dice reduction"):
         TrainConfig(data=acdc, output=tmp_path / "bad", dice="volume")
     assert not (tmp_path / "bad").exists()
+
+
+def test_average_weights_is_the_mean_of_runs_from_one_start_and_refuses_the_rest(tmp_path, acdc):
+    """`average-weights` (a model soup): two real fine-tunes of the bundled `unet2d` (other seeds, cases and
+    augmentations) average tensor by tensor into loadable weights whose manifest names both runs, takes the
+    union of their measured ranges and drops the first run's validation until `evaluate --record` gives
+    its own; runs from other starts, other networks and an existing output folder are refused."""
+    import torch
+
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.weights.store import load_model
+
+    common = dict(data=acdc, model="unet2d", epochs=1, batch_size=4, crop=96, max_steps=2, lr=1e-3, validate=False,
+                  device="cpu", init="unet2d")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    train_segmentation(TrainConfig(output=runs[0], seed=1, max_cases=2, augmentation="mild", **common),
+                       show_progress=False)
+    train_segmentation(TrainConfig(output=runs[1], seed=2, max_cases=4, augmentation="wide", **common),
+                       show_progress=False)
+    folders = [str(r / "weights") for r in runs]
+    (a, ma), (b, mb) = (load_model(f, "cpu") for f in folders)
+    soup = tmp_path / "soup"
+    result = run_cli("average-weights", *folders, "--output", str(soup))
+    assert result.returncode == 0, result.stderr
+    averaged, manifest = load_model(soup, "cpu")
+    moved = 0
+    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), averaged.state_dict().values()):
+        if x.is_floating_point():
+            torch.testing.assert_close(z, ((x + y) / 2).half().float(), rtol=0, atol=1e-3, msg=name)
+            moved += int(not torch.equal(x, y))
+    assert moved > 10  # the two runs really differ
+    assert [s["seed"] for s in manifest["training"]["averaged_from"]] == [1, 2]
+    assert [s["augmentation"] for s in manifest["training"]["averaged_from"]] == ["mild", "wide"]
+    for key in ("heart_size_mm", "noise_sigma"):
+        ranges = (ma["preprocessing"][key], mb["preprocessing"][key])
+        assert manifest["preprocessing"][key] == [min(r[0] for r in ranges), max(r[1] for r in ranges)]
+    assert "metrics" not in manifest
+    card = (soup / "MODEL_CARD.md").read_text()
+    assert "The average of 2 runs' weights" in card and "Not validated yet" in card
+    scored = run_cli("evaluate", "--data", str(acdc), "--split", "val", "--max-cases", "2", "--weights", str(soup),
+                     "--output", str(tmp_path / "soup.csv"), "--device", "cpu")
+    assert scored.returncode == 0, scored.stderr
+    rows = list(csv.DictReader((tmp_path / "soup.csv").open()))
+    assert len(rows) == 2 and all(float(r["LV_dice"]) > 0.8 for r in rows), rows  # it segments real hearts
+
+    before = (soup / "model.safetensors").read_bytes()
+    assert_user_error(run_cli("average-weights", *folders, "--output", str(soup)), "already holds weights")
+    assert (soup / "model.safetensors").read_bytes() == before
+    assert_user_error(run_cli("average-weights", folders[0], "medsegrwkv-t", "--output", str(tmp_path / "x")),
+                      "architecture")
+    assert_user_error(run_cli("average-weights", folders[0], "unet2d", "--output", str(tmp_path / "x")),
+                      "same starting weights")
+    assert_user_error(run_cli("average-weights", folders[0], "--output", str(tmp_path / "x")), "at least two")
+    assert not (tmp_path / "x").exists()

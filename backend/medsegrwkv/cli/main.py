@@ -227,6 +227,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average_weights(args: argparse.Namespace) -> int:
+    from medsegrwkv.training.soup import average_weights
+
+    out = average_weights([Path(w) if Path(w).exists() else w for w in args.weights], Path(args.output))
+    print(f"wrote {out} (the average of {len(args.weights)} weights folders); validate it with "
+          f"`medsegrwkv evaluate --split val --weights {out} --record`")
+    return 0
+
+
 def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
     from medsegrwkv.cli.refine import cmd_evaluate_clicks as run
 
@@ -472,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "manifest and model card (the evidence a default is chosen on); needs --title")
     p.add_argument("--title", help="the table's title in the model card; a stored table with this title is replaced")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("average-weights", help="average the weights of runs fine-tuned from the same start into one "
+                       "network (a model soup: no extra inference cost)",
+                       description="Average segmentation weights folders tensor by tensor (uniform 'model soup', "
+                       "Wortsman et al. 2022). The runs must share the network, the pipeline and the starting weights "
+                       "(`train --init`) and may differ in seed, augmentation or loss. The new folder keeps the first "
+                       "folder's manifest, the union of the runs' measured heart-size and noise ranges and a record of "
+                       "every run; it has no validation until `evaluate --record` (or --record-recipe-in) gives one.")
+    p.add_argument("weights", nargs="+", metavar="WEIGHTS_DIR", help="two or more weights folders (RUN/weights)")
+    p.add_argument("--output", required=True, help="new weights folder to write (an existing one is refused)")
+    p.set_defaults(func=cmd_average_weights)
 
     p = sub.add_parser("evaluate-clicks", help="how much simulated clicks improve the masks of labelled volumes",
                        description="Simulated user on an ACDC-layout folder: every slice and structure is corrected "

@@ -21,6 +21,18 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _soup_lines(sources: list[dict[str, Any]] | None) -> list[str]:
+    """Averaged weights (`medsegrwkv average-weights`) name every run in the average."""
+    if not sources:
+        return []
+    runs = "; ".join(f"`{s['weights']}` (seed {s.get('seed')}, {s.get('augmentation')} augmentation, "
+                     f"{'batch' if s.get('dice') == 'batch' else 'per-slice'} Dice, {s.get('epochs_completed')} epochs"
+                     + (f", validation {s['mean_dice']:.4f}" if s.get("mean_dice") is not None else "") + ")"
+                     for s in sources)
+    return [f"- **The average of {len(sources)} runs' weights** (a model soup; the settings above are the first "
+            f"run's, the time all of theirs): {runs}."]
+
+
 def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
     """Distilled weights say whose soft predictions they learned from, and with what share of the loss."""
     if not teacher:
@@ -129,6 +141,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"torch {t.get('torch')}.",
         *_init_lines(t.get("init")),
         *_teacher_lines(t.get("teacher")),
+        *_soup_lines(t.get("averaged_from")),
         *([f"- {t['note']}"] if t.get("note") else []),
         "",
         "## Validation (deployed pipeline, post-processing on, no TTA)" if not v.get("source") else
@@ -143,6 +156,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
     lines += [
         "",
         v["source"] if v.get("source") else
+        "Not validated yet: `medsegrwkv evaluate --split val --weights DIR --record` stores a validation here."
+        if not v else
         ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
          "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
         "",
