@@ -6,6 +6,7 @@ share their starting weights (they stay in one basin of the loss), which is chec
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +61,8 @@ def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
     out = Path(output)
     if len(sources) < 2:
         raise MedSegError("Averaging needs at least two weights folders.", code=ErrorCode.BAD_ARGUMENT)
+    if out.exists() and not out.is_dir():
+        raise MedSegError(f"--output {out} is a file; give a new folder for the weights.", code=ErrorCode.BAD_OUTPUT)
     if (out / MANIFEST).exists() or (out / TENSORS).exists():
         raise MedSegError(f"{out} already holds weights; choose a new output folder (nothing was overwritten).",
                           code=ErrorCode.BAD_ARGUMENT)
@@ -85,5 +88,15 @@ def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
     training["wall_time_s"] = round(sum(m.get("training", {}).get("wall_time_s") or 0 for m in manifests), 1)
     manifest.pop("metrics", None)  # the first source's validation does not describe the average
     manifest.pop("comparisons", None)
-    export_weights(model, manifest, out, render_segmentation_card)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        export_weights(model, manifest, out, render_segmentation_card)
+    except (OSError, MedSegError) as exc:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # no half-written weights folder
+        if isinstance(exc, MedSegError):
+            raise
+        raise MedSegError(f"The averaged weights cannot be written to {out} ({exc.strerror or exc}).",
+                          code=ErrorCode.BAD_OUTPUT) from exc
     return out
