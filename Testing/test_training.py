@@ -524,6 +524,11 @@ def test_average_weights_is_the_mean_of_runs_from_one_start_and_refuses_the_rest
     assert scored.returncode == 0, scored.stderr
     rows = list(csv.DictReader((tmp_path / "soup.csv").open()))
     assert len(rows) == 2 and all(float(r["LV_dice"]) > 0.8 for r in rows), rows  # it segments real hearts
+    from medsegrwkv.training.loop import record_validation
+    from medsegrwkv.weights.model_card import render_segmentation_card
+
+    record_validation(soup, {"mean_dice": 0.9, "mean_hd95": 4.0}, 40, render_segmentation_card)
+    assert "The averaged weights, validated after averaging (40 volumes)." in (soup / "MODEL_CARD.md").read_text()
 
     before = (soup / "model.safetensors").read_bytes()
     assert_user_error(run_cli("average-weights", *folders, "--output", str(soup)), "already holds weights")

@@ -158,6 +158,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         v["source"] if v.get("source") else
         "Not validated yet: `medsegrwkv evaluate --split val --weights DIR --record` stores a validation here."
         if not v else
+        f"The averaged weights, validated after averaging ({v.get('volumes')} volumes)." if t.get("averaged_from") else
         ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
          "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
         "",
