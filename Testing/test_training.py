@@ -538,6 +538,8 @@ def test_average_weights_is_the_mean_of_runs_from_one_start_and_refuses_the_rest
     assert_user_error(run_cli("average-weights", folders[0], "unet2d", "--output", str(tmp_path / "x")),
                       "same starting weights")
     assert_user_error(run_cli("average-weights", folders[0], "--output", str(tmp_path / "x")), "at least two")
+    assert_user_error(run_cli("average-weights", "grader_regnetx_002", "grader_regnetx_002", "--output",
+                              str(tmp_path / "x")), "segmentation weights")
     (tmp_path / "file").write_text("kept")
     assert_user_error(run_cli("average-weights", *folders, "--output", str(tmp_path / "file")), "is a file")
     assert (tmp_path / "file").read_text() == "kept"

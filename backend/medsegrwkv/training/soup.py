@@ -68,10 +68,10 @@ def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
                           code=ErrorCode.BAD_ARGUMENT)
     loaded = [load_model(source, "cpu") for source in sources]
     manifests = [manifest for _, manifest in loaded]
-    _check_compatible(sources, manifests)
     if manifests[0]["task"] != "segmentation":
         raise MedSegError(f"Averaging is for segmentation weights; {sources[0]} is a {manifests[0]['task']} model.",
                           code=ErrorCode.BAD_ARGUMENT)
+    _check_compatible(sources, manifests)
     states = [model.state_dict() for model, _ in loaded]
     model = loaded[0][0]
     model.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
