@@ -90,7 +90,6 @@ def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
     manifest.pop("comparisons", None)
     created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
         export_weights(model, manifest, out, render_segmentation_card)
     except (OSError, MedSegError) as exc:
         if created:

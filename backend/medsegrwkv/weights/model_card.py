@@ -33,6 +33,19 @@ def _soup_lines(sources: list[dict[str, Any]] | None) -> list[str]:
             f"run's, the time all of theirs): {runs}."]
 
 
+def _validation_source(v: dict[str, Any], t: dict[str, Any]) -> str:
+    """Which weights the validation table describes, and how they were chosen."""
+    if v.get("source"):
+        return v["source"]
+    if not v:
+        return "Not validated yet: `medsegrwkv evaluate --split val --weights DIR --record` stores a validation here."
+    if t.get("averaged_from"):
+        return f"The averaged weights, validated after averaging ({v.get('volumes')} volumes)."
+    chosen = ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
+              "Best of the validations made every few epochs")
+    return chosen + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes)."
+
+
 def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
     """Distilled weights say whose soft predictions they learned from, and with what share of the loss."""
     if not teacher:
@@ -155,12 +168,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
             lines.append(f"| {name} | {v[f'{name}_dice']:.4f} | {v[f'{name}_hd95']:.2f} |")
     lines += [
         "",
-        v["source"] if v.get("source") else
-        "Not validated yet: `medsegrwkv evaluate --split val --weights DIR --record` stores a validation here."
-        if not v else
-        f"The averaged weights, validated after averaging ({v.get('volumes')} volumes)." if t.get("averaged_from") else
-        ("The final epoch's weights, validated after training" if v.get("selection") == "final epoch" else
-         "Best of the validations made every few epochs") + f" (epoch {v.get('epoch')}, {v.get('volumes')} volumes).",
+        _validation_source(v, t),
         "",
         *comparison_lines(manifest.get("comparisons", [])),
         "## Limitations",
