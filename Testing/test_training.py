@@ -544,3 +544,49 @@ def test_average_weights_is_the_mean_of_runs_from_one_start_and_refuses_the_rest
     assert_user_error(run_cli("average-weights", *folders, "--output", str(tmp_path / "file")), "is a file")
     assert (tmp_path / "file").read_text() == "kept"
     assert not (tmp_path / "x").exists()
+
+
+def test_hard_slices_draws_the_slices_the_start_gets_wrong_more_often(tmp_path, acdc):
+    """`--hard-slices`: on a real volume, a slice whose reference contradicts the starting network gets a
+    larger Dice deficit and is drawn more often, in proportion to its weight; a run records the strength; without
+    --init, or for another task, it is refused before anything is written."""
+    import numpy as np
+    from cli_helpers import assert_user_error, run_cli
+    from medsegrwkv.inference.postprocess import LV, RV
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.training.data import load_volumes
+    from medsegrwkv.training.hard_slices import hard_slice_sampler, sampling_weights, slice_deficits
+    from medsegrwkv.weights import load_model
+
+    volume = load_volumes(list_cases(acdc, "train")[:1], show_progress=False)[0]
+    segmenter = Segmenter.from_pretrained("unet2d", "cpu")
+    deficits = slice_deficits(segmenter, [volume], show_progress=False)
+    assert deficits.shape == (len(volume["label"]),) and ((deficits >= 0) & (deficits <= 1)).all()
+    mid = int(np.argmax([(z == LV).sum() for z in volume["label"]]))
+    assert deficits[mid] < 0.2  # the network segments the mid-ventricular slice well
+
+    wrong = {"image": volume["image"], "label": volume["label"].copy()}
+    wrong["label"][mid][volume["label"][mid] == LV] = RV  # the cavity called right ventricle
+    hard = slice_deficits(segmenter, [wrong], show_progress=False)
+    assert hard[mid] > deficits[mid] + 0.3
+    assert np.allclose(np.delete(hard, mid), np.delete(deficits, mid))
+
+    weights = sampling_weights(hard, 1.0)
+    assert np.allclose(weights, 1.0 + hard / hard.mean()) and weights[mid] > 2.0 > sampling_weights(deficits, 1.0)[mid]
+    assert (sampling_weights(np.zeros(4), 1.0) == 1.0).all()
+    sampler = hard_slice_sampler(weights, seed=0)
+    draws = np.bincount([i for _ in range(400) for i in sampler], minlength=len(weights))
+    assert len(list(sampler)) == len(weights)  # an epoch keeps its length
+    assert abs(draws[mid] / draws.sum() - weights[mid] / weights.sum()) < 0.02
+
+    result = run_cli("train", "--data", str(acdc), "--output", str(tmp_path / "run"), "--init", "unet2d",
+                     "--hard-slices", "1", "--epochs", "1", "--max-steps", "1", "--max-cases", "2", "--batch-size", "2",
+                     "--crop", "64", "--no-validation", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert load_model(tmp_path / "run" / "weights", "cpu")[1]["training"]["hard_slices"] == 1.0
+    assert_user_error(run_cli("train", "grade", "--hard-slices", "1", "--output", str(tmp_path / "bad")), "train segment")
+    assert_user_error(run_cli("train", "--data", str(acdc), "--hard-slices", "1", "--output", str(tmp_path / "bad")),
+                      "--init")
+    with pytest.raises(MedSegError, match="--init"):
+        TrainConfig(data=acdc, output=tmp_path / "bad", hard_slices=-1.0, init="unet2d")
+    assert not (tmp_path / "bad").exists()

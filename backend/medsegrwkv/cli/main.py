@@ -247,7 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine")),
                           ("automatic", ("refine",)), ("teacher", ("segment",)), ("teacher_tta", ("segment",)),
-                          ("distill_weight", ("segment",)), ("dice", ("segment",))):
+                          ("distill_weight", ("segment",)), ("dice", ("segment",)), ("hard_slices", ("segment",))):
         if getattr(args, option) and args.task not in tasks:
             raise MedSegError(f"--{option.replace('_', '-')} is for `train {' or '.join(tasks)}`, not "
                               f"`train {args.task}`.", code=ErrorCode.BAD_ARGUMENT)
@@ -269,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       teacher_tta=args.teacher_tta,
                       overrides=parse_overrides(model, args.set or []),
                       **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
-                                      "workers", "augmentation", "distill_weight", "dice"))
+                                      "workers", "augmentation", "distill_weight", "dice", "hard_slices"))
     if args.show_config:
         return show_config(cfg)
     result = train_segmentation(cfg)
@@ -434,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dice", metavar="sample|batch",
                    help="segment: the loss's Dice term over each slice (default) or over the whole batch as one, "
                         "so that slices with little or none of a structure weigh less")
+    p.add_argument("--hard-slices", type=float, metavar="STRENGTH",
+                   help="segment, with --init: draw the slices the starting weights get wrong more often, each in "
+                        "proportion to 1 + STRENGTH x its Dice deficit / the mean deficit (default 0: every slice "
+                        "once an epoch)")
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)

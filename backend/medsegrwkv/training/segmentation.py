@@ -37,6 +37,7 @@ from medsegrwkv.training.acdc import VALIDATION_RESIDUES, list_cases
 from medsegrwkv.training.data import check_augmentation, load_volumes, training_dataset
 from medsegrwkv.training.distillation import Teacher, distillation_loss
 from medsegrwkv.training.distributed import DistContext, barrier, init_distributed, shutdown
+from medsegrwkv.training.hard_slices import hard_slice_sampler, sampling_weights, slice_deficits
 from medsegrwkv.training.evaluation import evaluate_cases
 from medsegrwkv.weights.manifest import ACDC_LICENCE, SEGMENTATION_LABELS
 from medsegrwkv.weights.model_card import render_segmentation_card
@@ -94,6 +95,9 @@ class TrainConfig:
     # the Dice term over each slice ("sample") or over the whole batch as one ("batch", as nnU-Net): a slice
     # without a structure, or with a sliver of it, weighs as much as a mid-ventricular one only per sample
     dice: str = "sample"
+    # > 0: training slices drawn in proportion to 1 + hard_slices x their Dice deficit under the --init
+    # weights (training.hard_slices); 0 draws every slice once an epoch
+    hard_slices: float = 0.0
 
     def __post_init__(self) -> None:
         check_augmentation(self.augmentation)  # before anything is loaded or written
@@ -107,6 +111,9 @@ class TrainConfig:
         if self.dice not in DICE_REDUCTIONS:
             raise MedSegError(f"Unknown Dice reduction '{self.dice}'; choose {' or '.join(DICE_REDUCTIONS)}.",
                               code=ErrorCode.BAD_ARGUMENT)
+        if self.hard_slices < 0 or (self.hard_slices > 0 and self.init is None):
+            raise MedSegError("--hard-slices takes a strength >= 0 and needs --init weights to find the hard slices "
+                              "with.", code=ErrorCode.BAD_ARGUMENT)
         if not 0.0 < self.distill_weight <= 1.0:
             raise MedSegError(f"The distillation weight must lie in (0, 1], got {self.distill_weight}.",
                               code=ErrorCode.BAD_ARGUMENT)
@@ -163,6 +170,7 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "optimizer_steps": steps, "batch_size": cfg.batch_size * ctx.world_size, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "crop": list(spec.roi_size) if spec.spatial_dims == 3 else cfg.crop,
             "patients": cfg.patients, "augmentation": cfg.augmentation, "dice": cfg.dice,
+            **({"hard_slices": cfg.hard_slices} if cfg.hard_slices else {}),
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
@@ -235,6 +243,13 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     dataset = training_dataset(volumes, spec.spatial_dims, crop, slice_context(cfg.model, cfg.overrides),
                                cfg.augmentation)
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
+    if cfg.hard_slices > 0:
+        if ctx.enabled or spec.spatial_dims != 2:
+            raise MedSegError("--hard-slices draws 2D slices in one process; train without torchrun, a 2D model.",
+                              code=ErrorCode.BAD_ARGUMENT)
+        deficits = slice_deficits(Segmenter(model, {"architecture": cfg.model, "config": cfg.overrides}, ctx.device),
+                                  volumes, show)
+        sampler = hard_slice_sampler(sampling_weights(deficits, cfg.hard_slices), cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
 
@@ -249,7 +264,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     started = time.time() - state["seconds"]
     stop = False
     for epoch in range(state["epoch"], cfg.epochs):
-        if sampler is not None:
+        if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         net.train()
 
