@@ -584,6 +584,8 @@ def test_hard_slices_draws_the_slices_the_start_gets_wrong_more_often(tmp_path, 
                      "--crop", "64", "--no-validation", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert load_model(tmp_path / "run" / "weights", "cpu")[1]["training"]["hard_slices"] == 1.0
+    assert "Hard slices: each training slice drawn in proportion to 1 + 1.0 x" in (
+        tmp_path / "run" / "weights" / "MODEL_CARD.md").read_text()
     assert_user_error(run_cli("train", "grade", "--hard-slices", "1", "--output", str(tmp_path / "bad")), "train segment")
     assert_user_error(run_cli("train", "--data", str(acdc), "--hard-slices", "1", "--output", str(tmp_path / "bad")),
                       "--init")

@@ -152,6 +152,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         + ("Dice over the whole batch" if t.get("dice") == "batch" else "Dice")
         + f" + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
         f"torch {t.get('torch')}.",
+        *([f"- Hard slices: each training slice drawn in proportion to 1 + {t['hard_slices']} x its Dice deficit under "
+           "the starting weights / the mean deficit."] if t.get("hard_slices") else []),
         *_init_lines(t.get("init")),
         *_teacher_lines(t.get("teacher")),
         *_soup_lines(t.get("averaged_from")),
