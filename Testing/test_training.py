@@ -591,4 +591,6 @@ def test_hard_slices_draws_the_slices_the_start_gets_wrong_more_often(tmp_path, 
                       "--init")
     with pytest.raises(MedSegError, match="--init"):
         TrainConfig(data=acdc, output=tmp_path / "bad", hard_slices=-1.0, init="unet2d")
+    with pytest.raises(MedSegError, match="3D"):
+        TrainConfig(data=acdc, output=tmp_path / "bad", model="unet3d", hard_slices=1.0, init="unet3d")
     assert not (tmp_path / "bad").exists()

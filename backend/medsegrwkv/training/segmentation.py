@@ -114,6 +114,8 @@ class TrainConfig:
         if self.hard_slices < 0 or (self.hard_slices > 0 and self.init is None):
             raise MedSegError("--hard-slices takes a strength >= 0 and needs --init weights to find the hard slices "
                               "with.", code=ErrorCode.BAD_ARGUMENT)
+        if self.hard_slices > 0 and get_spec(self.model).spatial_dims != 2:
+            raise MedSegError(f"--hard-slices draws 2D slices; {self.model} is a 3D model.", code=ErrorCode.BAD_ARGUMENT)
         if not 0.0 < self.distill_weight <= 1.0:
             raise MedSegError(f"The distillation weight must lie in (0, 1], got {self.distill_weight}.",
                               code=ErrorCode.BAD_ARGUMENT)
@@ -220,6 +222,9 @@ def train_segmentation(cfg: TrainConfig, show_progress: bool = True) -> dict[str
 
 def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
     spec = get_spec(cfg.model)
+    if cfg.hard_slices > 0 and ctx.enabled:
+        raise MedSegError("--hard-slices draws the slices in one process; train without torchrun.",
+                          code=ErrorCode.BAD_ARGUMENT)
     if spec.task != "segmentation":
         raise MedSegError(f"Model '{cfg.model}' is a {spec.task} model; `train` trains segmentation models.",
                           code=ErrorCode.WRONG_TASK)
@@ -244,9 +249,6 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
                                cfg.augmentation)
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if ctx.enabled else None
     if cfg.hard_slices > 0:
-        if ctx.enabled or spec.spatial_dims != 2:
-            raise MedSegError("--hard-slices draws 2D slices in one process; train without torchrun, a 2D model.",
-                              code=ErrorCode.BAD_ARGUMENT)
         deficits = slice_deficits(Segmenter(model, {"architecture": cfg.model, "config": cfg.overrides}, ctx.device),
                                   volumes, show)
         sampler = hard_slice_sampler(sampling_weights(deficits, cfg.hard_slices), cfg.seed)
