@@ -15,8 +15,9 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
-from medsegrwkv.inference.postprocess import LV, MYO, RV
+from medsegrwkv import STRUCTURES
 from medsegrwkv.inference.segmenter import Segmenter
+from medsegrwkv.interactive.clicks import dice
 
 
 def slice_deficits(segmenter: Segmenter, volumes: list[dict[str, np.ndarray]],
@@ -29,12 +30,9 @@ def slice_deficits(segmenter: Segmenter, volumes: list[dict[str, np.ndarray]],
         predicted = segmenter.predict_probabilities(volume["image"], tta=False).argmax(0)
         reference = volume["label"]
         for z in range(len(reference)):
-            dice = []
-            for structure in (RV, MYO, LV):
-                p, r = predicted[z] == structure, reference[z] == structure
-                if p.any() or r.any():
-                    dice.append(2.0 * (p & r).sum() / (p.sum() + r.sum()))
-            deficits.append(1.0 - float(np.mean(dice)) if dice else 0.0)
+            masks = [(predicted[z] == structure, reference[z] == structure) for structure in STRUCTURES]
+            scores = [dice(p, r) for p, r in masks if p.any() or r.any()]
+            deficits.append(1.0 - float(np.mean(scores)) if scores else 0.0)
     return np.asarray(deficits, dtype=np.float64)
 
 
