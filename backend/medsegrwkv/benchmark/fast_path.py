@@ -20,13 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from medsegrwkv.interactive.clicks import dice
+
 STRUCTURES = {1: "rv", 2: "myo", 3: "lv"}
-
-
-def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
-    a, b = pred == label, ref == label
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def compare_volume(segmenter: Any, image: sitk.Image, reference: sitk.Image) -> dict[str, Any]:
@@ -42,8 +38,8 @@ def compare_volume(segmenter: Any, image: sitk.Image, reference: sitk.Image) -> 
     ref = sitk.GetArrayFromImage(reference)
     row: dict[str, Any] = {"voxels": int(fast.size), "differing": int((fast != plain).sum())}
     for label, name in STRUCTURES.items():
-        row[f"{name}_dice_fast"] = _dice(fast, ref, label)
-        row[f"{name}_dice_plain"] = _dice(plain, ref, label)
+        row[f"{name}_dice_fast"] = dice(fast == label, ref == label)
+        row[f"{name}_dice_plain"] = dice(plain == label, ref == label)
     row["mean_dice_fast"] = float(np.mean([row[f"{n}_dice_fast"] for n in STRUCTURES.values()]))
     row["mean_dice_plain"] = float(np.mean([row[f"{n}_dice_plain"] for n in STRUCTURES.values()]))
     return row

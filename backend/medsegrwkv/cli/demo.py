@@ -16,13 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsegrwkv.errors import ErrorCode, MedSegError
+from medsegrwkv.interactive.clicks import dice
 
 LV, MYO = 3, 2
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denominator = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denominator) if denominator else 1.0
 
 
 def _volume_ml(mask: np.ndarray, image: sitk.Image) -> float:
@@ -57,9 +53,9 @@ def run_demo(output: Path, model: str | None = None, device: str = "auto") -> di
         ref = sitk.GetArrayViewFromImage(ref_image)
         phase: dict[str, Any] = {"phase_index": index, "contoured_slices": list(slices),
                                  "lv_volume_ml": lv_volumes[index]}
-        phase["lv_dice"] = _dice(pred[slices] == LV, ref[slices] == LV)
+        phase["lv_dice"] = dice(pred[slices] == LV, ref[slices] == LV)
         myo_slices = [k for k in slices if (ref[k] == MYO).any()]
-        phase["myo_dice"] = _dice(pred[myo_slices] == MYO, ref[myo_slices] == MYO) if myo_slices else None
+        phase["myo_dice"] = dice(pred[myo_slices] == MYO, ref[myo_slices] == MYO) if myo_slices else None
         phase["expert_lv_volume_ml"] = _volume_ml(ref == LV, ref_image)
         phase["predicted_lv_volume_on_contoured_slices_ml"] = _volume_ml(pred[slices] == LV, ref_image)
         result["phases"][name] = phase
