@@ -141,6 +141,7 @@ def test_a_25d_run_grows_from_the_bundled_default_and_its_weights_segment(tmp_pa
 
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.weights import load_model
+    from medsegrwkv.weights.model_card import render_segmentation_card
 
     cfg = TrainConfig(data=acdc, output=tmp_path / "25d", model="medsegrwkv-t", overrides={"in_channels": 3},
                       init="medsegrwkv-t", epochs=1, max_cases=1, batch_size=2, crop=64, lr=1e-3, warmup_epochs=0,
@@ -153,6 +154,10 @@ def test_a_25d_run_grows_from_the_bundled_default_and_its_weights_segment(tmp_pa
     assert 0 < first[:, [0, 2]].abs().max() < 0.02  # the neighbours' kernels left zero, a little
     segmenter = Segmenter.from_pretrained(str(tmp_path / "25d" / "weights"), "cpu")
     assert segmenter.context == 1 and segmenter.manifest["config"]["in_channels"] == 3
+    # the card tells a reader what the network sees; a single-slice model's card does not say it
+    assert "1 neighbouring slice on either side" in (tmp_path / "25d" / "weights" / "MODEL_CARD.md").read_text()
+    _, single = load_model("medsegrwkv-t", "cpu")
+    assert "neighbouring slice" not in render_segmentation_card(single, 3.1e6, 2.5)
 
 
 def test_training_autocast_is_bfloat16_on_cuda_and_off_on_the_cpu():
@@ -446,6 +451,27 @@ def test_the_kept_twin_is_todays_default_network_with_its_pipeline(acdc):
     case = next(c for c in list_cases(acdc, "val") if c.image.name.startswith("patient013_frame01"))
     _, summary = evaluate_cases(Segmenter.from_pretrained(str(twin_dir), "cpu"), [case], tta=False,
                                 show_progress=False)
+    assert summary["mean_dice"] > 0.9, summary
+
+
+def test_the_25d_twin_segments_unseen_patients_with_each_slices_neighbours(acdc):
+    """recipes/twins/s29 (session 29: two 2.5D cycles from the s24 twin, averaged) is the twin of a 2.5D
+    default: the default's pipeline settings, three input slices, trained without the validation patients,
+    and an unseen validation volume segmented through the deployed pipeline as its validation says."""
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.training.evaluation import evaluate_cases
+    from medsegrwkv.weights.store import load_manifest
+
+    twin_dir = REPO / "recipes" / "twins" / "s29"
+    twin, default = load_manifest(twin_dir), load_manifest("medsegrwkv-t")
+    assert twin["config"] == {**default["config"], "in_channels": 3}
+    for key in ("spacing_xy_mm", "percentiles", "orientation"):
+        assert twin["preprocessing"][key] == default["preprocessing"][key], key
+    assert twin["training"]["patients"] == "train" and len(twin["training"]["averaged_from"]) == 2
+    segmenter = Segmenter.from_pretrained(str(twin_dir), "cpu")
+    assert segmenter.context == 1
+    case = next(c for c in list_cases(acdc, "val") if c.image.name.startswith("patient013_frame01"))
+    _, summary = evaluate_cases(segmenter, [case], tta=False, show_progress=False)
     assert summary["mean_dice"] > 0.9, summary
 
 

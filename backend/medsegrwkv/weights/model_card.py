@@ -6,6 +6,7 @@ from typing import Any
 
 from medsegrwkv import STRUCTURES
 from medsegrwkv.nets.complexity import reference_input_label
+from medsegrwkv.nets.registry import slice_context
 
 
 def _init_lines(init: dict[str, Any] | None) -> list[str]:
@@ -116,6 +117,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
     t = manifest.get("training", {})
     v = manifest.get("metrics", {}).get("validation", {})
     prep = manifest.get("preprocessing", {})
+    context = slice_context(manifest["architecture"], manifest.get("config", {}))  # 2.5D: neighbours a side
     lines = [
         f"# Model card: `{manifest['name']}`",
         "",
@@ -128,6 +130,9 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         f"- **Input:** one 3D short-axis stack (one cardiac phase), any orientation (reoriented to a canonical "
         f"layout), normalised by percentile clipping {prep.get('percentiles')} and resampled in-plane to "
         f"{prep.get('spacing_xy_mm')} mm; predictions are mapped back to the input grid."
+        + (f" Each slice goes in with {context} neighbouring slice{'s' if context > 1 else ''} on either side as further "
+           "channels (2.5D; the end slices repeated past the stack's ends)."
+           if context else "")
         + (f" A heart beyond the training hearts' {prep['heart_size_mm'][0]}-{prep['heart_size_mm'][1]} mm "
            "(LV epicardial diameter, largest slice) is segmented again at the pixel size that shows it at the nearest "
            "trained size." if prep.get("heart_size_mm") else "")
