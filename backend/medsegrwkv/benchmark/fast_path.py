@@ -20,9 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from medsegrwkv import STRUCTURES as STRUCTURE_NAMES
 from medsegrwkv.interactive.clicks import dice
 
-STRUCTURES = {1: "rv", 2: "myo", 3: "lv"}
+STRUCTURES = {label: name.lower() for label, name in STRUCTURE_NAMES.items()}  # the report's keys: rv, myo, lv
 
 
 def compare_volume(segmenter: Any, image: sitk.Image, reference: sitk.Image) -> dict[str, Any]:
