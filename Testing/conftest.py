@@ -30,6 +30,7 @@ SLOW: dict[str, set[str] | None] = {
     "test_cohort": {"test_two_ranks_segment_a_real_cohort_resume_and_record_failures",
                     "test_output_that_is_a_file_is_one_sentence"},
     "test_engine": None,
+    "test_ensemble": {"test_ensemble_weights_joins_real_networks_and_refuses_what_cannot_be_one"},
     "test_function": {"test_cli_segments_the_bundled_cine_and_reports_its_function"},
     "test_grading_cli": None,
     "test_grading_train": None,

@@ -236,6 +236,16 @@ def cmd_average_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble_weights(args: argparse.Namespace) -> int:
+    from medsegrwkv.training.ensemble import ensemble_weights
+
+    votes = args.votes or [1.0] * len(args.weights)
+    out = ensemble_weights([Path(w) if Path(w).exists() else w for w in args.weights], votes, Path(args.output))
+    print(f"wrote {out} (an ensemble of {len(args.weights)} networks, votes {votes}); validate it with "
+          f"`medsegrwkv evaluate --split val --weights {out} --record`")
+    return 0
+
+
 def cmd_evaluate_clicks(args: argparse.Namespace) -> int:
     from medsegrwkv.cli.refine import cmd_evaluate_clicks as run
 
@@ -496,6 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", nargs="+", metavar="WEIGHTS_DIR", help="two or more weights folders (RUN/weights)")
     p.add_argument("--output", required=True, help="new weights folder to write (an existing one is refused)")
     p.set_defaults(func=cmd_average_weights)
+
+    p = sub.add_parser("ensemble-weights", help="join trained networks of different designs into one model whose "
+                       "probabilities are their weighted mean (costs their summed time)",
+                       description="Join trained 2D segmentation weights folders into one probability ensemble: each "
+                       "network segments the slice and their softmax probabilities are averaged with the given votes. "
+                       "The members keep their own weights, so they may differ in design and start (unlike "
+                       "average-weights) but must share the pipeline (pixel size, normalisation, post-processing). "
+                       "The member architectures must form a registered ensemble, e.g. medsegrwkv-t then unet2d "
+                       "(`medsegrwkv models` lists them as A+B). The new folder has no validation until "
+                       "`evaluate --record` (or --record-recipe-in) gives one.")
+    p.add_argument("weights", nargs="+", metavar="WEIGHTS_DIR", help="two or more weights folders or installed "
+                   "model names, in the registered ensemble's order")
+    p.add_argument("--votes", type=float, nargs="+", metavar="V",
+                   help="one positive vote per folder, normalised to sum to 1 (default: equal votes)")
+    p.add_argument("--output", required=True, help="new weights folder to write (an existing one is refused); its "
+                   "name becomes the model's name")
+    p.set_defaults(func=cmd_ensemble_weights)
 
     p = sub.add_parser("evaluate-clicks", help="how much simulated clicks improve the masks of labelled volumes",
                        description="Simulated user on an ACDC-layout folder: every slice and structure is corrected "

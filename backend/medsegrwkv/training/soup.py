@@ -54,6 +54,15 @@ def _source_record(source: str | Path, manifest: dict[str, Any]) -> dict[str, An
             **{k: t.get(k) for k in ("seed", "augmentation", "dice", "epochs_completed", "patients")}}
 
 
+def check_new_weights_folder(out: Path) -> None:
+    """A folder that new weights may be written to: not a file, and holding no weights (never overwritten)."""
+    if out.exists() and not out.is_dir():
+        raise MedSegError(f"--output {out} is a file; give a new folder for the weights.", code=ErrorCode.BAD_OUTPUT)
+    if (out / MANIFEST).exists() or (out / TENSORS).exists():
+        raise MedSegError(f"{out} already holds weights; choose a new output folder (nothing was overwritten).",
+                          code=ErrorCode.BAD_ARGUMENT)
+
+
 def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
     """Write the uniform average of `sources` (weights folders or installed names) to the new folder `output`,
     with the first source's manifest, the union of their measured ranges and a record of every source;
@@ -61,11 +70,7 @@ def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
     out = Path(output)
     if len(sources) < 2:
         raise MedSegError("Averaging needs at least two weights folders.", code=ErrorCode.BAD_ARGUMENT)
-    if out.exists() and not out.is_dir():
-        raise MedSegError(f"--output {out} is a file; give a new folder for the weights.", code=ErrorCode.BAD_OUTPUT)
-    if (out / MANIFEST).exists() or (out / TENSORS).exists():
-        raise MedSegError(f"{out} already holds weights; choose a new output folder (nothing was overwritten).",
-                          code=ErrorCode.BAD_ARGUMENT)
+    check_new_weights_folder(out)
     loaded = [load_model(source, "cpu") for source in sources]
     manifests = [manifest for _, manifest in loaded]
     if manifests[0]["task"] != "segmentation":

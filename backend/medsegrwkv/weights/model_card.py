@@ -145,24 +145,7 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         "",
         "## Training data and licence",
         f"- {manifest.get('licence', '')}",
-        (f"- Split: {t.get('split')}; {t.get('train_volumes')} training volumes, {t.get('validation_volumes')} "
-         "validation volumes (ED and ES frames; patient-level, 4 validation patients per pathology group)."
-         if not all_patients(manifest) else
-         f"- Split: none; {t.get('train_volumes')} training volumes (ED and ES frames): every patient, the validation "
-         "patients included, once a run on the split had fixed the recipe."),
-        f"- {t.get('epochs_completed')} epochs ({t.get('optimizer_steps')} optimiser steps, batch {t.get('batch_size')}, "
-        f"crop {t.get('crop')}, "
-        + (f"{t['augmentation']} augmentation, " if t.get("augmentation") else "")
-        + f"AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
-        + ("Dice over the whole batch" if t.get("dice") == "batch" else "Dice")
-        + f" + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
-        f"torch {t.get('torch')}.",
-        *([f"- Hard slices: each training slice drawn in proportion to 1 + {t['hard_slices']} x its Dice deficit under "
-           "the starting weights / the mean deficit."] if t.get("hard_slices") else []),
-        *_init_lines(t.get("init")),
-        *_teacher_lines(t.get("teacher")),
-        *_soup_lines(t.get("averaged_from")),
-        *([f"- {t['note']}"] if t.get("note") else []),
+        *(_ensemble_lines(t["ensemble_of"]) if t.get("ensemble_of") else _training_lines(manifest)),
         "",
         "## Validation (deployed pipeline, post-processing on, no TTA)" if not v.get("source") else
         "## Validation of the recipe (deployed pipeline, post-processing on, no TTA)",
@@ -189,6 +172,44 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         "",
     ]
     return "\n".join(lines)
+
+
+def _ensemble_lines(members: list[dict[str, Any]]) -> list[str]:
+    """An ensemble (`medsegrwkv ensemble-weights`) names each member, its vote and how it was trained."""
+    lines = [f"- **A probability ensemble of {len(members)} networks**, each trained on its own; their softmax "
+             "probabilities are averaged with these votes:"]
+    for m in members:
+        dice = m.get("mean_dice")
+        lines.append(f"  - `{m['weights']}` ({m['architecture']}, vote {m['weight']:.2f}, SHA-256 {m['sha256'][:12]}...; "
+                     + ("every patient" if m.get("patients") == "all" else f"split {m.get('split')}")
+                     + f", {m.get('epochs_completed')} epochs"
+                     + (f", validation mean Dice {dice:.4f}" if dice is not None else "") + ").")
+    return lines
+
+
+def _training_lines(manifest: dict[str, Any]) -> list[str]:
+    """How one network was trained: data, schedule, loss, start, teacher, soup."""
+    t = manifest.get("training", {})
+    return [
+        (f"- Split: {t.get('split')}; {t.get('train_volumes')} training volumes, {t.get('validation_volumes')} "
+         "validation volumes (ED and ES frames; patient-level, 4 validation patients per pathology group)."
+         if not all_patients(manifest) else
+         f"- Split: none; {t.get('train_volumes')} training volumes (ED and ES frames): every patient, the validation "
+         "patients included, once a run on the split had fixed the recipe."),
+        f"- {t.get('epochs_completed')} epochs ({t.get('optimizer_steps')} optimiser steps, batch {t.get('batch_size')}, "
+        f"crop {t.get('crop')}, "
+        + (f"{t['augmentation']} augmentation, " if t.get("augmentation") else "")
+        + f"AdamW lr {t.get('lr')}, weight decay {t.get('weight_decay')}, cosine schedule, "
+        + ("Dice over the whole batch" if t.get("dice") == "batch" else "Dice")
+        + f" + cross-entropy) on {t.get('device')} with {t.get('processes')} process(es) in {t.get('wall_time_s')} s, "
+        f"torch {t.get('torch')}.",
+        *([f"- Hard slices: each training slice drawn in proportion to 1 + {t['hard_slices']} x its Dice deficit under "
+           "the starting weights / the mean deficit."] if t.get("hard_slices") else []),
+        *_init_lines(t.get("init")),
+        *_teacher_lines(t.get("teacher")),
+        *_soup_lines(t.get("averaged_from")),
+        *([f"- {t['note']}"] if t.get("note") else []),
+    ]
 
 
 def render_refinement_card(manifest: dict[str, Any], params: int, gflops: float) -> str:
