@@ -122,3 +122,22 @@ def test_ensemble_weights_joins_real_networks_and_refuses_what_cannot_be_one(tmp
     assert_user_error(run_cli("ensemble-weights", "medsegrwkv-t", str(other), "--output", str(refused)),
                       "spacing_xy_mm", "one pipeline")
     assert not refused.exists()
+
+
+def test_the_bundled_ensemble_holds_todays_bundled_networks():
+    """`medsegrwkv-t+unet2d` must be rebuilt whenever either bundled network changes: its members are
+    byte for byte today's `medsegrwkv-t` and `unet2d`, and its recipe (the same ensemble of their
+    training-split twins) validates above the RWKV network's recipe alone."""
+    from medsegrwkv.weights.store import load_manifest
+
+    ensemble, manifest = load_model("medsegrwkv-t+unet2d", "cpu")
+    members = manifest["training"]["ensemble_of"]
+    assert [m["weights"] for m in members] == ["medsegrwkv-t", "unet2d"]
+    for record, member in zip(members, ensemble.members):
+        assert record["sha256"] == load_manifest(record["weights"])["sha256"], record["weights"]
+        bundled, _ = load_model(record["weights"], "cpu")
+        for (key, a), b in zip(member.state_dict().items(), bundled.state_dict().values()):
+            assert torch.equal(a, b), key
+    recipe = manifest["metrics"]["validation"]
+    assert "recipes/twins/s24 and unet2d" in recipe["source"]
+    assert recipe["mean_dice"] > load_manifest("medsegrwkv-t")["metrics"]["validation"]["mean_dice"]

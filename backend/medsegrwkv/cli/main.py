@@ -150,11 +150,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.record:
         record_validation(Path(args.weights), summary, len(rows), render_segmentation_card)
     if args.record_recipe_in:
-        epoch = weights_manifest.get("training", {}).get("epochs_completed")
+        trained = weights_manifest.get("training", {})
+        members = [m["weights"] for m in trained.get("ensemble_of", [])]
+        recipe = (f"the ensemble of {' and '.join(members)}, each trained without them, with the same votes"
+                  if members else f"{args.weights}, epoch {trained.get('epochs_completed')}")
         record_validation(Path(args.record_recipe_in), summary, len(rows), render_segmentation_card, source=(
             f"Measured on the {len(rows)} validation volumes by the same recipe trained without the validation "
-            f"patients ({args.weights}, epoch {epoch}); these weights were trained on those patients too, so "
-            "they have no validation of their own."))
+            f"patients ({recipe}); these weights were trained on those patients too, so they have no validation "
+            "of their own."))
     if output:
         write_text_atomic(output, rows_csv(rows))
     name = segmenter.manifest["name"]
