@@ -33,7 +33,8 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 # The model each task uses when none is named: the best on the fixed ACDC validation split
-# among those with installed weights (see docs/ and the model cards).
+# among single networks with installed weights (see docs/ and the model cards); an ensemble may
+# score higher but costs its members' summed time, beyond the CPU budget for a default.
 DEFAULT_MODELS = {"segmentation": "medsegrwkv-t", "grading": "grader_regnetx_002", "refinement": "unet2d-refine"}
 
 
