@@ -114,6 +114,7 @@ def test_ensemble_weights_joins_real_networks_and_refuses_what_cannot_be_one(tmp
                               str(refused)), "one vote per weights folder")
     assert_user_error(run_cli("ensemble-weights", "medsegrwkv-t", "unet2d", "--votes", "1", "0", "--output",
                               str(refused)), "positive")
+    assert_user_error(run_cli("ensemble-weights", "medsegrwkv-t", "--output", str(refused)), "at least two")
     other = tmp_path / "unet_other_pixels"
     shutil.copytree(REPO / "backend" / "medsegrwkv" / "weights" / "models" / "unet2d", other)
     edited = json.loads((other / "manifest.json").read_text())

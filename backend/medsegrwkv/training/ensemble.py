@@ -6,6 +6,7 @@ ensemble is an option where time allows, not the CPU default (docs/medsegrwkv.md
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,11 +26,13 @@ def ensemble_name(architectures: Sequence[str]) -> str:
     """The registered ensemble of these member architectures, e.g. `medsegrwkv-t+unet2d`."""
     name = "+".join(architectures)
     try:
-        get_spec(name)
+        registered = "members" in get_spec(name).defaults
     except MedSegError:
+        registered = False
+    if not registered:
         raise MedSegError(f"No ensemble of {', '.join(architectures)} (in this order) is registered; the registered "
                           "ensembles are the models named A+B in `medsegrwkv models`.",
-                          code=ErrorCode.BAD_ARGUMENT) from None
+                          code=ErrorCode.BAD_ARGUMENT)
     return name
 
 
@@ -46,12 +49,14 @@ def ensemble_weights(sources: Sequence[str | Path], votes: Sequence[float], outp
     (pixel size, normalisation, post-processing) is the first member's and must be every member's;
     the validation is left to `evaluate --record` (or `--record-recipe-in`)."""
     out = Path(output)
+    if len(sources) < 2:
+        raise MedSegError("An ensemble needs at least two weights folders.", code=ErrorCode.BAD_ARGUMENT)
     check_new_weights_folder(out)
     if len(votes) != len(sources):
         raise MedSegError(f"Give one vote per weights folder: {len(sources)} folders, {len(votes)} votes.",
                           code=ErrorCode.BAD_ARGUMENT)
-    if any(not vote > 0 for vote in votes):
-        raise MedSegError("Every vote must be a positive number.", code=ErrorCode.BAD_ARGUMENT)
+    if any(not (vote > 0 and math.isfinite(vote)) for vote in votes):
+        raise MedSegError("Every vote must be a positive, finite number.", code=ErrorCode.BAD_ARGUMENT)
     loaded = [load_model(source, "cpu") for source in sources]
     manifests = [manifest for _, manifest in loaded]
     name = ensemble_name([m["architecture"] for m in manifests])
