@@ -38,8 +38,9 @@ def ensemble_name(architectures: Sequence[str]) -> str:
 
 def _member_record(source: str | Path, manifest: dict[str, Any], weight: float) -> dict[str, Any]:
     t = manifest.get("training", {})
+    validation = manifest.get("metrics", {}).get("validation", {})
     return {"weights": str(source), "architecture": manifest["architecture"], "sha256": manifest["sha256"],
-            "weight": weight, "mean_dice": manifest.get("metrics", {}).get("validation", {}).get("mean_dice"),
+            "weight": weight, "mean_dice": validation.get("mean_dice"), "recipe_validation": "source" in validation,
             **{k: t.get(k) for k in ("split", "patients", "epochs_completed", "wall_time_s")}}
 
 

@@ -180,10 +180,11 @@ def _ensemble_lines(members: list[dict[str, Any]]) -> list[str]:
              "probabilities are averaged with these votes:"]
     for m in members:
         dice = m.get("mean_dice")
+        whose = "its recipe's validation" if m.get("recipe_validation") else "validation"
         lines.append(f"  - `{m['weights']}` ({m['architecture']}, vote {m['weight']:.2f}, SHA-256 {m['sha256'][:12]}...; "
                      + ("every patient" if m.get("patients") == "all" else f"split {m.get('split')}")
                      + f", {m.get('epochs_completed')} epochs"
-                     + (f", validation mean Dice {dice:.4f}" if dice is not None else "") + ").")
+                     + (f", {whose} mean Dice {dice:.4f}" if dice is not None else "") + ").")
     return lines
 
 
