@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.nets.registry import get_spec, slice_context
-from medsegrwkv.training.loop import export_weights
-from medsegrwkv.training.soup import RANGES, check_new_weights_folder
-from medsegrwkv.weights.model_card import render_segmentation_card
+from medsegrwkv.training.soup import RANGES, check_new_weights_folder, differing_preprocessing, write_new_weights
 from medsegrwkv.weights.store import load_model
 
 # what must agree for the members' probabilities to describe the same voxels and labels
@@ -67,11 +64,10 @@ def ensemble_weights(sources: Sequence[str | Path], votes: Sequence[float], outp
             if manifest.get(key) != first.get(key):
                 raise MedSegError(f"{source} differs from {sources[0]} in its {key}; an ensemble's members must "
                                   "segment the same structures.", code=ErrorCode.BAD_ARGUMENT)
-        fixed = [k for k in {*manifest["preprocessing"], *first["preprocessing"]} if k not in RANGES
-                 and manifest["preprocessing"].get(k) != first["preprocessing"].get(k)]
+        fixed = differing_preprocessing(manifest, first)
         if fixed or manifest.get("postprocessing", {}) != first.get("postprocessing", {}):
             raise MedSegError(f"{source} differs from {sources[0]} in its "
-                              f"{'preprocessing (' + ', '.join(sorted(fixed)) + ')' if fixed else 'postprocessing'}; "
+                              f"{'preprocessing (' + ', '.join(fixed) + ')' if fixed else 'postprocessing'}; "
                               "an ensemble's members must share one pipeline.", code=ErrorCode.BAD_ARGUMENT)
     total = sum(votes)
     members = [{"architecture": m["architecture"], "config": m.get("config", {}), "weight": vote / total}
@@ -94,14 +90,5 @@ def ensemble_weights(sources: Sequence[str | Path], votes: Sequence[float], outp
     manifest["training"] = {"ensemble_of": [_member_record(s, m, vote / total)
                                             for s, m, vote in zip(sources, manifests, votes)],
                             "patients": "all" if seen_all else "train", "split": first.get("training", {}).get("split")}
-    created = not out.exists()
-    try:
-        export_weights(model, manifest, out, render_segmentation_card)
-    except (OSError, MedSegError) as exc:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)  # no half-written weights folder
-        if isinstance(exc, MedSegError):
-            raise
-        raise MedSegError(f"The ensemble cannot be written to {out} ({exc.strerror or exc}).",
-                          code=ErrorCode.BAD_OUTPUT) from exc
+    write_new_weights(model, manifest, out, "The ensemble")
     return out

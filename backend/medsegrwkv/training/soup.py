@@ -23,6 +23,12 @@ RANGES = ("heart_size_mm", "noise_sigma")
 SHARED = ("architecture", "config", "task", "labels", "postprocessing")
 
 
+def differing_preprocessing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The preprocessing entries two manifests must share but do not (the measured RANGES may differ)."""
+    pa, pb = a["preprocessing"], b["preprocessing"]
+    return sorted(k for k in {*pa, *pb} if k not in RANGES and pa.get(k) != pb.get(k))
+
+
 def _start(manifest: dict[str, Any]) -> str | None:
     init = manifest.get("training", {}).get("init")
     return init.get("sha256") if isinstance(init, dict) else None
@@ -35,10 +41,9 @@ def _check_compatible(sources: Sequence[str | Path], manifests: list[dict[str, A
             if manifest.get(key) != first.get(key):
                 raise MedSegError(f"{source} differs from {sources[0]} in its {key}; only weights of one network "
                                   "and one pipeline can be averaged.", code=ErrorCode.BAD_ARGUMENT)
-        fixed = [k for k in {*manifest["preprocessing"], *first["preprocessing"]} if k not in RANGES
-                 and manifest["preprocessing"].get(k) != first["preprocessing"].get(k)]
+        fixed = differing_preprocessing(manifest, first)
         if fixed:
-            raise MedSegError(f"{source} differs from {sources[0]} in its preprocessing ({', '.join(sorted(fixed))}); "
+            raise MedSegError(f"{source} differs from {sources[0]} in its preprocessing ({', '.join(fixed)}); "
                               "only weights of one pipeline can be averaged.", code=ErrorCode.BAD_ARGUMENT)
     starts = {_start(m) for m in manifests}
     if None in starts or len(starts) > 1:
@@ -93,14 +98,20 @@ def average_weights(sources: Sequence[str | Path], output: str | Path) -> Path:
     training["wall_time_s"] = round(sum(m.get("training", {}).get("wall_time_s") or 0 for m in manifests), 1)
     manifest.pop("metrics", None)  # the first source's validation does not describe the average
     manifest.pop("comparisons", None)
+    write_new_weights(model, manifest, out, "The averaged weights")
+    return out
+
+
+def write_new_weights(model: torch.nn.Module, manifest: dict[str, Any], out: Path, what: str) -> None:
+    """Export to a folder `check_new_weights_folder` allowed; a folder this call created is removed
+    again if the export fails, so no half-written weights folder is left."""
     created = not out.exists()
     try:
         export_weights(model, manifest, out, render_segmentation_card)
     except (OSError, MedSegError) as exc:
         if created:
-            shutil.rmtree(out, ignore_errors=True)  # no half-written weights folder
+            shutil.rmtree(out, ignore_errors=True)
         if isinstance(exc, MedSegError):
             raise
-        raise MedSegError(f"The averaged weights cannot be written to {out} ({exc.strerror or exc}).",
+        raise MedSegError(f"{what} cannot be written to {out} ({exc.strerror or exc}).",
                           code=ErrorCode.BAD_OUTPUT) from exc
-    return out
