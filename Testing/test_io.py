@@ -477,3 +477,27 @@ def test_bad_contour_files(data: Path, tmp_path: Path, sample: Study) -> None:
     (folder / "IM-0001-0059-icontour-manual.txt").unlink()
     with pytest.raises(MedSegError, match="47.dcm is not part of the study"):
         sunnybrook_reference(sample, folder, SUNNYBROOK)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits")
+def test_written_files_get_ordinary_permissions(data: Path, tmp_path: Path) -> None:
+    """Weights and labelmaps are readable by whoever may read the user's other files: safetensors
+    writes its files 0600, and a file written beside its target and renamed in keeps the mode it was
+    created with, so a site's retrained weights would be unreadable by another user's Slicer. A
+    replaced file keeps the permissions the user gave it."""
+    from medsegrwkv.weights.store import load_model, save_weights
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    ordinary = 0o666 & ~umask
+    save_weights(*load_model("unet2d", "cpu"), tmp_path / "weights")
+    for name in ("model.safetensors", "manifest.json"):
+        assert (tmp_path / "weights" / name).stat().st_mode & 0o777 == ordinary, name
+
+    labels = sitk.ReadImage(str(ACDC / "patient001_frame01_gt.nii.gz"))
+    out = tmp_path / "labels.nii.gz"
+    write_labelmap([labels], out)
+    assert out.stat().st_mode & 0o777 == ordinary
+    out.chmod(0o640)
+    write_labelmap([labels], out)
+    assert out.stat().st_mode & 0o777 == 0o640

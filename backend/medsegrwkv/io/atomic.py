@@ -3,6 +3,9 @@
 Writers do not always say when the disk is full (SimpleITK's NIfTI writer returns normally after
 a short write), so nothing is renamed into place before it has been read back and found whole.
 A failed write is one sentence (code `output_not_writable`) and leaves the old file untouched.
+A replaced file keeps its permissions and a new one gets what the umask gives any new file, though
+some writers create theirs private (safetensors >= 0.8 writes 0600 files: safetensors/safetensors#782),
+so weights a site trains stay readable by the Slicer of another user.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any, Callable
 import numpy as np
 
 from medsegrwkv.errors import ErrorCode, MedSegError
+
+_UMASK = os.umask(0o022)  # read once at import (os.umask both sets and returns it), then put back
+os.umask(_UMASK)
 
 
 class IncompleteWrite(Exception):
@@ -73,11 +79,24 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], verify: Callab
         except Exception as exc:  # whatever a reader raises on our own fresh file: it is not whole
             raise write_error(path, "the file did not read back whole after writing (is the disk full?)") from exc
         for written in sorted(tmp_dir.iterdir(), key=lambda f: f.name == path.name):
-            os.replace(written, path.parent / written.name)
+            target = path.parent / written.name
+            _give_mode(written, target)
+            os.replace(written, target)
     except OSError as exc:
         raise write_error(path, _os_reason(exc)) from exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _give_mode(written: Path, target: Path) -> None:
+    """`written` gets `target`'s permission bits where it exists, else those of an ordinary new file."""
+    if os.name == "nt":
+        return
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
+    os.chmod(written, mode)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
