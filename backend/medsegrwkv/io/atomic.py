@@ -4,7 +4,7 @@ Writers do not always say when the disk is full (SimpleITK's NIfTI writer return
 a short write), so nothing is renamed into place before it has been read back and found whole.
 A failed write is one sentence (code `output_not_writable`) and leaves the old file untouched.
 A replaced file keeps its permissions and a new one gets what the umask gives any new file, though
-some writers create theirs private (safetensors >= 0.8 writes 0600 files: safetensors/safetensors#782),
+some writers create theirs private (safetensors 0.8 writes 0600 files: safetensors/safetensors#782),
 so weights a site trains stay readable by the Slicer of another user.
 """
 
