@@ -171,15 +171,34 @@ def test_models_lists_the_graders(capsys, monkeypatch):
 def test_demo_grades_the_bundled_study(tmp_path, capsys, monkeypatch):
     import medsegrwkv.cli.demo as demo
 
-    monkeypatch.setattr(demo, "run_demo", lambda output, model=None, device="auto": {})  # segmentation: test_cli
+    from medsegrwkv.io import read_study, sample_data_dir
+    from medsegrwkv.io.contours import sunnybrook_reference
+
+    # The segmentation is test_cli's; here the expert's ED labelmap stands in for the demo's own, and
+    # the grading must read the LV slices from it rather than segment the study again.
+    case = sample_data_dir() / "SCD0000101"
+    expert, contoured = sunnybrook_reference(read_study(case / "dicom"), case / "contours", case / "dicom")[0]
+    monkeypatch.setattr(demo, "run_demo", lambda output, model=None, device="auto": {"labelmaps": [expert]})
     monkeypatch.setattr(demo, "print_report", lambda result: None)
     assert main(["demo", "--output", str(tmp_path), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "motion grading, model grader_regnetx_002" in printed and "recommendation:" in printed
     report = json.loads((tmp_path / "SCD0000101_quality.json").read_text())
     assert report["n_slices"] == 12 and report["phases"] == [0, 1] and len(report["slices"]) == 24
+    with_lv = [k for k in range(12) if np.count_nonzero(np.isin(sitk.GetArrayViewFromImage(expert)[k], (2, 3))) >= 20]
+    assert report["study"]["lv_slices"] == with_lv and set(with_lv) <= set(contoured)
+    assert "the given segmentation" in report["study"]["lv_slices_source"]
     assert all(s["file"].endswith(".dcm") for s in report["slices"])
     assert (tmp_path / "SCD0000101_quality.png").stat().st_size > 0
+
+
+def test_grading_refuses_a_labelmap_of_another_size():
+    from medsegrwkv.errors import MedSegError
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((4, 64, 64)).astype(np.float32))
+    labels = sitk.Image(64, 64, 5, sitk.sitkUInt8)
+    with pytest.raises(MedSegError, match="64x64x5 voxels and the graded phase 64x64x4"):
+        grade_study(image, device="cpu", lv_labels=labels)
 
 
 def test_grading_stops_when_cancelled_with_the_shared_cancel_error():

@@ -26,6 +26,7 @@ def _volume_ml(mask: np.ndarray, image: sitk.Image) -> float:
 
 
 def run_demo(output: Path, model: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Segment, write and compare the bundled study; the result also holds the labelmaps (`labelmaps`)."""
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.io import read_study, sample_data_dir, write_labelmap
     from medsegrwkv.io.contours import sunnybrook_reference
@@ -68,6 +69,7 @@ def run_demo(output: Path, model: str | None = None, device: str = "auto") -> di
                            segmenter.manifest["labels"], ["ED (predicted)", "ES (predicted)"])
     save_png_atomic(picture, output / "SCD0000101_montage.png")
     result["outputs"] = sorted(str(p) for p in output.iterdir())
+    result["labelmaps"] = predictions  # in phase order: motion grading finds the LV slices in the first
     return result
 
 

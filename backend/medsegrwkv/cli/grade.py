@@ -6,13 +6,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsegrwkv.cli.common import (
     acdc_option_help, bar_progress, check_report_outputs, data_root, given_options, print_warnings, progress_bar,
     show_config, write_outputs,
 )
 from medsegrwkv.io.text import rows_csv, write_text_atomic
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 def slice_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -225,8 +228,9 @@ def cmd_train_grade(args: argparse.Namespace) -> int:
 
 
 # -- demo ----------------------------------------------------------------------------------------
-def demo_grading(output: Path, device: str = "auto") -> dict[str, Any] | None:
-    """Grade the bundled Sunnybrook study, write quality.json and the PNG strip, print the table."""
+def demo_grading(output: Path, device: str = "auto", lv_labels: sitk.Image | None = None) -> dict[str, Any] | None:
+    """Grade the bundled Sunnybrook study, write quality.json and the PNG strip, print the table; the LV
+    slices come from `lv_labels` (the demo's own segmentation of the first phase) when given."""
     from medsegrwkv.grading.grade import grade_study_with_pictures, strip_picture
     from medsegrwkv.io import sample_data_dir
     from medsegrwkv.io.montage import save_png_atomic
@@ -239,7 +243,7 @@ def demo_grading(output: Path, device: str = "auto") -> dict[str, Any] | None:
         print(f"motion grading skipped: the default grader {name} has no verified weights")
         return None
     report, pictures = grade_study_with_pictures(sample_data_dir() / "SCD0000101" / "dicom", model=name,
-                                                 device=device)
+                                                 device=device, lv_labels=lv_labels)
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output / "SCD0000101_quality.json", json.dumps(report, indent=2) + "\n")
     save_png_atomic(strip_picture(report, pictures), output / "SCD0000101_quality.png")

@@ -332,10 +332,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from medsegrwkv.cli.demo import print_report, run_demo
 
-    print_report(run_demo(Path(args.output), args.model, args.device))
+    result = run_demo(Path(args.output), args.model, args.device)
+    print_report(result)
     from medsegrwkv.cli.grade import demo_grading
 
-    demo_grading(Path(args.output), args.device)
+    demo_grading(Path(args.output), args.device, lv_labels=result["labelmaps"][0])
     return 0
 
 

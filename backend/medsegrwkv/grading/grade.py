@@ -9,8 +9,8 @@ Per slice position (a cine study has every position in every phase, all acquired
 breath-hold): the probabilities averaged over the phases in which the slice is graded.
 
 Study rule (what a radiologist can act on): the study grade is the worst grade among the slice
-positions that cut the left ventricle (found by the default segmentation model on the first
-graded phase; all positions when it has no weights or is switched off), together with the count and
+positions that cut the left ventricle (found in a given labelmap of the first graded phase, else by
+the default segmentation model on it; all positions when it has no weights or is switched off), together with the count and
 indices of non-diagnostic positions (score <= 2) among them. Any non-diagnostic LV slice means
 "repeat those slices"; moderate ones are reported but acceptable for diagnosis.
 
@@ -126,21 +126,31 @@ def ungraded(reason: str) -> dict[str, Any]:
             "p_diagnostic": None, "probabilities": None, "not_graded": reason}
 
 
-def _lv_indices(image: sitk.Image, axis: int, device: torch.device) -> tuple[list[int] | None, str]:
-    """Input indices (along `axis`) of the slices whose segmentation holds LV cavity or myocardium."""
+def _lv_indices(image: sitk.Image, axis: int, device: torch.device,
+                labels: sitk.Image | None = None) -> tuple[list[int] | None, str]:
+    """Input indices (along `axis`) of the slices whose segmentation holds LV cavity or myocardium: of
+    `labels` when given (a labelmap of `image`), else of the default segmentation model's."""
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.weights import weights_status
     from medsegrwkv.weights.store import WeightsStatus
 
-    name = DEFAULT_MODELS["segmentation"]
-    if weights_status(name) is not WeightsStatus.VERIFIED:
-        return None, f"all slices (the segmentation model {name} has no verified weights)"
-    labels = sitk.GetArrayFromImage(Segmenter.from_pretrained(name, device).segment(image))  # (k, j, i)
-    lv = [k for k in range(labels.shape[2 - axis])
-          if np.count_nonzero(np.isin(np.take(labels, k, axis=2 - axis), (2, 3))) >= 20]
+    if labels is None:
+        name = DEFAULT_MODELS["segmentation"]
+        if weights_status(name) is not WeightsStatus.VERIFIED:
+            return None, f"all slices (the segmentation model {name} has no verified weights)"
+        labels, segmentation = Segmenter.from_pretrained(name, device).segment(image), f"the segmentation model {name}"
+    elif labels.GetSize() != image.GetSize():
+        raise MedSegError(f"The labelmap for finding the left ventricle is {'x'.join(map(str, labels.GetSize()))} "
+                          f"voxels and the graded phase {'x'.join(map(str, image.GetSize()))}; they must match.",
+                          code=ErrorCode.BAD_INPUT)
+    else:
+        segmentation = "the given segmentation"
+    array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
+    lv = [k for k in range(array.shape[2 - axis])
+          if np.count_nonzero(np.isin(np.take(array, k, axis=2 - axis), (2, 3))) >= 20]
     if not lv:
-        return [], f"no slice (the segmentation model {name} found no left ventricle)"
-    return lv, f"slices with left ventricle in the {name} segmentation of the first graded phase"
+        return [], f"no slice ({segmentation} found no left ventricle)"
+    return lv, f"slices with left ventricle in {segmentation} of the first graded phase"
 
 
 def _recommendation(lv: list[int], positions: list[dict[str, Any]],
@@ -178,25 +188,27 @@ def _not_graded(all_blank: bool, no_lv: str | None) -> str:
 def grade_study(source: str | Path | sitk.Image, model: str | None = None, phase: int | None = None,
                 series: str | None = None, device: str | torch.device = "auto", lv_detection: bool = True,
                 grader: Grader | None = None, progress: ProgressFn = no_progress,
-                cancel: CancelFn = never_cancelled) -> dict[str, Any]:
+                cancel: CancelFn = never_cancelled, lv_labels: sitk.Image | None = None) -> dict[str, Any]:
     """Grade a study (file, DICOM folder, 3D image or `io.Study`) and return the report as a plain dict
     (JSON-serialisable: numbers, strings, lists, dicts).
 
     `model` is a registered grader name or a weights folder (default: the default grader);
     `phase` grades one phase only (default: all); `series` picks a DICOM series; `lv_detection`
-    restricts the study rule to the slices through the LV; `grader` reuses a loaded Grader (the
+    restricts the study rule to the slices through the LV, found in `lv_labels` (a labelmap of the first
+    graded phase, e.g. the one the user segmented and corrected) or else by the default segmentation
+    model; `grader` reuses a loaded Grader (the
     engine keeps one per device); `progress(fraction, message)` and `cancel()` are polled.
     """
     report, _ = grade_study_with_pictures(source, model, phase, series, device, lv_detection, grader, progress,
-                                          cancel)
+                                          cancel, lv_labels)
     return report
 
 
 def grade_study_with_pictures(source: Any, model: str | None = None, phase: int | None = None,
                               series: str | None = None, device: str | torch.device = "auto",
                               lv_detection: bool = True, grader: Grader | None = None,
-                              progress: ProgressFn = no_progress,
-                              cancel: CancelFn = never_cancelled) -> tuple[dict[str, Any], list[np.ndarray]]:
+                              progress: ProgressFn = no_progress, cancel: CancelFn = never_cancelled,
+                              lv_labels: sitk.Image | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
     """`grade_study`, plus the prepared slices of every graded phase for `strip_picture`."""
     from medsegrwkv.io import Study, read_study, select_phases
 
@@ -255,7 +267,7 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     lv_source = "all slices (LV detection switched off)"
     if lv_detection:
         check_cancel(cancel)
-        lv, lv_source = _lv_indices(study.phases[phases[0]], axis, grader.device)
+        lv, lv_source = _lv_indices(study.phases[phases[0]], axis, grader.device, lv_labels)
     through_lv = lv is not None
     lv = sorted(lv if lv is not None else (p["index"] for p in positions))
     for pos in positions:
