@@ -230,9 +230,16 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
         return protocol.segment_request(path, str(Path(folder) / "labels.nrrd"), model, device, tta, box,
                                         cine_phase=self.cinePhase(volume)), folder
 
-    def gradeRequest(self, volume, device: str) -> Tuple[Dict[str, Any], str]:
+    def gradeRequest(self, volume, device: str, segmentationNode=None) -> Tuple[Dict[str, Any], str]:
+        """With a segmentation whose LV segments reach into the volume (the user's, corrected or not),
+        the study grade counts the slices through that LV; else the worker finds them with its model."""
         folder, path = self.writeVolume(volume)
-        return protocol.grade_request(path, device=device, cine_phase=self.cinePhase(volume)), folder
+        labels = None
+        if segmentationNode is not None:
+            array = self.segmentsLabelmap(segmentationNode, volume)
+            if cardiac.holds_left_ventricle(array):
+                labels = self.writeLabelmapFile(volume, array, str(Path(folder) / "labels.nrrd"))
+        return protocol.grade_request(path, device=device, cine_phase=self.cinePhase(volume), labels=labels), folder
 
     @staticmethod
     def readLabelmap(path: str) -> np.ndarray:
@@ -462,6 +469,15 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
         return proxy
 
+    @staticmethod
+    def segmentsLabelmap(segmentationNode, volume) -> np.ndarray:
+        """The module's segments of `segmentationNode` as they are now, on the volume's voxel grid, as one
+        labelmap (k, j, i) in the worker's convention; segments the user deleted are empty."""
+        segmentation = segmentationNode.GetSegmentation()
+        masks = {segmentId: slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
+                 for _, segmentId in cardiac.label_segments() if segmentation.GetSegment(segmentId) is not None}
+        return cardiac.labelmap_from_masks(masks, slicer.util.arrayFromVolume(volume).shape)
+
     def writeLabelmapFile(self, volume, array: np.ndarray, path: str) -> str:
         """A labelmap array (k, j, i) in the volume's voxel grid as an NRRD file."""
         labelNode = slicer.vtkMRMLLabelMapVolumeNode()
@@ -483,11 +499,7 @@ class MedSegRWKVLogic(ScriptedLoadableModuleLogic):
 
         def write(item: int) -> None:
             inputs.append(self.writeVolumeFile(volume, str(Path(folder) / f"phase{item:03d}.nrrd")))
-            segmentation = proxy.GetSegmentation()
-            masks = {segmentId: slicer.util.arrayFromSegmentBinaryLabelmap(proxy, segmentId, volume)
-                     for _, segmentId in cardiac.label_segments() if segmentation.GetSegment(segmentId) is not None}
-            shape = slicer.util.arrayFromVolume(volume).shape
-            labelmaps.append(self.writeLabelmapFile(volume, cardiac.labelmap_from_masks(masks, shape),
+            labelmaps.append(self.writeLabelmapFile(volume, self.segmentsLabelmap(proxy, volume),
                                                     str(Path(folder) / f"labels{item:03d}.nrrd")))
 
         try:
@@ -1164,7 +1176,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # grade ----------------------------------------------------------------------------------------
     def onGradeButton(self) -> None:
-        self.startJob("Grading", lambda volume: self.logic.gradeRequest(volume, self.selectedDevice()),
+        self.startJob("Grading", lambda volume: self.logic.gradeRequest(volume, self.selectedDevice(), self.nodes()[2]),
                       lambda message, volume, request: self.onGraded(message, volume))
 
     def onGraded(self, message: Message, volume) -> None:
@@ -1189,7 +1201,7 @@ class MedSegRWKVWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item.setToolTip(row.tooltip)
                 table.setItem(r, c, item)
         self.ui.qualitySummaryLabel.setText(quality.summary_line(result))
-        self.ui.qualitySummaryLabel.setToolTip(f"{result['study']['rule']}. {result['caveat']}")
+        self.ui.qualitySummaryLabel.setToolTip(quality.summary_tooltip(result))
         self.ui.qualitySummaryLabel.setStyleSheet(quality.summary_style(result))
         self.logic.showQualityPlot(result)
 

@@ -429,6 +429,20 @@ def test_grade_sample(worker: Worker, study_files: Dict[str, Path]) -> None:
     assert quality.summary_line(report).startswith(f"Study: {report['study']['grade']} ")
 
 
+def test_grade_refuses_lv_labels_that_are_not_the_graded_phases(worker: Worker, study_files: Dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """A labelmap for the LV slices must be one phase on the graded phase's grid: else one sentence."""
+    phase = sitk.ReadImage(str(study_files["phase0"]))
+    cropped = sitk.Image([n - 1 for n in phase.GetSize()], sitk.sitkUInt8)
+    cropped.CopyInformation(phase[:-1, :-1, :-1])
+    sitk.WriteImage(cropped, str(tmp_path / "cropped.nrrd"))
+    for n, (labels, words) in enumerate(((study_files["cine"], "holds 2 phases"),
+                                         (tmp_path / "cropped.nrrd", "does not match the graded phase's geometry"))):
+        _, final = worker.call({"id": f"gl-{n}", "op": "grade", "input": str(study_files["phase0"]), "device": "cpu",
+                                "labels": str(labels)})
+        assert final["type"] == "error" and final["code"] == "bad_labels" and words in final["message"], final
+
+
 # -- process lifetime ------------------------------------------------------------------------------
 def test_stray_output_of_an_op_goes_to_stderr_not_into_the_protocol() -> None:
     """A library that prints (Python or C, through file descriptor 1) cannot corrupt stdout."""

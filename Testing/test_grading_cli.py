@@ -192,12 +192,12 @@ def test_demo_grades_the_bundled_study(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "SCD0000101_quality.png").stat().st_size > 0
 
 
-def test_grading_refuses_a_labelmap_of_another_size():
+def test_grading_refuses_a_labelmap_off_the_phases_grid():
     from medsegrwkv.errors import MedSegError
 
     image = sitk.GetImageFromArray(np.random.default_rng(0).random((4, 64, 64)).astype(np.float32))
     labels = sitk.Image(64, 64, 5, sitk.sitkUInt8)
-    with pytest.raises(MedSegError, match="64x64x5 voxels and the graded phase 64x64x4"):
+    with pytest.raises(MedSegError, match=r"does not match the graded phase's geometry: it has size \(64, 64, 5\)"):
         grade_study(image, device="cpu", lv_labels=labels)
 
 

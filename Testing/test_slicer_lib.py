@@ -157,6 +157,7 @@ def test_requests_pass_the_workers_own_parser() -> None:
         protocol.segment_request("/in.nrrd", "/out.nrrd", "unet2d", "cuda", True, (1, 2, 3, 40, 50, 6), phase=1),
         protocol.segment_request("/in.nrrd", "/out.nrrd"),
         protocol.grade_request("/in.nrrd", device="cpu"),
+        protocol.grade_request("/in.nrrd", device="cpu", labels="/labels.nrrd"),
         protocol.models_request("segmentation"),
         protocol.info_request(),
         protocol.cancel_request(7),

@@ -335,6 +335,38 @@ def test_grading_fills_the_table_and_plot_nodes_of_the_parameter_node(env: Scene
     env["plotNodes"] = (table, series, chart)
 
 
+def test_grading_counts_the_lv_slices_of_the_users_corrected_segmentation(env: Scene) -> None:
+    """The study grade's LV slices come from the segmentation as the user left it, not from a model."""
+    logic, volume, segmentationNode = env["logic"], env["acdc"], env["acdcSegmentation"]
+    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no heart yet")
+    request, folder = logic.gradeRequest(volume, "cpu", empty)
+    shutil.rmtree(folder)
+    assert request["labels"] is None, "a segmentation without LV must leave the LV slices to the worker's model"
+    slicer.mrmlScene.RemoveNode(empty)
+
+    def lv_slices() -> List[int]:
+        labelmap = logic.segmentsLabelmap(segmentationNode, volume)
+        return [k for k in range(len(labelmap)) if np.count_nonzero(np.isin(labelmap[k], (2, 3))) >= 20]
+
+    first = lv_slices()[0]
+    for segmentId in ("medsegrwkv_lv_cavity", "medsegrwkv_lv_myocardium"):  # the user erases the most basal LV slice
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
+        mask[first] = 0
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, volume)
+    corrected = lv_slices()
+    assert first not in corrected and len(corrected) >= 3
+    request, folder = logic.gradeRequest(volume, "cpu", segmentationNode)
+    assert request["labels"] and Path(request["labels"]).parent == Path(folder)
+    answer = run(logic, request)
+    shutil.rmtree(folder)
+    study = answer.result["study"]
+    assert answer.result["index_axis"] == 2 and study["lv_slices"] == corrected
+    assert "the given segmentation" in study["lv_slices_source"]
+    env["widget"].onGraded(answer, volume)
+    assert "LV slices: slices with left ventricle in the given segmentation" in \
+        env["widget"].ui.qualitySummaryLabel.setToolTip.call_args.args[0]
+
+
 def test_after_close_scene_segment_click_and_grade_work_again_and_add_only_their_outputs(env: Scene) -> None:
     widget = env["widget"]
     closed = widget._parameterNode

@@ -167,6 +167,11 @@ def label_segments() -> List[Tuple[int, str]]:
     return [(value, segment_id(name)) for name, value in LABEL_VALUES]
 
 
+def holds_left_ventricle(labelmap: np.ndarray) -> bool:
+    """Whether a labelmap in the worker's convention has any LV cavity or myocardium."""
+    return bool(np.isin(labelmap, [value for name, value in LABEL_VALUES if name.startswith("LV")]).any())
+
+
 def labelmap_from_masks(masks: Mapping[str, np.ndarray], shape: Sequence[int]) -> np.ndarray:
     """One phase's labelmap (uint8, `shape`) from its segments' masks by segment ID, in the
     worker's convention; a segment the user deleted is empty; where segments overlap the later

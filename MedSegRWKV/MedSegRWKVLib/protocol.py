@@ -136,9 +136,12 @@ def segment_request(input_path: str, output_path: str, model: Optional[str] = No
 
 
 def grade_request(input_path: str, model: Optional[str] = None, device: str = "auto",
-                  phase: Optional[int] = None, cine_phase: Optional[int] = None) -> Dict[str, Any]:
+                  phase: Optional[int] = None, cine_phase: Optional[int] = None,
+                  labels: Optional[str] = None) -> Dict[str, Any]:
+    """Fields of a `grade` request; `labels` a labelmap of the graded phase whose LV slices the study
+    grade counts (else the worker's segmentation model finds them)."""
     return {"op": "grade", "input": str(input_path), "model": model, "device": _check_device(device),
-            "phase": phase, "cine_phase": cine_phase}
+            "phase": phase, "cine_phase": cine_phase, "labels": str(labels) if labels is not None else None}
 
 
 def function_request(inputs: Sequence[str], output: Optional[str] = None, labels: Optional[Sequence[str]] = None,

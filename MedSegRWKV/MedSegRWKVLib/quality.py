@@ -86,6 +86,12 @@ def summary_line(result: Dict[str, Any]) -> str:
     return f"Study: {study['grade']} (score {study['score']}). {study['recommendation']}"
 
 
+def summary_tooltip(result: Dict[str, Any]) -> str:
+    """The study rule, where its LV slices came from, and the grader's caveat."""
+    study = result["study"]
+    return f"{study['rule']}; LV slices: {study['lv_slices_source']}. {result['caveat']}"
+
+
 def summary_colour(result: Dict[str, Any]) -> RGB:
     grade = result["study"]["grade"]
     return GRADE_COLOURS[grade] if grade is not None else UNGRADED_COLOUR

@@ -70,6 +70,7 @@ SCHEMAS: Dict[str, Dict[str, Tuple[tuple, bool, Any]]] = {
         "series": (_OPT_STR, False, None),
         "cine_phase": (_OPT_INT, False, None),  # the input is this phase of the client's cine: answers report it
         "lv_detection": (_BOOL, False, True),
+        "labels": (_OPT_STR, False, None),  # a labelmap of the graded phase (e.g. corrected) to find the LV slices in
     },
     # Click refinement: the image is sent once and cached by id; each click sends the points and mask.
     "load_image": {

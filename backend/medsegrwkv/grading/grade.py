@@ -42,6 +42,7 @@ from medsegrwkv.grading.dataset import INPUT_SIZE, volume_to_inputs
 from medsegrwkv.grading.simulator import GRADE_OF_SCORE
 from medsegrwkv.inference.device import describe_device, resolve_device
 from medsegrwkv.inference.plausibility import input_warnings
+from medsegrwkv.io.volumes import geometry_difference
 from medsegrwkv.nets.registry import DEFAULT_MODELS
 from medsegrwkv.preprocess import prepare_image, slice_layout
 from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
@@ -129,7 +130,8 @@ def ungraded(reason: str) -> dict[str, Any]:
 def _lv_indices(image: sitk.Image, axis: int, device: torch.device,
                 labels: sitk.Image | None = None) -> tuple[list[int] | None, str]:
     """Input indices (along `axis`) of the slices whose segmentation holds LV cavity or myocardium: of
-    `labels` when given (a labelmap of `image`), else of the default segmentation model's."""
+    `labels` when given (a labelmap on `image`'s voxel grid, 2 myocardium, 3 LV cavity), else of the
+    default segmentation model's."""
     from medsegrwkv.inference.segmenter import Segmenter
     from medsegrwkv.weights import weights_status
     from medsegrwkv.weights.store import WeightsStatus
@@ -139,10 +141,9 @@ def _lv_indices(image: sitk.Image, axis: int, device: torch.device,
         if weights_status(name) is not WeightsStatus.VERIFIED:
             return None, f"all slices (the segmentation model {name} has no verified weights)"
         labels, segmentation = Segmenter.from_pretrained(name, device).segment(image), f"the segmentation model {name}"
-    elif labels.GetSize() != image.GetSize():
-        raise MedSegError(f"The labelmap for finding the left ventricle is {'x'.join(map(str, labels.GetSize()))} "
-                          f"voxels and the graded phase {'x'.join(map(str, image.GetSize()))}; they must match.",
-                          code=ErrorCode.BAD_INPUT)
+    elif (difference := geometry_difference(image, labels)) is not None:
+        raise MedSegError(f"The labelmap for finding the left ventricle does not match the graded phase's geometry: "
+                          f"it has {difference}.", code=ErrorCode.BAD_LABELS)
     else:
         segmentation = "the given segmentation"
     array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
