@@ -106,7 +106,7 @@ def test_slice_indices_follow_the_input_layout(grader, acdc):
         assert by_index["reversed"][n - 1 - i] == pytest.approx(by_index["original"][i], abs=0.02)
 
 
-@pytest.mark.parametrize("case", ["missing", "2d", "nan", "phase", "suffix", "folder", "segmentation_model"])
+@pytest.mark.parametrize("case", ["missing", "2d", "nan", "phase", "suffix", "folder", "segmentation_model", "labels"])
 def test_bad_inputs_give_one_sentence_and_no_files(tmp_path, clean_and_corrupted, case, capsys):
     out, table = tmp_path / "q.json", tmp_path / "q.csv"
     source, extra, word = str(clean_and_corrupted[0]), [], None
@@ -131,6 +131,10 @@ def test_bad_inputs_give_one_sentence_and_no_files(tmp_path, clean_and_corrupted
         out, word = tmp_path / "q.txt", ".json"
     elif case == "folder":
         table, word = tmp_path / "no_such_folder" / "q.csv", "does not exist"
+    elif case == "labels":  # a labelmap one slice short of the graded volume
+        cropped = sitk.ReadImage(source)[:, :, 1:] > 1e9
+        sitk.WriteImage(cropped, str(tmp_path / "labels.nrrd"))
+        extra, word = ["--labels", str(tmp_path / "labels.nrrd")], "does not match the graded phase's geometry"
     else:
         extra, word = ["--model", "unet2d"], "not a grading model"
     assert main(["grade", source, "-o", str(out), "--csv", str(table), "--device", "cpu", *extra]) == 2
@@ -138,6 +142,30 @@ def test_bad_inputs_give_one_sentence_and_no_files(tmp_path, clean_and_corrupted
     assert lines[-1].startswith("error: ") and word.lower() in lines[-1].lower(), lines
     assert not out.exists() and not table.exists()
     assert not list(tmp_path.glob(".q.*"))  # no temporary leftovers
+
+
+def test_grade_cli_counts_the_lv_slices_of_a_given_labelmap(tmp_path, capsys):
+    """`grade --labels` with one labelmap per phase (as `segment` writes a cine's): the first graded
+    phase's LV slices, here the expert's, decide the study grade; no segmentation model runs."""
+    from medsegrwkv.io import read_study, sample_data_dir
+    from medsegrwkv.io.contours import sunnybrook_reference
+
+    dicom = sample_data_dir() / "SCD0000101" / "dicom"
+    references = sunnybrook_reference(read_study(dicom), dicom.parent / "contours", dicom)
+    labels = [sitk.GetArrayFromImage(references[p][0]) for p in (0, 1)]
+    lv = [[k for k in range(len(a)) if np.count_nonzero(np.isin(a[k], (2, 3))) >= 20] for a in labels]
+    labels[1][lv[1][0]] = 0  # the second phase's most basal LV slice erased, as a user may correct it
+    images = [sitk.GetImageFromArray(a) for a in labels]
+    for p, image in enumerate(images):
+        image.CopyInformation(references[p][0])
+    sitk.WriteImage(sitk.JoinSeries(images), str(tmp_path / "labels.nrrd"))
+    for phase, expected in ((0, lv[0]), (1, lv[1][1:])):
+        out = tmp_path / f"q{phase}.json"
+        assert main(["grade", str(dicom), "-o", str(out), "--phase", str(phase), "--labels", str(tmp_path / "labels.nrrd"),
+                     "--device", "cpu"]) == 0
+        study = json.loads(out.read_text())["study"]
+        assert study["lv_slices"] == expected and "the given segmentation" in study["lv_slices_source"]
+    capsys.readouterr()
 
 
 def test_grade_exits_2_from_the_shell(tmp_path):

@@ -67,17 +67,19 @@ def print_table(report: dict[str, Any], file=None) -> None:
 
 # -- grade ------------------------------------------------------------------------------------
 def cmd_grade(args: argparse.Namespace) -> int:
-    from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, strip_picture
+    from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, read_lv_labels, strip_picture
     from medsegrwkv.io import read_study, select_phases
     from medsegrwkv.io.montage import save_png_atomic
 
     output, csv_path, png_path = check_report_outputs(args.output, args.csv, args.png)
     study = read_study(args.input, series=args.series)  # input errors before the model is loaded
-    select_phases(study, args.phase)
+    phases = select_phases(study, args.phase)
+    lv_labels = read_lv_labels(args.labels, len(study.phases), phases[0]) if args.labels else None
     grader = Grader.from_pretrained(args.weights or args.model, args.device)
     with progress_bar(100, "grade") as bar:
         report, pictures = grade_study_with_pictures(study, phase=args.phase, grader=grader,
-                                                     lv_detection=not args.all_slices, progress=bar_progress(bar))
+                                                     lv_detection=not args.all_slices, progress=bar_progress(bar),
+                                                     lv_labels=lv_labels)
     print(f"{report['description']}; model {report['model']} on {report['device']}", file=sys.stderr)
     print_warnings(report["warnings"])
     written = write_outputs([
@@ -103,8 +105,12 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", help="also write a strip of the slices framed in their grade's colour")
     p.add_argument("--phase", type=int, help="grade only this cardiac phase (0-based; default all)")
     p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
-    p.add_argument("--all-slices", action="store_true",
-                   help="aggregate over all slices instead of the slices through the LV (skips the segmentation)")
+    lv = p.add_mutually_exclusive_group()
+    lv.add_argument("--all-slices", action="store_true",
+                    help="aggregate over all slices instead of the slices through the LV (skips the segmentation)")
+    lv.add_argument("--labels", metavar="FILE",
+                    help="find the LV slices in this labelmap (e.g. from `segment`, corrected or not: the graded "
+                         "phase's, or one per phase) instead of segmenting with the default model")
     p.add_argument("--model", help="registered grading model (default: the default grader; see `models`)")
     p.add_argument("--weights", metavar="DIR",
                    help="a grader weights folder, e.g. from `train grade`; overrides --model")

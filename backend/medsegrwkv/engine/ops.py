@@ -209,7 +209,7 @@ class Operations:
         """Per-slice motion grades of a study (medsegrwkv.grading), each slice also located as a
         voxel index of the input so that the module can jump its slice views there; the study grade
         counts the slices through the LV of `labels` (the client's segmentation) when given."""
-        from medsegrwkv.grading.grade import grade_study
+        from medsegrwkv.grading.grade import grade_study, read_lv_labels
         from medsegrwkv.io import read_study, select_phases
         from medsegrwkv.nets.registry import DEFAULT_MODELS
 
@@ -217,13 +217,8 @@ class Operations:
         study = read_study(fields["input"], series=fields["series"])
         phases = select_phases(study, fields["phase"])
         reported = dict(zip(phases, _reported_phases(fields, phases)))
-        lv_labels = None
-        if fields["labels"] is not None:
-            labelmaps = read_study(fields["labels"]).phases
-            if len(labelmaps) != 1:
-                raise MedSegError(f"The labelmap {fields['labels']} for finding the left ventricle holds "
-                                  f"{len(labelmaps)} phases; give the graded phase's alone.", code=ErrorCode.BAD_LABELS)
-            lv_labels = labelmaps[0]
+        lv_labels = (read_lv_labels(fields["labels"], len(study.phases), phases[0])
+                     if fields["labels"] is not None else None)
         grader = self._get("grader", fields["model"] or DEFAULT_MODELS["grading"], fields["device"], progress)
         report = grade_study(study, phase=fields["phase"], lv_detection=fields["lv_detection"], grader=grader,
                              progress=progress, cancel=cancel, lv_labels=lv_labels)

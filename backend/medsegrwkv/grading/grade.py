@@ -127,6 +127,21 @@ def ungraded(reason: str) -> dict[str, Any]:
             "p_diagnostic": None, "probabilities": None, "not_graded": reason}
 
 
+def read_lv_labels(path: str | Path, phase_count: int, first_graded: int) -> sitk.Image:
+    """The labelmap of the first graded phase, from a file holding it alone or one per phase of the study
+    (what `segment` writes for a cine), for finding the LV slices."""
+    from medsegrwkv.io import read_study
+
+    labelmaps = read_study(path).phases
+    if len(labelmaps) == 1:
+        return labelmaps[0]
+    if len(labelmaps) == phase_count:
+        return labelmaps[first_graded]
+    raise MedSegError(f"The labelmap {path} for finding the left ventricle holds {len(labelmaps)} phases and the "
+                      f"study {phase_count}; give the graded phase's alone or one per phase.",
+                      code=ErrorCode.BAD_LABELS)
+
+
 def _lv_indices(image: sitk.Image, axis: int, device: torch.device,
                 labels: sitk.Image | None = None) -> tuple[list[int] | None, str]:
     """Input indices (along `axis`) of the slices whose segmentation holds LV cavity or myocardium: of
