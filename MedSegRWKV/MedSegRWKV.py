@@ -1308,10 +1308,11 @@ class MedSegRWKVTest(ScriptedLoadableModuleTest):
             if grader["weights"] != panel.VERIFIED:
                 self.delayDisplay(f"Grading not checked: the default grader {grader['name']} has no weights yet")
                 return
-            request, folder = logic.gradeRequest(volume, "auto")
+            request, folder = logic.gradeRequest(volume, "auto", segmentationNode)  # as the button does
             answer = logic.request(request)
             shutil.rmtree(folder, ignore_errors=True)
             self.assertEqual(answer.type, "result", answer.text)
+            self.assertIn("the given segmentation", answer.result["study"]["lv_slices_source"])
             widget = slicer.modules.medsegrwkv.widgetRepresentation().self()
             widget.showQuality(answer.result, volume)
             table = widget.ui.qualityTable
