@@ -156,9 +156,6 @@ def _lv_indices(image: sitk.Image, axis: int, device: torch.device,
         if weights_status(name) is not WeightsStatus.VERIFIED:
             return None, f"all slices (the segmentation model {name} has no verified weights)"
         labels, segmentation = Segmenter.from_pretrained(name, device).segment(image), f"the segmentation model {name}"
-    elif (difference := geometry_difference(image, labels)) is not None:
-        raise MedSegError(f"The labelmap for finding the left ventricle does not match the graded phase's geometry: "
-                          f"it has {difference}.", code=ErrorCode.BAD_LABELS)
     else:
         segmentation = "the given segmentation"
     array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
@@ -239,6 +236,9 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     else:
         study = read_study(source, series=series)
     phases = select_phases(study, phase)
+    if lv_labels is not None and (difference := geometry_difference(study.phases[phases[0]], lv_labels)) is not None:
+        raise MedSegError(f"The labelmap for finding the left ventricle does not match the graded phase's geometry: "
+                          f"it has {difference}.", code=ErrorCode.BAD_LABELS)
     grader = grader or Grader.from_pretrained(model, device)
     progress(0.0, "model loaded")
 
