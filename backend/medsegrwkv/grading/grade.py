@@ -10,8 +10,8 @@ breath-hold): the probabilities averaged over the phases in which the slice is g
 
 Study rule (what a radiologist can act on): the study grade is the worst grade among the slice
 positions that cut the left ventricle (found in a given labelmap of the first graded phase, else by
-the default segmentation model on it; all positions when it has no weights or is switched off), together with the count and
-indices of non-diagnostic positions (score <= 2) among them. Any non-diagnostic LV slice means
+the default segmentation model on it; all positions when it has no weights or is switched off),
+together with the count and indices of non-diagnostic positions (score <= 2) among them. Any non-diagnostic LV slice means
 "repeat those slices"; moderate ones are reported but acceptable for diagnosis.
 
 Not graded: a slice with no signal (blank after normalisation) gets no score (`grade` null and a
@@ -155,7 +155,7 @@ def _lv_indices(image: sitk.Image, axis: int, device: torch.device,
         name = DEFAULT_MODELS["segmentation"]
         if weights_status(name) is not WeightsStatus.VERIFIED:
             return None, f"all slices (the segmentation model {name} has no verified weights)"
-        labels, segmentation = Segmenter.from_pretrained(name, device).segment(image), f"the segmentation model {name}"
+        labels, segmentation = Segmenter.from_pretrained(name, device).segment(image), f"the {name} segmentation"
     else:
         segmentation = "the given segmentation"
     array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
