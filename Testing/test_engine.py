@@ -431,7 +431,8 @@ def test_grade_sample(worker: Worker, study_files: Dict[str, Path]) -> None:
 
 def test_grade_refuses_lv_labels_that_are_not_the_graded_phases(worker: Worker, study_files: Dict[str, Path],
                                                                  tmp_path: Path) -> None:
-    """A labelmap for the LV slices must be one phase on the graded phase's grid: else one sentence."""
+    """A labelmap for the LV slices must be one phase on the graded phase's grid, and LV detection on:
+    else one sentence."""
     phase = sitk.ReadImage(str(study_files["phase0"]))
     cropped = sitk.Image([n - 1 for n in phase.GetSize()], sitk.sitkUInt8)
     cropped.CopyInformation(phase[:-1, :-1, :-1])
@@ -441,6 +442,9 @@ def test_grade_refuses_lv_labels_that_are_not_the_graded_phases(worker: Worker, 
         _, final = worker.call({"id": f"gl-{n}", "op": "grade", "input": str(study_files["phase0"]), "device": "cpu",
                                 "labels": str(labels)})
         assert final["type"] == "error" and final["code"] == "bad_labels" and words in final["message"], final
+    _, final = worker.call({"id": "gl-2", "op": "grade", "input": str(study_files["phase0"]), "device": "cpu",
+                            "labels": str(study_files["phase0"]), "lv_detection": False})
+    assert final["type"] == "error" and final["code"] == "bad_argument" and "one or the other" in final["message"]
 
 
 # -- process lifetime ------------------------------------------------------------------------------

@@ -236,6 +236,9 @@ def grade_study_with_pictures(source: Any, model: str | None = None, phase: int 
     else:
         study = read_study(source, series=series)
     phases = select_phases(study, phase)
+    if lv_labels is not None and not lv_detection:
+        raise MedSegError("A labelmap for finding the left ventricle was given with LV detection switched off; "
+                          "give one or the other.", code=ErrorCode.BAD_ARGUMENT)
     if lv_labels is not None and (difference := geometry_difference(study.phases[phases[0]], lv_labels)) is not None:
         raise MedSegError(f"The labelmap for finding the left ventricle does not match the graded phase's geometry: "
                           f"it has {difference}.", code=ErrorCode.BAD_LABELS)
