@@ -11,8 +11,9 @@ breath-hold): the probabilities averaged over the phases in which the slice is g
 Study rule (what a radiologist can act on): the study grade is the worst grade among the slice
 positions that cut the left ventricle (found in a given labelmap of the first graded phase, else by
 the default segmentation model on it; all positions when it has no weights or is switched off),
-together with the count and indices of non-diagnostic positions (score <= 2) among them. Any non-diagnostic LV slice means
-"repeat those slices"; moderate ones are reported but acceptable for diagnosis.
+together with the count and indices of non-diagnostic positions (score <= 2) among them. Any
+non-diagnostic LV slice means "repeat those slices"; moderate ones are reported but acceptable for
+diagnosis.
 
 Not graded: a slice with no signal (blank after normalisation) gets no score (`grade` null and a
 `not_graded` reason), because a classifier scores even an empty picture; a study with no gradable
