@@ -603,3 +603,38 @@ def test_hard_slices_draws_the_slices_the_start_gets_wrong_more_often(tmp_path, 
     with pytest.raises(MedSegError, match="3D"):
         TrainConfig(data=acdc, output=tmp_path / "bad", model="unet3d", hard_slices=1.0, init="unet3d")
     assert not (tmp_path / "bad").exists()
+
+
+def test_average_from_holds_the_rate_and_exports_the_mean_of_the_epochs_weights(tmp_path, acdc):
+    """`--average-from` (stochastic weight averaging): from that epoch the learning rate holds, and the exported
+    network is the mean of the weights at the end of each epoch since, also across a resume: a run stopped after
+    epoch 2 and resumed exports (w2 + w3) / 2, its card says so; an epoch outside the run is refused."""
+    import torch
+
+    from medsegrwkv.weights.store import load_model
+
+    out = tmp_path / "swa"
+    cfg = TrainConfig(data=acdc, output=out, model="medsegrwkv-t", epochs=3, max_cases=2, batch_size=4, crop=64,
+                      lr=1e-3, warmup_epochs=0, validate=False, device="cpu", init="medsegrwkv-t", average_from=2)
+    # epochs 1 and 2 cut short at 3 optimiser steps each (`max_steps` counts the run's steps), epoch 3 whole
+    state_dicts = []
+    for max_steps in (3, 6, None):
+        result = train_segmentation(dataclasses.replace(cfg, max_steps=max_steps), show_progress=False)
+        state_dicts.append({k: v.clone() for k, v in result["model"].state_dict().items()})
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0]["lr"] > history[1]["lr"] == history[2]["lr"]  # held where the cosine had brought it at epoch 2
+    averaged, manifest = load_model(out / "weights", "cpu")
+    assert manifest["training"]["weight_average"] == {"from_epoch": 2, "epochs_averaged": 2}
+    moved = 0
+    for name, value in averaged.state_dict().items():
+        w2, w3 = state_dicts[1][name], state_dicts[2][name]
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ((w2 + w3) / 2).half().float(), rtol=0, atol=1e-3, msg=name)
+            moved += int(not torch.equal(w2, w3))
+    assert moved > 10  # epoch 3 really moved the weights, so the mean is neither end
+    assert "the average of the network's at the end of each of its last 2 epochs" in (
+        out / "weights" / "MODEL_CARD.md").read_text()
+    with pytest.raises(MedSegError, match="--average-from takes an epoch from 1 to the run's 3, got 4"):
+        dataclasses.replace(cfg, output=tmp_path / "no", average_from=4)
+    assert not (tmp_path / "no").exists()

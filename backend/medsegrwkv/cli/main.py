@@ -260,7 +260,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for option, tasks in (("all_patients", ("segment",)), ("augmentation", ("segment", "refine")),
                           ("automatic", ("refine",)), ("teacher", ("segment",)), ("teacher_tta", ("segment",)),
-                          ("distill_weight", ("segment",)), ("dice", ("segment",)), ("hard_slices", ("segment",))):
+                          ("distill_weight", ("segment",)), ("dice", ("segment",)), ("hard_slices", ("segment",)),
+                          ("average_from", ("segment",))):
         if getattr(args, option) and args.task not in tasks:
             raise MedSegError(f"--{option.replace('_', '-')} is for `train {' or '.join(tasks)}`, not "
                               f"`train {args.task}`.", code=ErrorCode.BAD_ARGUMENT)
@@ -282,7 +283,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       teacher_tta=args.teacher_tta,
                       overrides=parse_overrides(model, args.set or []),
                       **given_options(args, "model", "epochs", "batch_size", "lr", "crop", "val_every", "seed",
-                                      "workers", "augmentation", "distill_weight", "dice", "hard_slices"))
+                                      "workers", "augmentation", "distill_weight", "dice", "hard_slices",
+                                      "average_from"))
     if args.show_config:
         return show_config(cfg)
     result = train_segmentation(cfg)
@@ -452,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment, with --init: draw the slices the starting weights get wrong more often, each in "
                         "proportion to 1 + STRENGTH x its Dice deficit / the mean deficit (default 0: every slice "
                         "once an epoch)")
+    p.add_argument("--average-from", type=int, metavar="EPOCH",
+                   help="segment: from this epoch on, hold the learning rate and export the average of the weights "
+                        "at the end of each epoch since (stochastic weight averaging: one network, flatter optimum); "
+                        "validation reports the last weights alone too")
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)

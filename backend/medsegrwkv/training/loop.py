@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 
@@ -115,26 +116,30 @@ class RunFolder:
         write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               device: torch.device, announce: bool = True) -> dict[str, Any]:
-        """The loop state to continue from, loading the checkpoint's weights and optimiser when there is one."""
+               device: torch.device, announce: bool = True, averaged: AveragedModel | None = None) -> dict[str, Any]:
+        """The loop state to continue from, loading the checkpoint's weights and optimiser when there is one
+        (and the running weight average, once the run has started one)."""
         state = new_state()
         if self.checkpoint.is_file():
             saved = torch.load(self.checkpoint, map_location=device, weights_only=True)
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            if averaged is not None and "averaged" in saved:
+                averaged.load_state_dict(saved["averaged"])
             state.update(json.loads(saved["state"]))
             if announce:
                 tqdm.write(f"resumed from {self.checkpoint} at epoch {state['epoch']}")
         return state
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             state: dict[str, Any], record: dict[str, Any]) -> None:
+             state: dict[str, Any], record: dict[str, Any], averaged: AveragedModel | None = None) -> None:
         """Checkpoint (atomically, loaded back before the rename) and append the epoch's record to history.jsonl."""
         from medsegrwkv.io.atomic import write_atomic
 
         checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "state": json.dumps(state)}
+                      "scheduler": scheduler.state_dict(), "state": json.dumps(state),
+                      **({"averaged": averaged.state_dict()} if averaged is not None else {})}
         write_atomic(self.checkpoint, lambda tmp: torch.save(checkpoint, tmp),
                      lambda tmp: torch.load(tmp, map_location="cpu", weights_only=True))
         with open(self.folder / "history.jsonl", "a") as history:

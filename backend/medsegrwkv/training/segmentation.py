@@ -3,6 +3,8 @@
 Dice + cross-entropy, AdamW with linear warm-up then cosine decay, checkpoints every epoch
 (`checkpoint.pt`, resumed automatically), validation through the deployed inference path every
 `val_every` epochs, and the best model exported as a weights folder (safetensors + manifest).
+With `average_from`, the rate holds from that epoch and the network exported is the average of the
+weights at the end of each epoch since (stochastic weight averaging, Izmailov et al., UAI 2018).
 Runs as one process or under torchrun (DistributedDataParallel).
 """
 
@@ -21,6 +23,7 @@ import torch
 from monai.data import DataLoader
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -98,6 +101,9 @@ class TrainConfig:
     # > 0: training slices drawn in proportion to 1 + hard_slices x their Dice deficit under the --init
     # weights (training.hard_slices); 0 draws every slice once an epoch
     hard_slices: float = 0.0
+    # from this epoch (1-based) on, the learning rate holds where the cosine had brought it and the weights at the
+    # end of each epoch are averaged; the average is what is validated and exported (None: no averaging)
+    average_from: int | None = None
 
     def __post_init__(self) -> None:
         check_augmentation(self.augmentation)  # before anything is loaded or written
@@ -116,6 +122,9 @@ class TrainConfig:
                               "with.", code=ErrorCode.BAD_ARGUMENT)
         if self.hard_slices > 0 and get_spec(self.model).spatial_dims != 2:
             raise MedSegError(f"--hard-slices draws 2D slices; {self.model} is a 3D model.", code=ErrorCode.BAD_ARGUMENT)
+        if self.average_from is not None and not 1 <= self.average_from <= self.epochs:
+            raise MedSegError(f"--average-from takes an epoch from 1 to the run's {self.epochs}, got "
+                              f"{self.average_from}.", code=ErrorCode.BAD_ARGUMENT)
         if not 0.0 < self.distill_weight <= 1.0:
             raise MedSegError(f"The distillation weight must lie in (0, 1], got {self.distill_weight}.",
                               code=ErrorCode.BAD_ARGUMENT)
@@ -151,7 +160,7 @@ def _seed_everything(seed: int) -> None:
 
 def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, steps: int, seconds: float,
               metrics: dict[str, float] | None, epoch: int, init: dict[str, Any] | None,
-              teacher: Teacher | None, ranges: dict[str, list[float]]) -> dict[str, Any]:
+              teacher: Teacher | None, ranges: dict[str, list[float]], averaged_epochs: int = 0) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     return {
         "name": cfg.model,
@@ -173,6 +182,8 @@ def _manifest(cfg: TrainConfig, ctx: DistContext, n_train: int, n_val: int, step
             "weight_decay": cfg.weight_decay, "crop": list(spec.roi_size) if spec.spatial_dims == 3 else cfg.crop,
             "patients": cfg.patients, "augmentation": cfg.augmentation, "dice": cfg.dice,
             **({"hard_slices": cfg.hard_slices} if cfg.hard_slices else {}),
+            **({"weight_average": {"from_epoch": cfg.average_from, "epochs_averaged": averaged_epochs}}
+               if averaged_epochs else {}),
             "seed": cfg.seed, "device": str(ctx.device),
             "processes": ctx.world_size, "wall_time_s": round(seconds, 1),
             "torch": torch.__version__,
@@ -257,11 +268,12 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
 
     net = DistributedDataParallel(model) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs)
+    scheduler = warmup_cosine(optimizer, cfg.epochs, max(1, len(loader)), cfg.warmup_epochs, cfg.average_from)
     loss_fn = segmentation_loss(cfg.dice)
+    averaged = AveragedModel(model, use_buffers=True) if cfg.average_from else None
 
     run = RunFolder(out, config=cfg)
-    state = run.resume(model, optimizer, scheduler, ctx.device, announce=show)
+    state = run.resume(model, optimizer, scheduler, ctx.device, announce=show, averaged=averaged)
     last_loss = math.nan
     started = time.time() - state["seconds"]
     stop = False
@@ -276,6 +288,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         losses, stop = train_epoch(loader, compute_loss, model, optimizer, scheduler, state, 12.0, cfg.max_steps,
                                    f"epoch {epoch + 1}/{cfg.epochs}", show)
         last_loss = float(np.mean(losses)) if losses else math.nan
+        if averaged is not None and epoch + 1 >= cfg.average_from:
+            averaged.update_parameters(model)
+        averaged_epochs = int(averaged.n_averaged) if averaged is not None else 0
+        exported = averaged.module if averaged_epochs else model  # the network this epoch validates and exports
         state["epoch"] = epoch + 1
         state["seconds"] = time.time() - started
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "loss": last_loss,
@@ -284,21 +300,23 @@ def _train(cfg: TrainConfig, ctx: DistContext, show: bool) -> dict[str, Any]:
         if ctx.is_main:
             if validate_now:
                 manifest = _manifest(cfg, ctx, len(train_cases), len(val_cases), state["step"], state["seconds"],
-                                     None, epoch + 1, init, teacher, ranges)
-                segmenter = Segmenter(model, manifest, ctx.device)
-                _, summary = evaluate_cases(segmenter, val_cases, show_progress=False)
-                model.train()
+                                     None, epoch + 1, init, teacher, ranges, averaged_epochs)
+                _, summary = evaluate_cases(Segmenter(exported, manifest, ctx.device), val_cases, show_progress=False)
                 record["validation"] = summary
+                if averaged_epochs:  # the last weights alone too: what the average adds is measured in every run
+                    _, record["validation_last_weights"] = evaluate_cases(Segmenter(model, manifest, ctx.device),
+                                                                          val_cases, show_progress=False)
+                model.train()
                 if state["best"] is None or summary["mean_dice"] > state["best"]["mean_dice"]:
                     state["best"], state["best_epoch"] = summary, epoch + 1
                     manifest["metrics"] = {"validation": {**summary, "epoch": epoch + 1,
                                                           "volumes": len(val_cases)}}
-                    export_weights(model, manifest, out / "weights", render_segmentation_card)
+                    export_weights(exported, manifest, out / "weights", render_segmentation_card)
             elif not cfg.validate:
-                export_weights(model, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"], None,
-                                                epoch + 1, init, teacher, ranges), out / "weights",
-                               render_segmentation_card)
-            run.save(model, optimizer, scheduler, state, record)
+                export_weights(exported, _manifest(cfg, ctx, len(train_cases), 0, state["step"], state["seconds"],
+                                                   None, epoch + 1, init, teacher, ranges, averaged_epochs),
+                               out / "weights", render_segmentation_card)
+            run.save(model, optimizer, scheduler, state, record, averaged)
             if show:
                 val = record.get("validation")
                 tqdm.write(f"epoch {epoch + 1}: loss {last_loss:.4f}"

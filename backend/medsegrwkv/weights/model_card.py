@@ -206,6 +206,9 @@ def _training_lines(manifest: dict[str, Any]) -> list[str]:
         f"torch {t.get('torch')}.",
         *([f"- Hard slices: each training slice drawn in proportion to 1 + {t['hard_slices']} x its Dice deficit under "
            "the starting weights / the mean deficit."] if t.get("hard_slices") else []),
+        *([f"- Weight averaging: the learning rate held from epoch {t['weight_average']['from_epoch']} on, and these "
+           f"weights the average of the network's at the end of each of its last {t['weight_average']['epochs_averaged']} "
+           "epochs (stochastic weight averaging)."] if t.get("weight_average") else []),
         *_init_lines(t.get("init")),
         *_teacher_lines(t.get("teacher")),
         *_soup_lines(t.get("averaged_from")),
