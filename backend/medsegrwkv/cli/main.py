@@ -455,9 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "proportion to 1 + STRENGTH x its Dice deficit / the mean deficit (default 0: every slice "
                         "once an epoch)")
     p.add_argument("--average-from", type=int, metavar="EPOCH",
-                   help="segment: from this epoch on, hold the learning rate and export the average of the weights "
-                        "at the end of each epoch since (stochastic weight averaging: one network, flatter optimum); "
-                        "validation reports the last weights alone too")
+                   help="segment: from this epoch on, hold the learning rate and validate and export the average of "
+                        "the weights at the end of each epoch since (stochastic weight averaging: one network, "
+                        "flatter optimum); validation reports the last weights alone too, and keeps the best epoch")
     p.add_argument("--val-every", type=int, help="validate every N epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)
