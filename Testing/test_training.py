@@ -637,4 +637,9 @@ def test_average_from_holds_the_rate_and_exports_the_mean_of_the_epochs_weights(
         out / "weights" / "MODEL_CARD.md").read_text()
     with pytest.raises(MedSegError, match="--average-from takes an epoch from 1 to the run's 3, got 4"):
         dataclasses.replace(cfg, output=tmp_path / "no", average_from=4)
+    from cli_helpers import assert_user_error, run_cli
+
+    for command in (("train", "grade", "--average-from", "3"), ("train", "--data", str(acdc), "--epochs", "3",
+                                                               "--average-from", "0")):
+        assert_user_error(run_cli(*command, "--output", str(tmp_path / "no")), "--average-from")
     assert not (tmp_path / "no").exists()
