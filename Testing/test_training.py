@@ -609,8 +609,6 @@ def test_average_from_holds_the_rate_and_exports_the_mean_of_the_epochs_weights(
     """`--average-from` (stochastic weight averaging): from that epoch the learning rate holds, and the exported
     network is the mean of the weights at the end of each epoch since, also across a resume: a run stopped after
     epoch 2 and resumed exports (w2 + w3) / 2, its card says so; an epoch outside the run is refused."""
-    import torch
-
     from medsegrwkv.weights.store import load_model
 
     out = tmp_path / "swa"
@@ -626,13 +624,16 @@ def test_average_from_holds_the_rate_and_exports_the_mean_of_the_epochs_weights(
     assert history[0]["lr"] > history[1]["lr"] == history[2]["lr"]  # held where the cosine had brought it at epoch 2
     averaged, manifest = load_model(out / "weights", "cpu")
     assert manifest["training"]["weight_average"] == {"from_epoch": 2, "epochs_averaged": 2}
-    moved = 0
+    # the export is float16: the mean, rounded as the export rounds it, matches all but a rare tie of rounding,
+    # while the last weights alone differ in most entries (epoch 3 really moved them)
+    entries = off_mean = off_last = 0
     for name, value in averaged.state_dict().items():
-        w2, w3 = state_dicts[1][name], state_dicts[2][name]
         if value.is_floating_point():
-            torch.testing.assert_close(value, ((w2 + w3) / 2).half().float(), rtol=0, atol=1e-3, msg=name)
-            moved += int(not torch.equal(w2, w3))
-    assert moved > 10  # epoch 3 really moved the weights, so the mean is neither end
+            w2, w3 = state_dicts[1][name].cpu(), state_dicts[2][name].cpu()
+            entries += value.numel()
+            off_mean += int((value != ((w2 + w3) / 2).half().float()).sum())
+            off_last += int((value != w3.half().float()).sum())
+    assert off_mean < 0.01 * entries and off_last > 0.5 * entries, (off_mean, off_last, entries)
     assert "the average of the network's at the end of each of its last 2 epochs" in (
         out / "weights" / "MODEL_CARD.md").read_text()
     with pytest.raises(MedSegError, match="--average-from takes an epoch from 1 to the run's 3, got 4"):
