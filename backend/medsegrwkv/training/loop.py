@@ -125,7 +125,7 @@ class RunFolder:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-            if averaged is not None and "averaged" in saved:
+            if averaged is not None:  # a run with averaging saves its average in every checkpoint
                 averaged.load_state_dict(saved["averaged"])
             state.update(json.loads(saved["state"]))
             if announce:
