@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,27 @@ def test_bad_roi(tmp_path, volume, roi, word):
     assert not out.exists()
     result = run_cli("segment", str(volume), "-o", str(out), "--roi", roi)
     assert_user_error(result, word)
+
+
+@pytest.mark.parametrize("command,case", [("segment", "roi_outside"), ("segment", "unreadable_input"),
+                                          ("segment", "output_is_a_folder"), ("grade", "unreadable_input"),
+                                          ("function", "unreadable_input")])
+def test_a_refused_request_does_not_import_the_network_libraries(tmp_path, volume, command, case):
+    """A refused request does not keep the user waiting for torch and MONAI (seconds to import)."""
+    out, source = tmp_path / ("labels.nii.gz" if command == "segment" else "report.json"), volume
+    options = ["--roi", "900,900,0,950,950,5" if case == "roi_outside" else "0,0,0,10,10,3"] if command == "segment" else []
+    if case == "unreadable_input":
+        source = tmp_path / "broken.nii.gz"
+        source.write_bytes(b"not a NIfTI file")
+    elif case == "output_is_a_folder":
+        out.mkdir()
+    code = ("import sys; from medsegrwkv.cli.main import main; "
+            f"code = main({[command, str(source), '-o', str(out), *options]!r}); "
+            "print(code, [m for m in ('torch', 'monai') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "2 []", result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not out.is_file()
 
 
 def test_unknown_model_and_device(tmp_path, volume):

@@ -45,7 +45,6 @@ def info_cfg_body_size(study: Any) -> tuple[float | None, float | None, str | No
 
 
 def cmd_function(args: argparse.Namespace) -> int:
-    from medsegrwkv.function.study import study_function
     from medsegrwkv.io import read_study
 
     output, csv_path, png_path = check_report_outputs(args.output, args.csv, args.png)
@@ -57,6 +56,9 @@ def cmd_function(args: argparse.Namespace) -> int:
     height, weight, info = args.height_cm, args.weight_kg, None
     if height is None and weight is None:  # flags first, then the DICOM headers (study_function), then Info.cfg
         height, weight, info = info_cfg_body_size(study)
+    # the network's libraries (torch, MONAI: seconds to import) only once the input is known to be sound
+    from medsegrwkv.function.study import study_function
+
     segmenter = None
     if args.labels:
         labels = [image for path in args.labels for image in read_study(path).phases]

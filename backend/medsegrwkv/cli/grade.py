@@ -67,13 +67,15 @@ def print_table(report: dict[str, Any], file=None) -> None:
 
 # -- grade ------------------------------------------------------------------------------------
 def cmd_grade(args: argparse.Namespace) -> int:
-    from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, read_lv_labels, strip_picture
     from medsegrwkv.io import read_study, select_phases
     from medsegrwkv.io.montage import save_png_atomic
 
     output, csv_path, png_path = check_report_outputs(args.output, args.csv, args.png)
     study = read_study(args.input, series=args.series)  # input errors before the model is loaded
     phases = select_phases(study, args.phase)
+    # the network's libraries (torch, MONAI: seconds to import) only once the input is known to be sound
+    from medsegrwkv.grading.grade import Grader, grade_study_with_pictures, read_lv_labels, strip_picture
+
     lv_labels = read_lv_labels(args.labels, len(study.phases), phases[0]) if args.labels else None
     grader = Grader.from_pretrained(args.weights or args.model, args.device)
     with progress_bar(100, "grade") as bar:

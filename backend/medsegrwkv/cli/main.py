@@ -1,7 +1,9 @@
 """`medsegrwkv`: segment cardiac cine MRI, list models, train, evaluate, run the demo.
 
 Every user mistake ends in one sentence on stderr and exit code 2, with no output file left
-behind; heavy libraries are imported inside commands so that `--help` is instant.
+behind. Heavy libraries are imported inside commands, so that `--help` is instant, and `segment`,
+`grade` and `function` import torch and MONAI (seconds) only after the input, the output and the ROI
+have passed their checks, so that a refused request is answered at once.
 """
 
 from __future__ import annotations
@@ -23,12 +25,8 @@ EXIT_USER_ERROR = 2
 
 # -- segment ---------------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
-    from medsegrwkv.inference.device import describe_device
-    from medsegrwkv.inference.segmenter import Segmenter
-    from medsegrwkv.inference.study import resolve_roi, segment_study
     from medsegrwkv.io import SUPPORTED_SUFFIXES, read_study, select_phases, write_labelmap
-    from medsegrwkv.nets.registry import DEFAULT_MODELS
-    from medsegrwkv.preprocess import parse_voxel_roi
+    from medsegrwkv.preprocess import parse_voxel_roi, resolve_roi
 
     output = Path(args.output)
     check_output(output, SUPPORTED_SUFFIXES)
@@ -40,6 +38,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     phases = select_phases(study, args.phase)
     roi = resolve_roi(study.phases[phases[0]], voxels=[*voxels.start, *voxels.stop] if voxels else None,
                       ras=_floats(args.roi_ras, 6, "--roi-ras") if args.roi_ras else None)
+    # the network's libraries (torch, MONAI: seconds to import) only once the request is known to be sound
+    from medsegrwkv.inference.device import describe_device
+    from medsegrwkv.inference.segmenter import Segmenter
+    from medsegrwkv.inference.study import segment_study
+    from medsegrwkv.nets.registry import DEFAULT_MODELS
+
     segmenter = Segmenter.from_pretrained(args.weights or args.model or DEFAULT_MODELS["segmentation"], args.device)
     print(f"{study.description}; model {segmenter.manifest['name']} on {describe_device(segmenter.device)}",
           file=sys.stderr)

@@ -137,9 +137,10 @@ class Operations:
     def segment(self, fields: Json, progress: ProgressFn, cancel: CancelFn) -> Json:
         """Segment one phase or every phase of a study and write the labelmap atomically."""
         from medsegrwkv.inference.device import describe_device
-        from medsegrwkv.inference.study import resolve_roi, segment_study
+        from medsegrwkv.inference.study import segment_study
         from medsegrwkv.io import read_study, select_phases, write_labelmap
         from medsegrwkv.nets.registry import DEFAULT_MODELS
+        from medsegrwkv.preprocess import resolve_roi
 
         started = time.time()
         output = _labelmap_output(fields["output"])

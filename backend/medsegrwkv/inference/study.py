@@ -2,7 +2,7 @@
 `segment` op, `function` and `segment-cohort` all call, so that they cannot drift apart.
 
 A study is read once (medsegrwkv.io.read_study); the ROI is resolved against its first selected
-phase; every selected phase is segmented with one loaded Segmenter; the answer carries the
+phase (medsegrwkv.preprocess.resolve_roi); every selected phase is segmented with one loaded Segmenter; the answer carries the
 labelmaps, their volumes per structure and every plausibility warning. Writing is left to the
 caller (a labelmap file, a Slicer segmentation sequence, a function report).
 """
@@ -16,31 +16,11 @@ from typing import Any, Sequence
 import SimpleITK as sitk
 import torch
 
-from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.inference.plausibility import input_warnings, label_volumes_ml, result_warnings
 from medsegrwkv.inference.segmenter import Segmenter
 from medsegrwkv.io import Study
-from medsegrwkv.preprocess import Roi, roi_from_ras_box, slice_layout
+from medsegrwkv.preprocess import Roi, slice_layout
 from medsegrwkv.progress import CancelFn, ProgressFn, check_cancel, never_cancelled, no_progress
-
-
-def resolve_roi(image: sitk.Image, voxels: Sequence[int] | None = None,
-                ras: Sequence[float] | None = None) -> Roi | None:
-    """The ROI of a request, given either as a voxel box `i0,j0,k0,i1,j1,k1` (stop exclusive) or as
-    a box in RAS millimetres `r0,a0,s0,r1,a1,s1`, clipped to the image; None when neither is given."""
-    if voxels is not None and ras is not None:
-        raise MedSegError("Give the ROI either as voxels or in RAS millimetres, not both.", code=ErrorCode.BAD_ROI)
-    if voxels is not None:
-        if len(voxels) != 6 or not all(isinstance(v, int) and not isinstance(v, bool) for v in voxels):
-            raise MedSegError("A voxel ROI must be six integers i0,j0,k0,i1,j1,k1.", code=ErrorCode.BAD_ROI)
-        return Roi(tuple(voxels[:3]), tuple(voxels[3:])).clipped(image.GetSize())  # type: ignore[arg-type]
-    if ras is not None:
-        if len(ras) != 6 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ras):
-            raise MedSegError("A RAS ROI must be six numbers r0,a0,s0,r1,a1,s1 in millimetres.",
-                              code=ErrorCode.BAD_ROI)
-        values = [float(v) for v in ras]
-        return roi_from_ras_box(image, tuple(values[:3]), tuple(values[3:]))  # type: ignore[arg-type]
-    return None
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from monai.transforms import ScaleIntensityRangePercentiles
 
 FLOAT32_SAFE = float(np.finfo(np.float32).max) / 1e3  # room for the percentile arithmetic
 
@@ -23,5 +22,8 @@ def normalize_intensity(array: np.ndarray, lower: float = 1.0, upper: float = 99
     lo, hi = np.percentile(array, [lower, upper])
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
         return np.zeros_like(array)
+    # imported here: MONAI's import takes seconds, and a command that rejects its input should not wait on it
+    from monai.transforms import ScaleIntensityRangePercentiles
+
     scale = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=1.0, clip=True)
     return np.asarray(scale(array[None]))[0].astype(np.float32)

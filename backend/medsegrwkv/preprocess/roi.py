@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -74,3 +75,22 @@ def paste_from_roi(labels: sitk.Image, roi: Roi, reference: sitk.Image) -> sitk.
     out = sitk.GetImageFromArray(full)
     out.CopyInformation(reference)
     return out
+
+
+def resolve_roi(image: sitk.Image, voxels: Sequence[int] | None = None,
+                ras: Sequence[float] | None = None) -> Roi | None:
+    """The ROI of a request, given either as a voxel box `i0,j0,k0,i1,j1,k1` (stop exclusive) or as
+    a box in RAS millimetres `r0,a0,s0,r1,a1,s1`, clipped to the image; None when neither is given."""
+    if voxels is not None and ras is not None:
+        raise MedSegError("Give the ROI either as voxels or in RAS millimetres, not both.", code=ErrorCode.BAD_ROI)
+    if voxels is not None:
+        if len(voxels) != 6 or not all(isinstance(v, int) and not isinstance(v, bool) for v in voxels):
+            raise MedSegError("A voxel ROI must be six integers i0,j0,k0,i1,j1,k1.", code=ErrorCode.BAD_ROI)
+        return Roi(tuple(voxels[:3]), tuple(voxels[3:])).clipped(image.GetSize())  # type: ignore[arg-type]
+    if ras is not None:
+        if len(ras) != 6 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ras):
+            raise MedSegError("A RAS ROI must be six numbers r0,a0,s0,r1,a1,s1 in millimetres.",
+                              code=ErrorCode.BAD_ROI)
+        values = [float(v) for v in ras]
+        return roi_from_ras_box(image, tuple(values[:3]), tuple(values[3:]))  # type: ignore[arg-type]
+    return None
