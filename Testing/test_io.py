@@ -237,6 +237,55 @@ def test_two_series_must_be_chosen(data: Path, tmp_path: Path) -> None:
         assert len(study.phases) == 2 and study.phases[0].GetSize() == (256, 256, 3)
         assert study.files is not None and {int(f.stem) for f in study.files[0]} == files
     expect_error("No DICOM series .* matches '302'", folder, series="302")
+    expect_error("holds more than one slice position", folder, series="300,301")
+
+
+def split_a_slice_per_series(folder: Path) -> list[str]:
+    """Rewrite a one-series cine as scanners store slice-by-slice breath-holds: a series per slice
+    position (numbers 100, 101, ... from base to apex in file order). Returns the series numbers."""
+    files = sorted(folder.glob("*.dcm"), key=lambda f: int(f.stem))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        headers = {f: dicom_header(f) for f in files}
+        positions = list(dict.fromkeys(tuple(np.round(np.array(h.ImagePositionPatient, float), 3))
+                                       for h in headers.values()))
+        for f, ds in headers.items():
+            k = positions.index(tuple(np.round(np.array(ds.ImagePositionPatient, float), 3)))
+            ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.{500 + k}"
+            ds.SeriesNumber, ds.SeriesDescription = 100 + k, f"SAX {k + 1}"
+            ds.save_as(f)
+    return [str(100 + k) for k in range(len(positions))]
+
+
+def test_a_stack_stored_a_slice_per_series_reads_as_one(cine: Study, tmp_path: Path) -> None:
+    folder = dicom_copy(tmp_path, list(range(1, 241)))
+    numbers = split_a_slice_per_series(folder)
+    assert len(numbers) == 12
+
+    def assert_same_cine(study: Study) -> None:
+        assert len(study.phases) == 20 and "a slice each" in study.description
+        for phase, original in zip(study.phases, cine.phases):
+            assert_same_geometry(phase, original)
+            np.testing.assert_array_equal(array(phase), array(original))
+        np.testing.assert_allclose(study.trigger_times, cine.trigger_times)
+
+    assert_same_cine(read_study(folder))  # the folder is one stack: read without asking
+    # beside a localizer (another plane), the stack is named in the question and read when given
+    localizer = folder / "localizer.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dicom_header(folder / "1.dcm")
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = "1.2.826.0.1.3680043.8.498.499", 99, "LOC"
+        ds.SOPInstanceUID, ds.ImageOrientationPatient = "1.2.826.0.1.3680043.8.498.4991", [1, 0, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [float(v) + 40.0 for v in ds.ImagePositionPatient]
+        ds.save_as(localizer)
+    error = expect_error("holds 13 DICOM series", folder)
+    assert f"Series {', '.join(numbers)} hold a slice each" in str(error) and f"--series {','.join(numbers)}." in str(error)
+    assert_same_cine(read_study(folder, series=",".join(numbers)))
+    part = read_study(folder, series=",".join(numbers[2:7]))  # a sub-stack is the user's to choose
+    assert part.phases[0].GetSize() == (256, 256, 5)
+    expect_error("names series 100 twice", folder, series="100,101,100")
+    expect_error("mixes image orientations", folder, series="99,100")
 
 
 def test_bad_dicom_folders(data: Path, tmp_path: Path) -> None:

@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM folder")
     p.add_argument("-o", "--output", required=True, help="labelmap to write (.nii.gz, .nrrd, .mha, ...)")
     p.add_argument("--phase", type=int, help="segment only this cardiac phase (0-based)")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series; "
+                   "several, comma-separated, for a short-axis stack stored a slice per series")
     p.add_argument("--roi", metavar="i0,j0,k0,i1,j1,k1", help="voxel box to segment (start inclusive, stop "
                    "exclusive, in the input's index order); outside it the labelmap is background")
     p.add_argument("--roi-ras", metavar="r0,a0,s0,r1,a1,s1", help="the same box given as two RAS corners in mm")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _TAGS = [
     "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Rows", "Columns",
     "ImagePositionPatient", "ImageOrientationPatient", "TriggerTime", "InstanceNumber",
-    "NumberOfFrames", "SOPInstanceUID",
+    "NumberOfFrames", "SOPInstanceUID", "PixelSpacing",
 ]
 POSITION_TOLERANCE_MM = 0.01  # files closer than this along the normal share a slice position
 
@@ -48,6 +48,7 @@ class _Header:
     frames: int
     sop_uid: str
     frame: int = -1  # the image's frame in a multi-frame file; -1 for a single-frame file
+    pixel_spacing: tuple[float, float] | None = None  # a classic file's (rows, columns) mm
 
 
 class DicomCine(NamedTuple):
@@ -95,12 +96,23 @@ def read_header(path: Path) -> _Header | None:
                 instance_number=int(_number(ds.get("InstanceNumber"), 0.0) or 0),
                 frames=int(_number(ds.get("NumberOfFrames"), 1.0) or 1),
                 sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+                pixel_spacing=_pixel_spacing(ds.get("PixelSpacing")),
             )
     except Exception:
         return None
 
 
+def _pixel_spacing(value: object) -> tuple[float, float] | None:
+    spacing = _vector(value, 2)
+    return None if spacing is None else (round(float(spacing[0]), 4), round(float(spacing[1]), 4))
+
+
 def _series_label(headers: list[_Header]) -> str:
+    if len({h.series_uid for h in headers}) > 1:  # a stack stored a slice per series
+        numbers = sorted({h.series_number or "?" for h in headers}, key=lambda n: (_number(n, np.inf), n))
+        values = [_number(n) for n in numbers]
+        consecutive = all(v is not None for v in values) and np.array_equal(np.diff(values), np.ones(len(values) - 1))
+        return f"series {f'{numbers[0]}-{numbers[-1]}' if consecutive else ', '.join(numbers)} (a slice each)"
     head = headers[0]
     label = f"series {head.series_number or '?'}"
     return f"{label} '{head.series_description}'" if head.series_description else label
@@ -112,26 +124,76 @@ def _listing(groups: dict[str, list[_Header]]) -> str:
     )
 
 
+def _one_slice(headers: list[_Header]) -> bool:
+    """Whether a series of classic files holds a single slice position (a cine of one slice)."""
+    if any(h.frames > 1 or h.position is None or h.orientation is None for h in headers):
+        return False
+    orientation = headers[0].orientation
+    return len(_group_positions(headers, np.cross(orientation[:3], orientation[3:]))) == 1  # type: ignore[index]
+
+
+def _split_stack(groups: dict[str, list[_Header]]) -> list[str]:
+    """The series that together make one short-axis stack stored a slice per series, as scanners
+    do when each slice is its own breath-hold: a slice position each, one orientation, image size,
+    pixel size and phase count, and different positions. Empty when there is none, or several."""
+    alike: dict[tuple, list[str]] = {}
+    for uid, headers in groups.items():
+        if _one_slice(headers):
+            head = headers[0]
+            key = (tuple(np.round(head.orientation, 3)), head.size, head.pixel_spacing, len(headers))  # type: ignore[arg-type]
+            alike.setdefault(key, []).append(uid)
+    stacks = []
+    for uids in alike.values():
+        heads = [groups[uid][0] for uid in uids]
+        orientation = heads[0].orientation
+        if len(uids) > 1 and len(_group_positions(heads, np.cross(orientation[:3], orientation[3:]))) == len(uids):  # type: ignore[index]
+            stacks.append(uids)
+    return stacks[0] if len(stacks) == 1 else []
+
+
 def _choose_series(groups: dict[str, list[_Header]], series: str | None, folder: Path) -> list[_Header]:
+    """The headers of the series to read: the only one, the ones `series` names (a number or UID, or
+    several, comma-separated, for a stack stored a slice per series), or a folder that is one such stack."""
     if series is None:
         if len(groups) == 1:
             return next(iter(groups.values()))
+        stack = _split_stack(groups)
+        if len(stack) == len(groups):
+            return [h for uid in stack for h in groups[uid]]
+        numbers = [groups[uid][0].series_number for uid in stack]
+        names = numbers if len(set(numbers)) == len(numbers) and all(numbers) else stack
+        hint = (f" Series {', '.join(names)} hold a slice each of one short-axis stack; to read them as one, "
+                f"give them together: --series {','.join(names)}.") if stack else ""
         raise MedSegError(
             f"The folder {folder} holds {len(groups)} DICOM series, choose one with --series "
-            f"(series number or UID): {_listing(groups)}.", code=ErrorCode.BAD_INPUT
+            f"(series number or UID): {_listing(groups)}.{hint}", code=ErrorCode.BAD_INPUT
         )
-    chosen = [uid for uid, hs in groups.items() if series.strip() in (uid, hs[0].series_number)]
-    if len(chosen) == 1:
-        return groups[chosen[0]]
+    chosen: list[str] = []
+    for name in [part.strip() for part in series.split(",") if part.strip()]:
+        matches = [uid for uid, hs in groups.items() if name in (uid, hs[0].series_number)]
+        if not matches:
+            raise MedSegError(
+                f"No DICOM series in {folder} matches '{name}'; the folder holds: {_listing(groups)}.",
+                code=ErrorCode.BAD_INPUT
+            )
+        if len(matches) > 1:
+            raise MedSegError(
+                f"Several DICOM series in {folder} have series number {name}, choose one by its UID "
+                f"with --series: {_listing({uid: groups[uid] for uid in matches})}.", code=ErrorCode.BAD_INPUT
+            )
+        if matches[0] in chosen:
+            raise MedSegError(f"--series names series {name} twice.", code=ErrorCode.BAD_INPUT)
+        chosen.append(matches[0])
     if not chosen:
+        raise MedSegError("--series is empty; give a series number or UID.", code=ErrorCode.BAD_INPUT)
+    several = next((uid for uid in chosen if not _one_slice(groups[uid])), None) if len(chosen) > 1 else None
+    if several is not None:
         raise MedSegError(
-            f"No DICOM series in {folder} matches '{series}'; the folder holds: {_listing(groups)}.",
+            f"--series names {len(chosen)} series, but {_series_label(groups[several])} holds more than one "
+            "slice position; several series are read as one stack only when each holds one slice.",
             code=ErrorCode.BAD_INPUT
         )
-    raise MedSegError(
-        f"Several DICOM series in {folder} have series number {series}, choose one by its UID "
-        f"with --series: {_listing({uid: groups[uid] for uid in chosen})}.", code=ErrorCode.BAD_INPUT
-    )
+    return [h for uid in chosen for h in groups[uid]]
 
 
 def _group_positions(headers: list[_Header], normal: np.ndarray) -> list[list[_Header]]:
@@ -310,7 +372,8 @@ def _readable(path: Path) -> bool:
 
 
 def read_dicom_folder(folder: Path, series: str | None = None) -> DicomCine:
-    """Read one DICOM series found anywhere under `folder`, split into cardiac phases."""
+    """Read one DICOM series found anywhere under `folder` (or one stack stored a slice per series,
+    `_choose_series`), split into cardiac phases."""
     headers = [h for p in sorted(folder.rglob("*")) if p.is_file() and (h := read_header(p))]
     if not headers:
         raise MedSegError(f"The folder {folder} contains no DICOM images.", code=ErrorCode.BAD_INPUT)
@@ -355,6 +418,9 @@ def _read_series(headers: list[_Header], what: str) -> DicomCine:
             f"The {what} mixes image sizes; all its images must have the same rows and columns.",
             code=ErrorCode.BAD_INPUT
         )
+    if frames is None and len({h.pixel_spacing for h in headers}) > 1:
+        raise MedSegError(f"The {what} mixes pixel sizes; all its images must have the same pixel spacing.",
+                          code=ErrorCode.BAD_INPUT)
 
     normal = np.cross(orientation[:3], orientation[3:])  # type: ignore[index]
     positions = _group_positions(headers, normal)
