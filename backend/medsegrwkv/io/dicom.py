@@ -190,7 +190,8 @@ def _choose_series(groups: dict[str, list[_Header]], series: str | None, folder:
     if several is not None:
         raise MedSegError(
             f"--series names {len(chosen)} series, but {_series_label(groups[several])} holds more than one "
-            "slice position; several series are read as one stack only when each holds one slice.",
+            "slice position (or is an enhanced file); several series are read as one stack only when each holds "
+            "one slice in single-frame files.",
             code=ErrorCode.BAD_INPUT
         )
     return [h for uid in chosen for h in groups[uid]]
