@@ -2,9 +2,10 @@
 `segment` op, `function` and `segment-cohort` all call, so that they cannot drift apart.
 
 A study is read once (medsegrwkv.io.read_study); the ROI is resolved against its first selected
-phase (medsegrwkv.preprocess.resolve_roi); every selected phase is segmented with one loaded Segmenter; the answer carries the
-labelmaps, their volumes per structure and every plausibility warning. Writing is left to the
-caller (a labelmap file, a Slicer segmentation sequence, a function report).
+phase (medsegrwkv.preprocess.resolve_roi); every selected phase is segmented with one loaded
+Segmenter; the answer carries the labelmaps, their volumes per structure and every plausibility
+warning. Writing is left to the caller (a labelmap file, a Slicer segmentation sequence, a function
+report).
 """
 
 from __future__ import annotations

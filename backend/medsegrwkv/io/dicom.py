@@ -124,12 +124,16 @@ def _listing(groups: dict[str, list[_Header]]) -> str:
     )
 
 
+def _normal(header: _Header) -> np.ndarray:
+    """The slice normal of an image: the cross product of its row and column directions."""
+    return np.cross(header.orientation[:3], header.orientation[3:])  # type: ignore[index]
+
+
 def _one_slice(headers: list[_Header]) -> bool:
     """Whether a series of classic files holds a single slice position (a cine of one slice)."""
     if any(h.frames > 1 or h.position is None or h.orientation is None for h in headers):
         return False
-    orientation = headers[0].orientation
-    return len(_group_positions(headers, np.cross(orientation[:3], orientation[3:]))) == 1  # type: ignore[index]
+    return len(_group_positions(headers, _normal(headers[0]))) == 1
 
 
 def _split_stack(groups: dict[str, list[_Header]]) -> list[str]:
@@ -145,8 +149,7 @@ def _split_stack(groups: dict[str, list[_Header]]) -> list[str]:
     stacks = []
     for uids in alike.values():
         heads = [groups[uid][0] for uid in uids]
-        orientation = heads[0].orientation
-        if len(uids) > 1 and len(_group_positions(heads, np.cross(orientation[:3], orientation[3:]))) == len(uids):  # type: ignore[index]
+        if len(uids) > 1 and len(_group_positions(heads, _normal(heads[0]))) == len(uids):
             stacks.append(uids)
     return stacks[0] if len(stacks) == 1 else []
 
@@ -423,7 +426,7 @@ def _read_series(headers: list[_Header], what: str) -> DicomCine:
         raise MedSegError(f"The {what} mixes pixel sizes; all its images must have the same pixel spacing.",
                           code=ErrorCode.BAD_INPUT)
 
-    normal = np.cross(orientation[:3], orientation[3:])  # type: ignore[index]
+    normal = _normal(headers[0])
     positions = _group_positions(headers, normal)
     if len(positions) < 2:
         raise MedSegError(
