@@ -247,10 +247,10 @@ def split_a_slice_per_series(folder: Path) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         headers = {f: dicom_header(f) for f in files}
-        positions = list(dict.fromkeys(tuple(np.round(np.array(h.ImagePositionPatient, float), 3))
-                                       for h in headers.values()))
+        place = {f: tuple(np.round(np.array(ds.ImagePositionPatient, float), 3)) for f, ds in headers.items()}
+        positions = list(dict.fromkeys(place.values()))
         for f, ds in headers.items():
-            k = positions.index(tuple(np.round(np.array(ds.ImagePositionPatient, float), 3)))
+            k = positions.index(place[f])
             ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.{500 + k}"
             ds.SeriesNumber, ds.SeriesDescription = 100 + k, f"SAX {k + 1}"
             ds.save_as(f)
