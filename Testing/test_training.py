@@ -252,8 +252,8 @@ def test_default_models_card_shows_the_comparison_that_made_it_the_default():
 
 def test_mild_augmentation_leaves_out_the_simulated_scanners():
     """'mild' (what trained the bundled default) is 'wide' without the other-scanner looks; both
-    keep the orientations; 'appearance' has the looks on mild's geometry; a misspelt strength is
-    refused."""
+    keep the orientations; 'appearance' has the looks on mild's geometry, 'geometry' mild's looks on
+    wide's geometry; a misspelt strength is refused."""
     from medsegrwkv.training.data import augmentation
 
     def transforms(strength: str) -> list:
@@ -270,6 +270,7 @@ def test_mild_augmentation_leaves_out_the_simulated_scanners():
     assert scanners <= names("wide") and not scanners & names("mild")
     assert names("appearance") == names("wide")
     assert affine_range("appearance") == affine_range("mild") != affine_range("wide")
+    assert names("geometry") == names("mild") and affine_range("geometry") == affine_range("wide")
     assert {"RandFlipd", "RandRotate90d", "RandAffined"} <= names("mild") & names("wide")
     with pytest.raises(MedSegError, match="augmentation"):
         augmentation(2, (64, 64), 0, "strong")

@@ -246,7 +246,7 @@ def main() -> None:
     t.add_argument("--init", default="medsegrwkv-t",
                    help="starting weights of the jobs that name none: a registered name, a folder, or none")
     t.add_argument("--job", action="append", required=True,
-                   help="NAME:seed=N[,lr=X][,batch=N][,patients=all][,augmentation=wide|appearance][,model=medsegrwkv-s]"
+                   help="NAME:seed=N[,lr=X][,batch=N][,patients=all][,augmentation=wide|appearance|geometry][,model=medsegrwkv-s]"
                         "[,init=FOLDER|none][,teacher=FOLDER|NAME][,teacher_tta=1][,distill=0.5][,dice=batch]"
                         "[,in_channels=3][,deep_supervision=1]; one process each (default: "
                         "medsegrwkv-t from --init on the training split, mild augmentation, lr 6e-4, batch 16)")

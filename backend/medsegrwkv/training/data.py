@@ -9,8 +9,9 @@ histogram shift, bias field, Rician noise, blur and Gibbs ringing). That is the 
 augmentation, the default; "mild" keeps the orientations, small rotations and scales and light
 intensity changes: in short fine-tuning cycles from the bundled weights it scored 0.3 points of
 validation Dice higher, at no measured cost under the simulated scanners (docs/medsegrwkv.md).
-"appearance" is "mild"'s geometry with "wide"'s scanner looks: it separates what the looks cost
-from what the larger rotations and scales cost.
+"appearance" is "mild"'s geometry with "wide"'s scanner looks, and "geometry" "wide"'s rotations and
+scales with "mild"'s looks: together they separate what the looks cost from what the larger
+rotations and scales cost.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
     return volumes
 
 
-AUGMENTATIONS = ("wide", "mild", "appearance")
+AUGMENTATIONS = ("wide", "mild", "appearance", "geometry")
 
 
 def check_augmentation(strength: str) -> None:
@@ -60,9 +61,10 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
     vary in: larger rotations and scales, lower resolution, gamma 0.6-1.8, histogram shift, Rician
     noise and Gibbs ringing. `context` > 0: a 2.5D input whose neighbour channels are also reversed
     at random, since the slice order of a study (base to apex or back) depends on how its in-plane
-    axes were flipped. "appearance" takes "mild"'s geometry and "wide"'s scanner looks."""
+    axes were flipped. "appearance" takes "mild"'s geometry and "wide"'s scanner looks, "geometry"
+    "wide"'s geometry and "mild"'s looks."""
     check_augmentation(strength)
-    wide_geometry = strength == "wide"
+    wide_geometry = strength in ("wide", "geometry")
     looks = strength in ("wide", "appearance")  # the other scanners' looks
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
     angle, zoom = (np.pi / 6, 0.3) if wide_geometry else (np.pi / 12, 0.15)
