@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -378,6 +379,20 @@ def test_gpu_cycles_recipe_trains_on_the_prepared_split_without_the_imaging_libr
         scratch = json.load(tar.extractfile("weights_Z/manifest.json"))
     assert scratch["architecture"] == "medsegrwkv-s" and scratch["training"]["batch_size"] == 4
     assert scratch["training"].get("init") is None
+
+
+def test_gpu_cycles_jobs_average_the_last_share_of_their_epochs():
+    """A job's epochs are sized on the GPU machine from its step time, so weight averaging is asked for
+    as a share of them: `average=0.3` of 20 epochs averages epochs 15-20; a share outside 0-1 is refused."""
+    spec = importlib.util.spec_from_file_location("gpu_cycles", REPO / "recipes" / "gpu_cycles.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    name, job = recipe.parse_job("A:seed=3,average=0.3,in_channels=3", "medsegrwkv-t")
+    assert (name, job["average"], job["overrides"]) == ("A", 0.3, {"in_channels": 3})
+    assert [recipe.average_from(e, 0.3) for e in (20, 10, 2, 1)] == [15, 8, 2, 1]
+    assert recipe.average_from(20, recipe.parse_job("B:seed=3", "medsegrwkv-t")[1]["average"]) is None
+    with pytest.raises(SystemExit, match="share of the epochs"):
+        recipe.parse_job("C:average=1.5", "medsegrwkv-t")
 
 
 def test_distillation_pulls_the_student_towards_its_teacher(tmp_path, acdc):

@@ -12,7 +12,8 @@ libraries (SimpleITK, nibabel, pydicom), within a fixed wall-clock budget.
 Every job runs the project's trainer (`training.segmentation`: medsegrwkv-t from --init on the
 training split, mild augmentation and lr 6e-4 unless the job says otherwise, batch 16, crop 160, no
 validation there) on the prepared volumes, and sizes its cosine schedule from its own measured step
-time beside the others, so that the schedule ends before the budget. Each job's weights come back as
+time beside the others, so that the schedule ends before the budget; `average=F` holds the rate over
+the last share F of those epochs and exports the mean of their weights (`train --average-from`). Each job's weights come back as
 `weights_<name>.tar` (in parts when over 15 MiB); validate them here with `medsegrwkv evaluate`.
 Afterwards `bash recipes/gpu_carry_tree.sh back`. Sessions 17-19 ran this on a lent H200
 (docs/medsegrwkv.md, 'Levers measured'); each default since session 18 is a `patients=all` job whose
@@ -94,12 +95,12 @@ def parse_job(text: str, init: str) -> tuple[str, dict]:
     name, _, spec = text.partition(":")
     job: dict = {"seed": 0, "lr": 6e-4, "patients": "train", "augmentation": "mild", "model": "medsegrwkv-t",
                  "batch": 16, "init": init, "teacher": None, "teacher_tta": False, "distill": 0.5, "dice": "sample",
-                 "overrides": {}}
+                 "average": 0.0, "overrides": {}}
     for item in filter(None, spec.split(",")):
         key, value = item.split("=")
         if key in ("seed", "batch"):
             job[key] = int(value)
-        elif key in ("lr", "distill"):
+        elif key in ("lr", "distill", "average"):
             job[key] = float(value)
         elif key == "teacher_tta":
             job[key] = bool(int(value))
@@ -107,9 +108,17 @@ def parse_job(text: str, init: str) -> tuple[str, dict]:
             job[key] = value
         else:
             job["overrides"][key] = bool(int(value)) if key == "deep_supervision" else int(value)
+    if not 0.0 <= job["average"] < 1.0:
+        raise SystemExit(f"[{name}] average={job['average']}: give the share of the epochs to average, 0 to 1.")
     if job["init"] == "none":
         job["init"] = None  # from random weights
     return name, job
+
+
+def average_from(epochs: int, share: float) -> int | None:
+    """The first epoch whose weights join the average when the last `share` of `epochs` are averaged
+    (at least the last epoch); None when nothing is averaged."""
+    return epochs - max(1, round(share * epochs)) + 1 if share else None
 
 
 def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) -> None:
@@ -169,7 +178,8 @@ def run_job(folder: Path, name: str, job: dict, deadline: float, device: str) ->
     epochs = max(1, int(left / (per_epoch * step * 1.05 + 1.0)))
     print(f"[{name}] {step * 1000:.0f} ms a step, {per_epoch} steps an epoch, {left:.0f} s left: {epochs} epochs",
           flush=True)
-    segmentation.train_segmentation(dataclasses.replace(cfg, epochs=epochs), show_progress=False)
+    segmentation.train_segmentation(
+        dataclasses.replace(cfg, epochs=epochs, average_from=average_from(epochs, job["average"])), show_progress=False)
     print(f"[{name}] done", flush=True)
 
 
@@ -248,7 +258,7 @@ def main() -> None:
     t.add_argument("--job", action="append", required=True,
                    help="NAME:seed=N[,lr=X][,batch=N][,patients=all][,augmentation=wide|appearance|geometry][,model=medsegrwkv-s]"
                         "[,init=FOLDER|none][,teacher=FOLDER|NAME][,teacher_tta=1][,distill=0.5][,dice=batch]"
-                        "[,in_channels=3][,deep_supervision=1]; one process each (default: "
+                        "[,average=0.3][,in_channels=3][,deep_supervision=1]; one process each (default: "
                         "medsegrwkv-t from --init on the training split, mild augmentation, lr 6e-4, batch 16)")
     args = parser.parse_args()
     prepare(args.folder, args.data, args.patients) if args.command == "prepare" else train(args)
