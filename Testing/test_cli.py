@@ -152,6 +152,8 @@ def test_dicom_folder_with_two_series_asks_which(tmp_path, sunnybrook):
 
 
 def test_segment_cine_dicom_writes_4d_labelmap_and_phase_selects_one(tmp_path):
+    from medsegrwkv.inference.plausibility import label_volumes_ml
+    from medsegrwkv.inference.postprocess import systolic_phases
     from medsegrwkv.io import read_study, sample_data_dir
 
     dicom = sample_data_dir() / "SCD0000101" / "dicom"
@@ -161,12 +163,15 @@ def test_segment_cine_dicom_writes_4d_labelmap_and_phase_selects_one(tmp_path):
     labels = sitk.ReadImage(str(out4d))
     assert labels.GetDimension() == 4 and labels.GetSize() == (*study.phases[0].GetSize(), 2)
     np.testing.assert_allclose(labels.GetSpacing()[:3], study.phases[0].GetSpacing(), atol=1e-4)
-    assert main(["segment", str(dicom), "-o", str(out3d), "--phase", "1", "--device", "cpu"]) == 0
+    # a phase alone gets the basal-RV trim, as the cine's systolic phase does (its diastolic one does not)
+    cine = [sitk.GetImageFromArray(a) for a in sitk.GetArrayFromImage(labels)]
+    k = systolic_phases([label_volumes_ml(phase)[3] for phase in cine]).index(True)
+    assert main(["segment", str(dicom), "-o", str(out3d), "--phase", str(k), "--device", "cpu"]) == 0
     one = sitk.ReadImage(str(out3d))
-    assert one.GetSize() == study.phases[1].GetSize()
-    np.testing.assert_allclose(one.GetOrigin(), study.phases[1].GetOrigin(), atol=1e-3)
-    np.testing.assert_allclose(one.GetDirection(), study.phases[1].GetDirection(), atol=1e-6)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(one), sitk.GetArrayFromImage(labels)[1])
+    assert one.GetSize() == study.phases[k].GetSize()
+    np.testing.assert_allclose(one.GetOrigin(), study.phases[k].GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(one.GetDirection(), study.phases[k].GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(one), sitk.GetArrayFromImage(labels)[k])
     assert set(np.unique(sitk.GetArrayFromImage(one))) == {0, 1, 2, 3}
     assert main(["segment", str(dicom), "-o", str(out3d), "--phase", "5"]) == 2
 

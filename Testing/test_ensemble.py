@@ -91,7 +91,7 @@ def test_ensemble_weights_joins_real_networks_and_refuses_what_cannot_be_one(tmp
         for (key, a), b in zip(member.state_dict().items(), original.state_dict().values()):
             assert torch.equal(a, b), key
     assert [m["weight"] for m in manifest["training"]["ensemble_of"]] == pytest.approx([2 / 3, 1 / 3])
-    assert manifest["training"]["patients"] == "all"  # the bundled RWKV network saw every patient
+    assert manifest["training"]["patients"] == "train"  # neither bundled network saw the validation patients
     assert "metrics" not in manifest
     card = (out / "MODEL_CARD.md").read_text()
     assert "probability ensemble of 2 networks" in card and "vote 0.67" in card and "Not validated yet" in card
@@ -127,8 +127,8 @@ def test_ensemble_weights_joins_real_networks_and_refuses_what_cannot_be_one(tmp
 
 def test_the_bundled_ensemble_holds_todays_bundled_networks():
     """`medsegrwkv-t+unet2d` must be rebuilt whenever either bundled network changes: its members are
-    byte for byte today's `medsegrwkv-t` and `unet2d`, and its recipe (the same ensemble of their
-    training-split twins) validates above the RWKV network's recipe alone."""
+    byte for byte today's `medsegrwkv-t` and `unet2d`, both trained without the validation patients,
+    and its own validation is above the RWKV network's alone."""
     from medsegrwkv.weights.store import load_manifest
 
     ensemble, manifest = load_model("medsegrwkv-t+unet2d", "cpu")
@@ -139,6 +139,7 @@ def test_the_bundled_ensemble_holds_todays_bundled_networks():
         bundled, _ = load_model(record["weights"], "cpu")
         for (key, a), b in zip(member.state_dict().items(), bundled.state_dict().values()):
             assert torch.equal(a, b), key
-    recipe = manifest["metrics"]["validation"]
-    assert "recipes/twins/s24 and unet2d" in recipe["source"]
-    assert recipe["mean_dice"] > load_manifest("medsegrwkv-t")["metrics"]["validation"]["mean_dice"]
+    assert {m["patients"] for m in members} == {"train"}
+    validation = manifest["metrics"]["validation"]
+    assert "source" not in validation and validation["volumes"] == 40  # its own, not a recipe's
+    assert validation["mean_dice"] > load_manifest("medsegrwkv-t")["metrics"]["validation"]["mean_dice"]

@@ -105,7 +105,10 @@ def test_evaluate_report_into_a_file_is_one_sentence(acdc: Path, tmp_path: Path)
 def test_hearts_of_other_sizes_are_segmented_at_a_trained_size(acdc: Path, default_segmenter) -> None:
     """patient036 ES (an HCM heart of 72 mm) with every structure 1.6x as large: beyond the trained
     46-96 mm, so segmented again at a trained size (inference/heart_size.py), which keeps its Dice
-    within 4 points; without the normalisation the myocardium loses 5 points more."""
+    within 4 points (measured 0.8; its RV, 0.91, is the piece beside the septum: at 1.75 mm pixels the
+    session-36 default paints a larger piece away from the heart, which the largest-piece rule kept,
+    RV 0.0); without the normalisation the myocardium loses 2.3 points more (the session-19
+    default, trained on hearts scaled by 0.85-1.15 only: 4.6)."""
     case = _cases(acdc)[0]
     image, reference = sitk.ReadImage(str(case.image), sitk.sitkFloat32), sitk.ReadImage(str(case.label))
     large = get_perturbation("heart_1.6x").apply(image, reference)
@@ -113,9 +116,10 @@ def test_hearts_of_other_sizes_are_segmented_at_a_trained_size(acdc: Path, defau
     assert (sitk.GetArrayViewFromImage(large[1]) == sitk.GetArrayViewFromImage(reference)).all()
     rows = {row["look"]: row for row in evaluate_robustness(default_segmenter, [case], HEART_SIZES, show_progress=False)}
     assert set(rows) == {"clean", "heart_0.6x", "heart_1.6x"}
-    assert rows["heart_1.6x"]["mean_dice_drop"] <= 0.04, rows["heart_1.6x"]  # measured 3.5 points
+    assert rows["heart_1.6x"]["mean_dice_drop"] <= 0.04, rows["heart_1.6x"]
+    assert rows["heart_1.6x"]["RV_dice"] > 0.85, rows["heart_1.6x"]
     unnormalised = copy.copy(default_segmenter)
     unnormalised.manifest = {**default_segmenter.manifest, "preprocessing": {
         k: v for k, v in default_segmenter.manifest["preprocessing"].items() if k != "heart_size_mm"}}
     plain = {row["look"]: row for row in evaluate_robustness(unnormalised, [case], HEART_SIZES[1:], show_progress=False)}
-    assert plain["heart_1.6x"]["Myo_dice"] < rows["heart_1.6x"]["Myo_dice"] - 0.03
+    assert plain["heart_1.6x"]["Myo_dice"] < rows["heart_1.6x"]["Myo_dice"] - 0.015

@@ -449,8 +449,9 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path, acdc):
 
 @pytest.mark.parametrize("name, extra_config, context, averaged", [("s24", {}, 0, 0), ("s29", {"in_channels": 3}, 1, 2)])
 def test_the_kept_twins_are_todays_default_network_with_its_pipeline(acdc, name, extra_config, context, averaged):
-    """The twins stand in for a default on patients it never saw (the default trained on all 80):
-    recipes/twins/s24 for today's, s29 (session 29: two 2.5D cycles from s24, averaged) for a 2.5D one.
+    """The twins stand in for a default on patients it never saw when a default trains on all 80:
+    recipes/twins/s24 (today's default's start, at the session-19 default's level) for a single-slice
+    one, s29 (session 29: two 2.5D cycles from s24, averaged) for a 2.5D one.
     Each must be the default's network (s29 with three input slices) with the same pipeline settings,
     trained without the validation patients, and segment an unseen validation volume as well as its
     recorded validation says."""

@@ -1,9 +1,9 @@
 """Restore validated weights from the repository's history into a weights folder, with today's pipeline.
 
-The bundled default trained on all 80 patients, so changes to the pipeline (post-processing,
-heart-size normalisation, ...) cannot be measured with it on the validation patients. The last
-bundled `medsegrwkv-t` trained on the training split alone is the session-17 default (commit
-78f2182, validation 0.8908 with the pipeline of its day): this writes its weights beside the
+From session 18 to 35 the bundled default trained on all 80 patients, so changes to the pipeline
+(post-processing, heart-size normalisation, ...) could not be measured with it on the validation
+patients (since session 36 it trains on the training split alone). The last such default before
+is the session-17 one (commit 78f2182, validation 0.8908 with the pipeline of its day): this writes its weights beside the
 bundled manifest's preprocessing and post-processing, so that `medsegrwkv evaluate --weights DIR`
 scores today's pipeline on patients those weights never saw.
 

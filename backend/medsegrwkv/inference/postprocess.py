@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 from monai.transforms import FillHoles, KeepLargestConnectedComponent
 
 from medsegrwkv.inference.plausibility import label_volumes_ml
@@ -23,9 +24,27 @@ BASAL_RV_AREA_RATIO = 0.8
 # towards the apex (normal TAPSE is at least 17 mm), two slices of a 8-10 mm stack.
 BASAL_RV_MAX_SLICES = 2
 
-_keep_largest = KeepLargestConnectedComponent(applied_labels=[RV, MYO, LV], is_onehot=False,
+_keep_largest = KeepLargestConnectedComponent(applied_labels=[MYO, LV], is_onehot=False,
                                               independent=True, connectivity=3)
+
 _fill_cavities = FillHoles(applied_labels=[RV, LV])
+
+
+def keep_rv_beside_the_septum(labels: np.ndarray) -> np.ndarray:
+    """One RV piece: the largest of those that touch the myocardium (in-plane neighbours), or the
+    largest of all where none does. The right ventricle lies against the septum; a piece away from
+    it is something else painted as RV (a heart shown larger than any trained one gave a piece
+    twice the RV's size away from the heart, which the largest-piece rule kept)."""
+    pieces, count = ndimage.label(labels == RV, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return labels
+    beside = ndimage.binary_dilation(labels == MYO, structure=np.ones((1, 3, 3), dtype=bool))
+    contact = np.bincount(pieces[beside], minlength=count + 1)[1:]
+    size = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    keep = 1 + int(np.argmax(np.where(contact > 0, size, 0) if contact.any() else size))
+    out = labels.copy()
+    out[(pieces > 0) & (pieces != keep)] = 0
+    return out
 
 
 def basal_order(labels: np.ndarray) -> list[int] | None:
@@ -83,7 +102,8 @@ def systolic_phases(lv_cavity_ml: Sequence[float]) -> list[bool]:
 def postprocess(labels: np.ndarray, basal_rv: bool = False) -> np.ndarray:
     """Labels (z, y, x) with slices along z.
 
-    - Largest 3D component per structure (26-connectivity, so a slightly shifted slice stays).
+    - Largest 3D component of the myocardium and of the LV cavity (26-connectivity, so a slightly
+      shifted slice stays); of the RV the largest touching the myocardium (`keep_rv_beside_the_septum`).
     - With `basal_rv`, the right atrium's basal slices taken out of the RV (`trim_basal_rv`): a
       model's manifest turns it on where validation showed it helps (2D networks; the 3D peers,
       which see the neighbouring slices, under-segment the basal RV instead and lose by it).
@@ -91,7 +111,7 @@ def postprocess(labels: np.ndarray, basal_rv: bool = False) -> np.ndarray:
       cavities, and background enclosed by the myocardium ring becomes LV cavity (papillary
       muscles and trabeculae belong to the cavity in the ACDC convention).
     """
-    out = np.asarray(_keep_largest(torch.as_tensor(labels[None]))[0]).astype(np.uint8)
+    out = keep_rv_beside_the_septum(np.asarray(_keep_largest(torch.as_tensor(labels[None]))[0]).astype(np.uint8))
     if basal_rv:
         out = trim_basal_rv(out)
     for z in range(out.shape[0]):

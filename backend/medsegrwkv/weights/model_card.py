@@ -139,7 +139,8 @@ def render_segmentation_card(manifest: dict[str, Any], params: int, gflops: floa
         + (f" A stack noisier than the training studies (noise {prep['noise_sigma'][0]}-{prep['noise_sigma'][1]} of the "
            "intensity range on the network grid) is smoothed by edge-preserving diffusion first."
            if prep.get("noise_sigma") else ""),
-        "- **Post-processing:** the largest 3D piece of each structure, holes in the cavities filled"
+        "- **Post-processing:** the largest 3D piece of each structure (of the RV, the largest beside the "
+        "myocardium), holes in the cavities filled"
         + ("; the RV taken off the basal slices where a 2D network paints the right atrium (`trim_basal_rv`)"
            if manifest.get("postprocessing", {}).get("trim_basal_rv") else "") + ".",
         "",
