@@ -22,6 +22,12 @@ def acdc_option_help() -> str:
     return f"ACDC-layout folder (default ${DATA_ENV}/acdc, else ../shared/data/acdc)"
 
 
+def add_series_argument(parser: Any) -> None:
+    """`--series`, as `segment`, `grade` and `function` take it (medsegrwkv.io.dicom._choose_series)."""
+    parser.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several "
+                        "series; several, comma-separated, for a short-axis stack stored a slice per series")
+
+
 def given_options(args: Any, *names: str) -> dict[str, Any]:
     """The options the user gave, by config field name: the rest keep the config's own defaults,
     which are defined once, in the config dataclass."""

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from medsegrwkv.cli.common import bar_progress, check_report_outputs, print_warnings, progress_bar, write_outputs
+from medsegrwkv.cli.common import (
+    add_series_argument, bar_progress, check_report_outputs, print_warnings, progress_bar, write_outputs,
+)
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
@@ -150,8 +152,7 @@ def add_function_parser(sub: argparse._SubParsersAction,
     p.add_argument("--height-cm", type=float, help="patient height in cm (with --weight-kg: BSA and indexed values; "
                    "otherwise a DICOM study's PatientSize and PatientWeight, or an ACDC Info.cfg beside the file)")
     p.add_argument("--weight-kg", type=float, help="patient weight in kg")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series; "
-                   "several, comma-separated, for a short-axis stack stored a slice per series")
+    add_series_argument(p)
     add_model_args(p)
     p.set_defaults(func=cmd_function)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medsegrwkv.cli.common import (
-    acdc_option_help, bar_progress, check_report_outputs, data_root, given_options, print_warnings, progress_bar,
-    show_config, write_outputs,
+    acdc_option_help, add_series_argument, bar_progress, check_report_outputs, data_root, given_options,
+    print_warnings, progress_bar, show_config, write_outputs,
 )
 from medsegrwkv.io.text import rows_csv, write_text_atomic
 
@@ -106,8 +106,7 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="also write one row per slice and phase to this CSV file")
     p.add_argument("--png", help="also write a strip of the slices framed in their grade's colour")
     p.add_argument("--phase", type=int, help="grade only this cardiac phase (0-based; default all)")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series; "
-                   "several, comma-separated, for a short-axis stack stored a slice per series")
+    add_series_argument(p)
     lv = p.add_mutually_exclusive_group()
     lv.add_argument("--all-slices", action="store_true",
                     help="aggregate over all slices instead of the slices through the LV (skips the segmentation)")

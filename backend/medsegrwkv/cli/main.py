@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 from medsegrwkv import __version__
 from medsegrwkv.cli.common import (
-    acdc_option_help, bar_progress, check_output, data_root, given_options, print_warnings, progress_bar, show_config,
+    acdc_option_help, add_series_argument, bar_progress, check_output, data_root, given_options, print_warnings,
+    progress_bar, show_config,
 )
 from medsegrwkv.errors import ErrorCode, MedSegError
 
@@ -380,8 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM folder")
     p.add_argument("-o", "--output", required=True, help="labelmap to write (.nii.gz, .nrrd, .mha, ...)")
     p.add_argument("--phase", type=int, help="segment only this cardiac phase (0-based)")
-    p.add_argument("--series", help="DICOM SeriesInstanceUID or SeriesNumber when the folder holds several series; "
-                   "several, comma-separated, for a short-axis stack stored a slice per series")
+    add_series_argument(p)
     p.add_argument("--roi", metavar="i0,j0,k0,i1,j1,k1", help="voxel box to segment (start inclusive, stop "
                    "exclusive, in the input's index order); outside it the labelmap is background")
     p.add_argument("--roi-ras", metavar="r0,a0,s0,r1,a1,s1", help="the same box given as two RAS corners in mm")

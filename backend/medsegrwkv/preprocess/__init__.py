@@ -13,5 +13,6 @@ from medsegrwkv.preprocess.roi import (
 __all__ = [
     "DEFAULT_PREPROCESSING", "Canonical", "Prepared", "Roi", "crop_to_roi", "from_canonical",
     "neighbour_slices", "normalize_intensity", "parse_voxel_roi", "paste_from_roi", "prepare_image", "prepare_labels",
-    "resample_inplane", "resample_probabilities", "resolve_roi", "roi_from_ras_box", "slice_layout", "slices_first", "to_canonical",
+    "resample_inplane", "resample_probabilities", "resolve_roi", "roi_from_ras_box", "slice_layout", "slices_first",
+    "to_canonical",
 ]
