@@ -232,6 +232,38 @@ def test_broken_weights_folders_are_one_sentence(tmp_path: Path, case: str, word
                               "--device", "cpu"), str(folder))
 
 
+
+@pytest.mark.parametrize("case, words", [
+    ("run_folder", "the weights of that training run are in"),
+    ("empty_folder", "holds no manifest.json, so it is not a weights folder"),
+    ("missing", "does not exist"),
+    ("a_file", "is a file, not a weights folder"),
+    ("manifest_only", "holds a manifest.json but no model.safetensors"),
+])
+def test_folders_without_weights_are_named_as_folders(tmp_path: Path, case: str, words: str) -> None:
+    """A folder given as weights is never mistaken for a model name ("Unknown model '/tmp/run'")."""
+    run = tmp_path / "run"
+    folder = {"run_folder": run, "empty_folder": tmp_path / "empty", "missing": tmp_path / "nowhere",
+              "a_file": tmp_path / "weights.safetensors", "manifest_only": tmp_path / "half"}[case]
+    if case == "run_folder":
+        shutil.copytree(MODELS_DIR / "unet2d", run / "weights")
+    elif case == "empty_folder":
+        folder.mkdir()
+    elif case == "a_file":
+        shutil.copy(MODELS_DIR / "unet2d" / TENSORS, folder)
+    elif case == "manifest_only":
+        folder.mkdir()
+        shutil.copy(MODELS_DIR / "unet2d" / MANIFEST, folder)
+    for given in (folder, str(folder)):
+        with pytest.raises(MedSegError, match=words) as info:
+            load_model(given)
+        assert info.value.code == "weights_missing" and "\n" not in str(info.value)
+    if case == "run_folder":
+        assert load_model(str(run / "weights"))[1]["name"] == "unet2d"
+        source = small_study(tmp_path / "study.nii.gz")
+        assert_user_error(run_cli("segment", str(source), "-o", str(tmp_path / "l.nii.gz"), "--weights", str(run),
+                                  "--device", "cpu"), str(run / "weights"))
+
 # -- 3. a request nested 2000 deep ---------------------------------------------------------------------
 @pytest.mark.parametrize("line, words", [
     ("[" * 2000 + "]" * 2000, "too deeply"),

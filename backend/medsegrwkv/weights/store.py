@@ -44,12 +44,29 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def given_as_folder(name_or_dir: str | Path) -> bool:
+    """Whether the user named a folder (a path, or an existing folder that is no bundled model's name), not a model."""
+    path = Path(name_or_dir)
+    return (isinstance(name_or_dir, Path) or (path / MANIFEST).is_file() or len(path.parts) > 1
+            or (path.is_dir() and not (MODELS_DIR / path).is_dir()))
+
+
 def weights_dir(name_or_dir: str | Path) -> Path:
     """A weights folder given by path, or the bundled folder of a registered model name."""
-    path = Path(name_or_dir)
-    if (path / MANIFEST).is_file():
-        return path
-    return MODELS_DIR / str(name_or_dir)
+    return Path(name_or_dir) if given_as_folder(name_or_dir) else MODELS_DIR / str(name_or_dir)
+
+
+def not_a_weights_folder(folder: Path) -> MedSegError:
+    """The one sentence for a folder given as weights that holds none (a run's folder instead of its weights)."""
+    if not folder.exists():
+        why = f"The weights folder {folder} does not exist."
+    elif not folder.is_dir():
+        why = f"{folder} is a file, not a weights folder (a folder with {TENSORS} and {MANIFEST})."
+    elif (folder / "weights" / MANIFEST).is_file():
+        why = f"{folder} holds no {MANIFEST}; the weights of that training run are in {folder / 'weights'}."
+    else:
+        why = f"{folder} holds no {MANIFEST}, so it is not a weights folder (a folder with {TENSORS} and {MANIFEST})."
+    return MedSegError(why, code=ErrorCode.WEIGHTS_MISSING)
 
 
 def load_manifest(name_or_dir: str | Path) -> dict[str, Any] | None:
@@ -102,9 +119,14 @@ def save_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
 def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Build the manifest's architecture and load verified weights, in float32, in eval mode."""
     folder = weights_dir(name_or_dir)
-    if isinstance(name_or_dir, str) and not (Path(name_or_dir) / MANIFEST).is_file():
-        get_spec(name_or_dir)  # unknown names fail with the list of known models
+    if not given_as_folder(name_or_dir):
+        get_spec(str(name_or_dir))  # unknown names fail with the list of known models
+    elif not (folder / MANIFEST).is_file():
+        raise not_a_weights_folder(folder)
     manifest = load_manifest(folder)
+    if manifest is not None and not (folder / TENSORS).is_file() and given_as_folder(name_or_dir):
+        raise MedSegError(f"{folder} holds a {MANIFEST} but no {TENSORS}; copy the whole weights folder.",
+                          code=ErrorCode.WEIGHTS_MISSING)
     if manifest is None or not (folder / TENSORS).is_file():
         raise MedSegError(f"Model '{name_or_dir}' has no installed weights; train it or choose another model "
                           "(see `medsegrwkv models`).", code=ErrorCode.WEIGHTS_MISSING)
