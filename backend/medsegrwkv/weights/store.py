@@ -123,10 +123,10 @@ def load_model(name_or_dir: str | Path, device: torch.device | str = "cpu") -> t
         get_spec(str(name_or_dir))  # unknown names fail with the list of known models
     elif not (folder / MANIFEST).is_file():
         raise not_a_weights_folder(folder)
-    manifest = load_manifest(folder)
-    if manifest is not None and not (folder / TENSORS).is_file() and given_as_folder(name_or_dir):
+    elif not (folder / TENSORS).is_file():
         raise MedSegError(f"{folder} holds a {MANIFEST} but no {TENSORS}; copy the whole weights folder.",
                           code=ErrorCode.WEIGHTS_MISSING)
+    manifest = load_manifest(folder)
     if manifest is None or not (folder / TENSORS).is_file():
         raise MedSegError(f"Model '{name_or_dir}' has no installed weights; train it or choose another model "
                           "(see `medsegrwkv models`).", code=ErrorCode.WEIGHTS_MISSING)
