@@ -246,7 +246,7 @@ def test_folders_without_weights_are_named_as_folders(tmp_path: Path, case: str,
     folder = {"run_folder": run, "empty_folder": tmp_path / "empty", "missing": tmp_path / "nowhere",
               "a_file": tmp_path / "weights.safetensors", "manifest_only": tmp_path / "half"}[case]
     if case == "run_folder":
-        shutil.copytree(MODELS_DIR / "unet2d", run / "weights")
+        copy_weights(run)
     elif case == "empty_folder":
         folder.mkdir()
     elif case == "a_file":

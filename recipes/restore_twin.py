@@ -2,10 +2,11 @@
 
 From session 18 to 35 the bundled default trained on all 80 patients, so changes to the pipeline
 (post-processing, heart-size normalisation, ...) could not be measured with it on the validation
-patients (since session 36 it trains on the training split alone). The last such default before
-is the session-17 one (commit 78f2182, validation 0.8908 with the pipeline of its day): this writes its weights beside the
-bundled manifest's preprocessing and post-processing, so that `medsegrwkv evaluate --weights DIR`
-scores today's pipeline on patients those weights never saw.
+patients (since session 36 it trains on the training split alone). The last default before them that
+trained on the training split alone is the session-17 one (commit 78f2182, validation 0.8908 with
+the pipeline of its day): this writes its weights beside the bundled manifest's preprocessing and
+post-processing, so that `medsegrwkv evaluate --weights DIR` scores today's pipeline on patients
+those weights never saw.
 
     .venv/bin/python recipes/restore_twin.py                # -> runs/twin17
     .venv/bin/python recipes/restore_twin.py --commit C --output runs/twinC

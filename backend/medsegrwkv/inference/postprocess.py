@@ -26,7 +26,6 @@ BASAL_RV_MAX_SLICES = 2
 
 _keep_largest = KeepLargestConnectedComponent(applied_labels=[MYO, LV], is_onehot=False,
                                               independent=True, connectivity=3)
-
 _fill_cavities = FillHoles(applied_labels=[RV, LV])
 
 

@@ -59,8 +59,9 @@ class ProbabilityEnsemble(nn.Module):
 
 # The bundled RWKV network with the bundled UNet at a third of the vote: on the validation patients
 # 0.9011 against 0.8979 for the RWKV network alone (session 36; with recipes/twins/s24 in its place
-# 0.8992 against 0.8949, 35 of 40 volumes up); an equal vote follows the UNet's weaker right ventricle (0.8946 with the session-16
-# UNet). The vote was read off 1:1 / 0.6 / 2:1 / 0.75 on those patients (docs/medsegrwkv.md, lever table).
+# 0.8992 against 0.8949, 35 of 40 volumes up); an equal vote follows the UNet's weaker right
+# ventricle (0.8946 with the session-16 UNet). The vote was read off 1:1 / 0.6 / 2:1 / 0.75 on those
+# patients (docs/medsegrwkv.md, lever table).
 ENSEMBLE_T_UNET2D = ({"architecture": "medsegrwkv-t", "config": {}, "weight": 2 / 3},
                      {"architecture": "unet2d", "config": {}, "weight": 1 / 3})
 
