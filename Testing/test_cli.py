@@ -110,7 +110,9 @@ def test_a_refused_request_does_not_import_the_network_libraries(tmp_path, volum
 def test_unknown_model_and_device(tmp_path, volume):
     out = tmp_path / "labels.nii.gz"
     assert_user_error(run_cli("segment", str(volume), "-o", str(out), "--model", "no-such-net"), "unknown model",
-                      "unet2d")
+                      "segmentation: ", "unet2d")
+    assert_user_error(run_cli("segment", str(volume), "-o", str(out), "--model", "medsegrwkv-tt"),
+                      "did you mean 'medsegrwkv-t'")
     assert_user_error(run_cli("segment", str(volume), "-o", str(out), "--device", "tpu"), "device")
     assert not out.exists()
 

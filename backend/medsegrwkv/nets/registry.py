@@ -7,6 +7,7 @@ imports every architecture, before this module, so the registry is complete when
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -62,9 +63,17 @@ def register_model(
 
 def get_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise MedSegError(f"Unknown model '{name}'; available models: {known}.", code=ErrorCode.UNKNOWN_MODEL)
+        raise MedSegError(unknown_model_sentence(name), code=ErrorCode.UNKNOWN_MODEL)
     return _REGISTRY[name]
+
+
+def unknown_model_sentence(name: str) -> str:
+    """One sentence for a mistyped model name: the nearest registered names first, then every name by task."""
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=2, cutoff=0.75)
+    hint = f" Did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+    by_task = "; ".join(f"{task}: {', '.join(s.name for s in list_models(task))}"
+                        for task in sorted({s.task for s in _REGISTRY.values()}, key=list(DEFAULT_MODELS).index))
+    return f"Unknown model '{name}'.{hint} Available models ({by_task})."
 
 
 def list_models(task: str | None = None) -> list[ModelSpec]:
