@@ -11,7 +11,9 @@ intensity changes: in short fine-tuning cycles from the bundled weights it score
 validation Dice higher, at no measured cost under the simulated scanners (docs/medsegrwkv.md).
 "appearance" is "mild"'s geometry with "wide"'s scanner looks, and "geometry" "wide"'s rotations and
 scales with "mild"'s looks: together they separate what the looks cost from what the larger
-rotations and scales cost.
+rotations and scales cost. "networks" is "geometry" with a third of the slices' grey levels remapped
+by a random shallow network (`random_intensity.py`), contrasts no scanner has, so that shape, not one
+vendor's contrast, carries the segmentation.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.preprocess import neighbour_slices, prepare_image, prepare_labels
 from medsegrwkv.training.acdc import Case
+from medsegrwkv.training.random_intensity import RandIntensityNetworkd
 
 KEYS = ("image", "label")
 
@@ -46,7 +49,7 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
     return volumes
 
 
-AUGMENTATIONS = ("wide", "mild", "appearance", "geometry")
+AUGMENTATIONS = ("wide", "mild", "appearance", "geometry", "networks")
 
 
 def check_augmentation(strength: str) -> None:
@@ -62,9 +65,9 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
     noise and Gibbs ringing. `context` > 0: a 2.5D input whose neighbour channels are also reversed
     at random, since the slice order of a study (base to apex or back) depends on how its in-plane
     axes were flipped. "appearance" takes "mild"'s geometry and "wide"'s scanner looks, "geometry"
-    "wide"'s geometry and "mild"'s looks."""
+    "wide"'s geometry and "mild"'s looks, "networks" "geometry" with random intensity networks."""
     check_augmentation(strength)
-    wide_geometry = strength in ("wide", "geometry")
+    wide_geometry = strength in ("wide", "geometry", "networks")
     looks = strength in ("wide", "appearance")  # the other scanners' looks
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
     angle, zoom = (np.pi / 6, 0.3) if wide_geometry else (np.pi / 12, 0.15)
@@ -81,6 +84,7 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
     ]
     # "mild" is the "wide" list without the other scanners' looks, with gentler settings
     intensity = [
+        *([RandIntensityNetworkd("image", prob=0.3)] if strength == "networks" else []),
         *([RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
                                       upsample_mode="bilinear" if spatial_dims == 2 else "trilinear")] if looks else []),
         # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
