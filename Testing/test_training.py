@@ -254,7 +254,7 @@ def test_default_models_card_shows_the_comparison_that_made_it_the_default():
 def test_mild_augmentation_leaves_out_the_simulated_scanners():
     """'mild' (what trained the bundled default) is 'wide' without the other-scanner looks; both
     keep the orientations; 'appearance' has the looks on mild's geometry, 'geometry' mild's looks on
-    wide's geometry, 'networks' geometry's with random intensity networks; a misspelt strength is refused."""
+    wide's geometry; a misspelt strength is refused."""
     from medsegrwkv.training.data import augmentation
 
     def transforms(strength: str) -> list:
@@ -273,43 +273,8 @@ def test_mild_augmentation_leaves_out_the_simulated_scanners():
     assert affine_range("appearance") == affine_range("mild") != affine_range("wide")
     assert names("geometry") == names("mild") and affine_range("geometry") == affine_range("wide")
     assert {"RandFlipd", "RandRotate90d", "RandAffined"} <= names("mild") & names("wide")
-    assert names("networks") == names("geometry") | {"RandIntensityNetworkd"}
-    assert affine_range("networks") == affine_range("geometry")
     with pytest.raises(MedSegError, match="augmentation"):
         augmentation(2, (64, 64), 0, "strong")
-
-
-def test_random_intensity_networks_remap_contrast_not_anatomy(acdc):
-    """On a real slice: each draw remaps the grey levels differently (reproducibly from a seed) within
-    the slice's own range, keeps the image's type and shape, and sends 2.5D neighbours and 3D slices
-    through the same network."""
-    import numpy as np
-    import SimpleITK as sitk
-    import torch
-    from monai.data import MetaTensor
-    from medsegrwkv.preprocess import prepare_image
-    from medsegrwkv.training.random_intensity import RandIntensityNetworkd
-
-    image = sitk.ReadImage(str(acdc / "patient001" / "patient001_frame01.nii.gz"), sitk.sitkFloat32)
-    slice_ = MetaTensor(torch.from_numpy(prepare_image(image, None).array[5][None].copy()))
-
-    def draws(seed: int, x: torch.Tensor, count: int = 4) -> list[torch.Tensor]:
-        remap = RandIntensityNetworkd("image", prob=1.0)
-        remap.set_random_state(seed)
-        return [remap({"image": x})["image"] for _ in range(count)]
-
-    first, again = draws(0, slice_), draws(0, slice_)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    for out in first:
-        assert isinstance(out, MetaTensor) and out.shape == slice_.shape
-        assert float(out.min()) >= float(slice_.min()) and float(out.max()) <= float(slice_.max())
-    correlations = [float(np.corrcoef(np.asarray(o).ravel(), np.asarray(slice_).ravel())[0, 1]) for o in first]
-    assert min(correlations) < 0.9 and len({round(c, 3) for c in correlations}) == len(first)  # new contrasts
-    stacked = torch.cat([slice_] * 3)  # a 2.5D input whose neighbours equal the slice
-    assert all(torch.allclose(o[0], o[2]) for o in draws(0, stacked))
-    assert all(torch.allclose(o[:, 0], o[:, 1]) for o in draws(0, stacked[None]))  # 3D (C, D, H, W)
-    unchanged = RandIntensityNetworkd("image", prob=0.0)({"image": slice_})["image"]
-    assert torch.equal(unchanged, slice_)
 
 
 def test_all_patients_trains_on_the_validation_patients_too(tmp_path, acdc):

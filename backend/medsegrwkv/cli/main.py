@@ -447,13 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--crop", type=int, help="in-plane training crop for 2D models (pixels)")
-    p.add_argument("--augmentation", metavar="wide|mild|appearance|geometry|networks",
+    p.add_argument("--augmentation", metavar="wide|mild|appearance|geometry",
                    help="segment and refine: 'wide' (default) also simulates other sites' scanners (lower "
                         "resolution, strong gamma, ringing, Rician noise, rotation to 30 degrees, scale 0.7-1.3); "
                         "'mild' keeps orientations, small rotations and scales and light intensity changes; "
                         "'appearance' is mild's geometry with wide's scanner looks, 'geometry' wide's "
-                        "rotations and scales with mild's looks, 'networks' geometry with a third of the slices' "
-                        "grey levels remapped by a random shallow network (contrasts no scanner has)")
+                        "rotations and scales with mild's looks")
     p.add_argument("--dice", metavar="sample|batch",
                    help="segment: the loss's Dice term over each slice (default) or over the whole batch as one, "
                         "so that slices with little or none of a structure weigh less")

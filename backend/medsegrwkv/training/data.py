@@ -11,9 +11,7 @@ intensity changes: in short fine-tuning cycles from the bundled weights it score
 validation Dice higher, at no measured cost under the simulated scanners (docs/medsegrwkv.md).
 "appearance" is "mild"'s geometry with "wide"'s scanner looks, and "geometry" "wide"'s rotations and
 scales with "mild"'s looks: together they separate what the looks cost from what the larger
-rotations and scales cost. "networks" is "geometry" with a third of the slices' grey levels remapped
-by a random shallow network (`random_intensity.py`), contrasts no scanner has, so that shape, not one
-vendor's contrast, carries the segmentation.
+rotations and scales cost.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from tqdm import tqdm
 from medsegrwkv.errors import ErrorCode, MedSegError
 from medsegrwkv.preprocess import neighbour_slices, prepare_image, prepare_labels
 from medsegrwkv.training.acdc import Case
-from medsegrwkv.training.random_intensity import RandIntensityNetworkd
 
 KEYS = ("image", "label")
 
@@ -49,7 +46,7 @@ def load_volumes(cases: list[Case], preprocessing: dict[str, Any] | None = None,
     return volumes
 
 
-AUGMENTATIONS = ("wide", "mild", "appearance", "geometry", "networks")
+AUGMENTATIONS = ("wide", "mild", "appearance", "geometry")
 
 
 def check_augmentation(strength: str) -> None:
@@ -65,9 +62,9 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
     noise and Gibbs ringing. `context` > 0: a 2.5D input whose neighbour channels are also reversed
     at random, since the slice order of a study (base to apex or back) depends on how its in-plane
     axes were flipped. "appearance" takes "mild"'s geometry and "wide"'s scanner looks, "geometry"
-    "wide"'s geometry and "mild"'s looks, "networks" "geometry" with random intensity networks."""
+    "wide"'s geometry and "mild"'s looks."""
     check_augmentation(strength)
-    wide_geometry = strength in ("wide", "geometry", "networks")
+    wide_geometry = strength in ("wide", "geometry")
     looks = strength in ("wide", "appearance")  # the other scanners' looks
     inplane = (0, 1) if spatial_dims == 2 else (1, 2)  # spatial axes of the (C, [D,] H, W) arrays
     angle, zoom = (np.pi / 6, 0.3) if wide_geometry else (np.pi / 12, 0.15)
@@ -84,7 +81,6 @@ def augmentation(spatial_dims: int, crop: tuple[int, ...], context: int = 0, str
     ]
     # "mild" is the "wide" list without the other scanners' looks, with gentler settings
     intensity = [
-        *([RandIntensityNetworkd("image", prob=0.3)] if strength == "networks" else []),
         *([RandSimulateLowResolutiond("image", prob=0.25, zoom_range=(0.6, 1.0),
                                       upsample_mode="bilinear" if spatial_dims == 2 else "trilinear")] if looks else []),
         # the polynomial sums over every axis, so the same coefficients bend a 3D crop far more
