@@ -68,7 +68,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def unknown_model_sentence(name: str) -> str:
-    """One sentence for a mistyped model name: the nearest registered names first, then every name by task."""
+    """The answer to a mistyped model name: the nearest registered names first, then every name by task."""
     close = difflib.get_close_matches(name, list(_REGISTRY), n=2, cutoff=0.75)
     hint = f" Did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
     by_task = "; ".join(f"{task}: {', '.join(s.name for s in list_models(task))}"
