@@ -71,8 +71,8 @@ def unknown_model_sentence(name: str) -> str:
     """The answer to a mistyped model name: the nearest registered names first, then every name by task."""
     close = difflib.get_close_matches(name, list(_REGISTRY), n=2, cutoff=0.75)
     hint = f" Did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
-    by_task = "; ".join(f"{task}: {', '.join(s.name for s in list_models(task))}"
-                        for task in sorted({s.task for s in _REGISTRY.values()}, key=list(DEFAULT_MODELS).index))
+    by_task = "; ".join(f"{task}: {', '.join(s.name for s in models)}"
+                        for task in DEFAULT_MODELS if (models := list_models(task)))
     return f"Unknown model '{name}'.{hint} Available models ({by_task})."
 
 
